@@ -1,0 +1,187 @@
+"""Shell commands the steps run on the hosts: built here, as plain testable strings."""
+
+from __future__ import annotations
+
+import shlex
+
+# What the documented procedure copies, plus the echobot's real state.
+COPY_PATHS = [
+    "/home/vmail/mail",
+    "/var/lib/acme",
+    "/etc/dkimkeys",
+    "/run/echobot",
+    "/var/lib/echobot",
+    "/var/spool/postfix",
+]
+MAIL_SERVICES = ("postfix", "dovecot")
+# Where the new host keeps what copy-data sends beside the trees (ACLs, spool owners).
+META_DIR = "/var/lib/chatmail-migrate/from-old"
+NEW_HOST_ALIAS = "chatmail-migrate-new-host"
+
+# pax keeps sub-second mtimes, ACLs and xattrs; sockets in the spool are skipped quietly.
+TAR_CREATE = (
+    'tar --create --file=- --format=posix --acls --xattrs --xattrs-include="*" '
+    "--warning=no-file-ignored --directory=/"
+)
+# Owners are restored by name where the name exists on the new host (tar's default as root).
+TAR_EXTRACT = (
+    "tar --extract --file=- --directory=/ --preserve-permissions --same-owner "
+    '--acls --xattrs --xattrs-include="*" --keep-directory-symlink --warning=no-timestamp'
+)
+
+
+def service_state_command(services=MAIL_SERVICES) -> str:
+    """Print ``NAME ACTIVE ENABLED`` per service, and whether Postfix really runs.
+
+    Debian's postfix.service stays "active" when the Postfix instance died, so
+    ``postfix status`` is asked too.
+    """
+    parts = [
+        f'printf "%s %s %s\\n" {s} "$(systemctl is-active {s})" "$(systemctl is-enabled {s})"'
+        for s in services
+    ]
+    parts.append(
+        "if postfix status >/dev/null 2>&1; then echo postfix-instance running; "
+        "else echo postfix-instance stopped; fi"
+    )
+    return "; ".join(parts)
+
+
+def parse_service_states(stdout: str) -> dict[str, tuple[str, str]]:
+    states = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            states[parts[0]] = (parts[1], parts[2])
+        elif len(parts) == 2:
+            states[parts[0]] = (parts[1], "")
+    return states
+
+
+def service_problems(states: dict[str, tuple[str, str]], want_running: bool) -> list[str]:
+    """What differs from 'mail on' (active+enabled) or 'mail off' (inactive+disabled)."""
+    problems = []
+    for service in MAIL_SERVICES:
+        active, enabled = states.get(service, ("unknown", "unknown"))
+        if want_running and (active != "active" or enabled != "enabled"):
+            problems.append(f"{service} is {active}/{enabled}, expected active/enabled")
+        if not want_running and (active == "active" or enabled == "enabled"):
+            problems.append(f"{service} is {active}/{enabled}, expected inactive/disabled")
+    instance = states.get("postfix-instance", ("unknown", ""))[0]
+    if want_running and instance != "running":
+        problems.append("the Postfix instance is not running (postfix status)")
+    if not want_running and instance == "running":
+        problems.append("the Postfix instance still runs (postfix status)")
+    return problems
+
+
+def ssh_to_new(host: str, port: int, user: str, known_hosts_word: str) -> str:
+    """The ssh the old host runs to reach the new one: batch mode, key pinned.
+
+    ``known_hosts_word`` is a shell word (e.g. ``"$kh"``), expanded on the old host.
+    """
+    return (
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes "
+        f"-o UserKnownHostsFile={known_hosts_word} -o GlobalKnownHostsFile=/dev/null "
+        f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)} {shlex.quote(f'{user}@{host}')}"
+    )
+
+
+def copy_script(paths: list[str], *, host: str, port: int, user: str, host_key_line: str) -> str:
+    """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
+
+    Runs on the old host with the agent forwarded. ``pipefail`` makes a failure of
+    either tar or of the ssh between them fail the whole command. A second, small
+    stream carries what tar cannot restore on a host whose users do not exist yet:
+    the ACLs (restored by name later) and the Postfix spool's owners by name.
+    """
+    relative = " ".join(shlex.quote(p.lstrip("/")) for p in paths)
+    absolute = " ".join(shlex.quote(p) for p in paths)
+    spool = "/var/spool/postfix" in paths
+    ssh = ssh_to_new(host, port, user, '"$kh"')
+    lines = [
+        "set -euo pipefail",
+        'kh=$(mktemp); meta=$(mktemp -d); trap \'rm -rf "$kh" "$meta"\' EXIT',
+        f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
+        f"{TAR_CREATE} {relative} | {ssh} {shlex.quote(TAR_EXTRACT)}",
+        "if command -v getfacl >/dev/null; then "
+        f'getfacl --absolute-names --skip-base --recursive {absolute} > "$meta/acls"; fi',
+    ]
+    if spool:
+        lines.append("find /var/spool/postfix -printf '%u:%g\\0%p\\0' > \"$meta/spool-owners\"")
+    receive = f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
+    lines.append(f'tar --create --file=- -C "$meta" . | {ssh} {shlex.quote(receive)}')
+    return "\n".join(lines)
+
+
+def fix_ownership_script(paths: list[str]) -> str:
+    """The seed's chowns (for what exists), the spool's owners as on old, then ACLs."""
+    lines = [
+        "set -euo pipefail",
+        'need() { id -u "$1" >/dev/null 2>&1 || { echo "user $1 does not exist on this '
+        'host: run the install step first" >&2; exit 3; }; }',
+        "if [ -d /var/lib/acme ]; then chown -R root: /var/lib/acme; fi",
+        "if [ -d /etc/dkimkeys ]; then need opendkim; chown -R opendkim: /etc/dkimkeys; fi",
+        "if [ -e /etc/dkimkeys/opendkim.private ]; then "
+        "chmod 600 /etc/dkimkeys/opendkim.private; fi",
+        "if [ -d /home/vmail/mail ]; then need vmail; chown -R vmail: /home/vmail/mail; fi",
+        "for d in /run/echobot /var/lib/echobot; do "
+        'if [ -d "$d" ]; then need echobot; chown -R echobot: "$d"; fi; done',
+    ]
+    if "/var/spool/postfix" in paths:
+        lines.append(
+            f"if [ -s {META_DIR}/spool-owners ]; then python3 -c {shlex.quote(SPOOL_OWNERS_PY)} "
+            f"{META_DIR}/spool-owners; fi"
+        )
+    lines.append(f"if [ -s {META_DIR}/acls ]; then setfacl --restore={META_DIR}/acls; fi")
+    return "\n".join(lines)
+
+
+# Give each spool file the owner and group *names* it had on the old host.
+SPOOL_OWNERS_PY = """
+import grp, os, pwd, sys
+items = open(sys.argv[1], "rb").read().split(b"\\0")
+for owner, path in zip(items[0::2], items[1::2]):
+    user, _, group = owner.decode().partition(":")
+    try:
+        uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else -1
+        gid = grp.getgrnam(group).gr_gid if not group.isdigit() else -1
+        os.chown(path, uid, gid, follow_symlinks=False)
+    except (KeyError, FileNotFoundError):
+        pass
+"""
+
+
+def ownership_check_command(paths: list[str]) -> str:
+    """Lists files owned by ids with no name, the DKIM key's owner/mode, and postfix check."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return (
+        f"echo '== orphans'; "
+        f"find {quoted} \\( -nouser -o -nogroup \\) -print 2>/dev/null | head -20; "
+        "echo '== dkim'; stat -c '%U %a' /etc/dkimkeys/opendkim.private 2>/dev/null || true; "
+        "echo '== postfix check'; postfix check 2>&1 || echo \"postfix check exited $?\""
+    )
+
+
+def parse_sections(stdout: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in stdout.splitlines():
+        if line.startswith("== "):
+            current = line[3:].strip()
+            sections[current] = []
+        elif current and line.strip():
+            sections[current].append(line.strip())
+    return sections
+
+
+# postfix check renames copied queue files to match their new inodes: expected, not a fault.
+POSTFIX_CHECK_EXPECTED = ("Renamed to match inode number", "QUEUE FILE NAMES WERE CHANGED")
+
+
+def postfix_check_problems(lines: list[str]) -> list[str]:
+    return [line for line in lines if not any(e in line for e in POSTFIX_CHECK_EXPECTED)]
+
+
+def global_addresses_command() -> str:
+    return "ip -j address show scope global"

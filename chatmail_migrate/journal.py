@@ -1,0 +1,110 @@
+"""The journal: which steps of a relay's migration are done, kept on the operator's machine.
+
+One JSON file per mail domain under the journal directory. ``migrate`` skips the
+steps recorded as done, so a rerun after a failure resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import Settings, SettingsError
+
+STEPS = ["disable-mail", "copy-data", "install", "fix-ownership", "switch-dns", "enable-mail"]
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+@dataclass
+class Journal:
+    path: Path
+    mail_domain: str
+    old_host: str | None = None
+    new_host: str | None = None
+    created: str = field(default_factory=now)
+    steps: dict[str, dict] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Journal | None:
+        """The journal of ``settings.mail_domain`` (None without a relay checkout)."""
+        if not settings.mail_domain:
+            return None
+        path = settings.journal_dir / f"{settings.mail_domain}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return cls(path=path, **data)
+        return cls(path=path, mail_domain=settings.mail_domain)
+
+    def check_hosts(self, settings: Settings) -> None:
+        """Refuse to mix two migrations (other hosts) in one journal."""
+        for name in ("old_host", "new_host"):
+            mine, theirs = getattr(self, name), getattr(settings, name)
+            if self.steps and mine and theirs and mine != theirs:
+                raise SettingsError(
+                    f"the journal {self.path} records a migration with {name.replace('_', ' ')} "
+                    f"{mine}, not {theirs}; use the same hosts, or --restart to begin anew"
+                )
+
+    def adopt_hosts(self, settings: Settings) -> None:
+        self.old_host = self.old_host or settings.old_host
+        self.new_host = self.new_host or settings.new_host
+
+    def done(self, step: str) -> bool:
+        return "finished" in self.steps.get(step, {})
+
+    def done_steps(self) -> list[str]:
+        return [s for s in STEPS if self.done(s)]
+
+    def next_step(self) -> str | None:
+        return next((s for s in STEPS if not self.done(s)), None)
+
+    def record(self, step: str, started: float, seconds: float) -> None:
+        self.steps[step] = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(started)),
+            "started_ts": started,
+            "finished": now(),
+            "seconds": round(seconds, 2),
+        }
+        self.events.append({"time": now(), "step": step, "event": "done"})
+        self.save()
+
+    def record_failure(self, step: str, message: str) -> None:
+        self.events.append({"time": now(), "step": step, "event": "failed", "message": message})
+        self.save()
+
+    def reset(self) -> None:
+        self.steps = {}
+        self.old_host = self.new_host = None
+        self.events.append({"time": now(), "event": "restart"})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {k: v for k, v in self.__dict__.items() if k != "path"}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.path)
+
+    def where_things_stand(self) -> str:
+        """One paragraph for the operator after a stop: what is done and what it means."""
+        done = self.done_steps()
+        parts = [f"Done: {', '.join(done) if done else 'nothing'}."]
+        if self.done("disable-mail") and not self.done("enable-mail"):
+            parts.append(
+                "Mail is DOWN: disabled on the old host and not yet enabled on the new one. "
+                "The old host's data is untouched."
+            )
+            if not self.done("switch-dns"):
+                parts.append(
+                    "DNS still points at the old host: re-enabling mail there "
+                    "(cmdeploy run --ssh-host OLD) brings the relay back as it was."
+                )
+        nxt = self.next_step()
+        if nxt:
+            parts.append(f"Rerun the same migrate command to resume at {nxt}.")
+        return " ".join(parts)

@@ -1,0 +1,6 @@
+"""The lab: Debian 12 hosts on this machine to test and rehearse migrations on."""
+
+from .lab import Lab, LabError
+from .seed import SeedParams, seed_relay
+
+__all__ = ["Lab", "LabError", "SeedParams", "seed_relay"]

@@ -1,0 +1,552 @@
+"""A lab of Debian 12 hosts booted with systemd-nspawn, reachable over SSH.
+
+Every resource the lab creates (overlay mounts, cgroups, namespaces, links,
+processes) is recorded in a state file as soon as it exists, so ``down`` can
+remove exactly those, even after an ``up`` that failed half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import net
+from .rootfs import LabError, ensure_rootfs
+
+__all__ = ["Host", "Lab", "LabError"]
+
+HOST_NAMES = ("old", "new", "spare")
+DEFAULT_NAME = "cmlab"
+DEFAULT_DOMAIN = "relay.lab.example"
+DEFAULT_STATE_DIR = Path("/var/lib/chatmail-migrate/labs")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_RELAY_VERSION = "1.7.0"
+STANDIN_COMMAND = "chatmail-lab-cmdeploy-standin"
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("CHATMAIL_LAB_STATE", DEFAULT_STATE_DIR))
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    netns: str
+    veth: str
+    machine: str
+    root: str
+    pid: int | None = None
+    cgroups: list[str] = field(default_factory=list)
+    mounted: bool = False
+    # nspawn locks the image by inode and cannot remove the lock file here.
+    root_lock: str = ""
+
+
+@dataclass
+class Lab:
+    name: str = DEFAULT_NAME
+    domain: str = DEFAULT_DOMAIN
+    subnet: str = ""
+    bridge: str = ""
+    agent_pid: int | None = None
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    # -- paths ------------------------------------------------------------
+    @property
+    def dir(self) -> Path:
+        return state_root() / self.name
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.dir / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def agent_sock(self) -> Path:
+        return self.dir / "agent.sock"
+
+    @property
+    def relay_dir(self) -> Path:
+        return self.dir / "relay"
+
+    def host_dir(self, host: str) -> Path:
+        return self.dir / "hosts" / host
+
+    # -- state ------------------------------------------------------------
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = asdict(self)
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.rename(self.dir / "state.json")
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_NAME) -> Lab | None:
+        path = state_root() / name / "state.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        hosts = {k: Host(**v) for k, v in data.pop("hosts").items()}
+        return cls(hosts=hosts, **data)
+
+    def env(self) -> dict[str, str]:
+        """Environment that points the tool, ssh and the stand-in at this lab."""
+        return {
+            "SSH_AUTH_SOCK": str(self.agent_sock),
+            "CHATMAIL_RELAY_DIR": str(self.relay_dir),
+            "CMDEPLOY": STANDIN_COMMAND,
+            "CHATMAIL_LAB_SSH_CONFIG": str(self.ssh_config),
+            "CHATMAIL_MIGRATE_SSH_CONFIG": str(self.ssh_config),
+        }
+
+    # -- running commands on hosts ----------------------------------------
+    def ssh(
+        self,
+        host: str,
+        command: str,
+        *,
+        input: str | None = None,
+        check: bool = True,
+        forward_agent: bool = False,
+        timeout: float | None = 120,
+    ) -> subprocess.CompletedProcess:
+        """Run ``command`` on lab host ``host`` as root with OpenSSH."""
+        args = ["ssh", "-F", str(self.ssh_config)]
+        if forward_agent:
+            args.append("-A")
+        env = {**os.environ, "SSH_AUTH_SOCK": str(self.agent_sock)}
+        result = subprocess.run(
+            [*args, host, command],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise LabError(
+                f"on lab host {host}: {command!r} exited {result.returncode}: "
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        return result
+
+    def address(self, host: str) -> str:
+        return self.hosts[host].address
+
+    # -- up ---------------------------------------------------------------
+    def up(self, log=print) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", self.name):
+            raise LabError(f"lab name {self.name!r} must be 1-8 lower-case letters/digits")
+        if os.geteuid() != 0:
+            raise LabError(
+                "the lab needs root (network namespaces, mounts, nspawn); run it as root"
+            )
+        if (self.dir / "state.json").exists():
+            raise LabError(
+                f"lab {self.name} already exists in {self.dir}; run `invoke lab.down` first"
+            )
+        if net.link_exists(f"{self.name}br"):
+            raise LabError(
+                f"a network link {self.name}br already exists; another lab is named {self.name}?"
+            )
+        started = time.monotonic()
+        rootfs = ensure_rootfs(log)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.save()
+            self._start_agent()
+            subnet = net.free_subnet()
+            self.subnet = str(subnet)
+            self.bridge = f"{self.name}br"
+            self.save()
+            hosts_ip = list(subnet.hosts())
+            net.add_bridge(self.bridge, f"{hosts_ip[-1]}/{subnet.prefixlen}")
+            for index, hostname in enumerate(HOST_NAMES):
+                self._boot_host(hostname, f"{hosts_ip[index]}", subnet.prefixlen, rootfs)
+            self._write_ssh_files()
+            self._write_relay_dir()
+            for hostname in HOST_NAMES:
+                self._wait_ready(hostname)
+        except BaseException:
+            self.down(log=lambda *_: None)
+            raise
+        log(
+            f"lab {self.name}: {', '.join(f'{h.name}={h.address}' for h in self.hosts.values())} "
+            f"up in {time.monotonic() - started:.1f}s"
+        )
+
+    def _start_agent(self) -> None:
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"chatmail-lab-{self.name}",
+                "-f",
+                str(self.key),
+            ],
+            check=True,
+        )
+        self.agent_sock.unlink(missing_ok=True)
+        agent = subprocess.Popen(
+            ["ssh-agent", "-D", "-a", str(self.agent_sock)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.agent_pid = agent.pid
+        self.save()
+        for _ in range(100):
+            if self.agent_sock.exists():
+                break
+            time.sleep(0.05)
+        subprocess.run(
+            ["ssh-add", "-q", str(self.key)],
+            check=True,
+            env={**os.environ, "SSH_AUTH_SOCK": str(self.agent_sock)},
+        )
+
+    def _boot_host(self, hostname: str, address: str, prefixlen: int, rootfs: Path) -> None:
+        hdir = self.host_dir(hostname)
+        host = Host(
+            name=hostname,
+            address=address,
+            netns=f"{self.name}-{hostname}",
+            veth=f"{self.name}-{hostname}",
+            machine=f"{self.name}-{hostname}",
+            root=str(hdir / "root"),
+        )
+        self.hosts[hostname] = host
+        self.save()
+        net.add_host_link(host.netns, host.veth, self.bridge, f"{address}/{prefixlen}")
+        for sub in ("root", "upper", "work"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={rootfs},upperdir={hdir / 'upper'},workdir={hdir / 'work'}",
+                host.root,
+            ],
+            check=True,
+        )
+        host.mounted = True
+        st = os.stat(host.root)
+        host.root_lock = f"inode-{st.st_dev}:{st.st_ino}"
+        self.save()
+        self._prepare_root(host)
+        host.cgroups = self._make_cgroups(host.machine)
+        self.save()
+        join = "; ".join(f"echo $$ > {shlex.quote(c)}/cgroup.procs" for c in host.cgroups)
+        cmd = [
+            "systemd-nspawn",
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "-D",
+            host.root,
+            "-M",
+            host.machine,
+            "--boot",
+            f"--network-namespace-path=/run/netns/{host.netns}",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--link-journal=no",
+        ]
+        console = open(hdir / "console.log", "wb")
+        proc = subprocess.Popen(
+            ["sh", "-c", f'{join}; exec "$@"', "sh", *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        console.close()
+        host.pid = proc.pid
+        self.save()
+
+    def _prepare_root(self, host: Host) -> None:
+        root = Path(host.root)
+        (root / "etc/hostname").write_text(host.name + "\n")
+        (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n")
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        # No resolver inside the lab: lookups fail fast and mail to outside stays deferred.
+        (root / "etc/resolv.conf").write_text(
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+        )
+        ssh_dir = root / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        auth = ssh_dir / "authorized_keys"
+        auth.write_text((self.key.with_suffix(".pub")).read_text())
+        auth.chmod(0o600)
+        hostkey = root / "etc/ssh/ssh_host_ed25519_key"
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"root@{host.name}",
+                "-f",
+                str(hostkey),
+            ],
+            check=True,
+        )
+        (root / "etc/ssh/sshd_config.d/lab.conf").write_text(
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n"
+        )
+        subprocess.run(
+            ["chroot", str(root), "postconf", "-e", f"myhostname={host.name}.{self.domain}"],
+            check=True,
+        )
+
+    def _make_cgroups(self, machine: str) -> list[str]:
+        """One cgroup per host, so hosts do not share (and kill) each other's."""
+        if (CGROUP_ROOT / "cgroup.controllers").exists():
+            bases = [CGROUP_ROOT]
+        else:
+            bases = [CGROUP_ROOT / h for h in ("systemd", "unified") if (CGROUP_ROOT / h).is_dir()]
+        paths = []
+        for base in bases:
+            path = base / "chatmail-lab" / machine
+            path.mkdir(parents=True, exist_ok=True)
+            paths.append(str(path))
+        return paths
+
+    def _write_ssh_files(self) -> None:
+        lines = [
+            f"# ssh config of chatmail-migrate lab {self.name}: ssh -F {self.ssh_config} old\n"
+        ]
+        known = []
+        for host in self.hosts.values():
+            aliases = [host.name, host.address]
+            if host.name == "old":
+                # Stands in for DNS: the mail domain names the old relay.
+                aliases.append(self.domain)
+            lines.append(
+                f"Host {' '.join(aliases)}\n"
+                f"    HostName {host.address}\n"
+                "    User root\n"
+                f"    IdentityFile {self.key}\n"
+                f"    IdentityAgent {self.agent_sock}\n"
+                f"    UserKnownHostsFile {self.known_hosts}\n"
+                "    StrictHostKeyChecking yes\n"
+                "    BatchMode yes\n"
+                "    ConnectTimeout 5\n"
+                "    LogLevel ERROR\n"
+            )
+            pub = Path(host.root, "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+            known.append(f"{','.join(aliases)} {pub[0]} {pub[1]}\n")
+        self.ssh_config.write_text("\n".join(lines))
+        self.known_hosts.write_text("".join(known))
+
+    def tag_relay_checkout(self, version: str) -> None:
+        """Mark the lab's relay checkout as release ``version`` (a git tag, as upstream)."""
+
+        def git(*args: str) -> None:
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(self.relay_dir),
+                    "-c",
+                    "user.name=lab",
+                    "-c",
+                    "user.email=lab@localhost",
+                    *args,
+                ],
+                check=True,
+                capture_output=True,
+            )
+
+        git("commit", "-q", "--allow-empty", "-m", f"lab relay {version}")
+        git("tag", "-f", version)
+
+    def _write_relay_dir(self) -> None:
+        self.relay_dir.mkdir(exist_ok=True)
+        (self.relay_dir / "chatmail.ini").write_text(
+            "# Lab relay checkout made by chatmail-migrate's lab: no real cmdeploy here,\n"
+            f"# the lab's stand-in ({STANDIN_COMMAND}) is used instead.\n"
+            "[params]\n"
+            f"mail_domain = {self.domain}\n"
+            "max_user_send_per_minute = 60\n"
+            "max_mailbox_size = 100M\n"
+            "delete_mails_after = 20\n"
+            "delete_inactive_users_after = 90\n"
+            "username_min_length = 9\n"
+            "username_max_length = 9\n"
+            "password_min_length = 9\n"
+        )
+        subprocess.run(["git", "init", "-q", str(self.relay_dir)], check=True)
+        subprocess.run(["git", "-C", str(self.relay_dir), "add", "chatmail.ini"], check=True)
+        self.tag_relay_checkout(DEFAULT_RELAY_VERSION)
+
+    def _wait_ready(self, hostname: str, timeout: float = 90) -> None:
+        host = self.hosts[hostname]
+        deadline = time.monotonic() + timeout
+        while True:
+            if not _alive(host.pid):
+                raise LabError(
+                    f"lab host {hostname} stopped while booting:\n{self.console_tail(hostname)}"
+                )
+            try:
+                with socket.create_connection((host.address, 22), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"lab host {hostname}: no SSH after {timeout:.0f}s:\n"
+                        + self.console_tail(hostname)
+                    ) from None
+                time.sleep(0.2)
+        state = self.ssh(
+            hostname,
+            "systemctl is-system-running --wait",
+            check=False,
+            timeout=max(5, deadline - time.monotonic()),
+        ).stdout.strip()
+        if state not in ("running", "degraded"):
+            raise LabError(f"lab host {hostname} did not finish booting: {state}")
+
+    def console_tail(self, hostname: str, lines: int = 20) -> str:
+        path = self.host_dir(hostname) / "console.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- down -------------------------------------------------------------
+    def down(self, log=print) -> None:
+        for host in self.hosts.values():
+            self._stop_host(host)
+        if self.agent_pid and _cmdline(self.agent_pid).startswith("ssh-agent"):
+            _kill([self.agent_pid])
+        for host in self.hosts.values():
+            net.remove_host_link(host.netns, host.veth)
+        if self.bridge:
+            net.remove_bridge(self.bridge)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        log(f"lab {self.name}: down")
+
+    def _stop_host(self, host: Host) -> None:
+        pids = set(net.netns_pids(host.netns)) if net.netns_exists(host.netns) else set()
+        for cgroup in host.cgroups:
+            pids.update(_cgroup_pids(Path(cgroup)))
+        if "systemd-nspawn" in _cmdline(host.pid):
+            pids.add(host.pid)
+        _kill(sorted(pids))
+        for cgroup in host.cgroups:
+            _remove_cgroup(Path(cgroup))
+            try:
+                Path(cgroup).parent.rmdir()  # shared by labs: goes once the last one is down
+            except OSError:
+                pass
+        if host.mounted or os.path.ismount(host.root):
+            if subprocess.run(["umount", host.root], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", host.root], capture_output=True)
+        for leftover in (
+            Path("/run/systemd/nspawn/propagate") / host.machine,
+            Path("/run/systemd/nspawn/locks") / f"machine-{host.machine}",
+            *([Path("/run/systemd/nspawn/locks") / host.root_lock] if host.root_lock else []),
+        ):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+    # -- status -----------------------------------------------------------
+    def status(self) -> dict[str, str]:
+        result = {}
+        for host in self.hosts.values():
+            if not _alive(host.pid):
+                result[host.name] = "stopped"
+                continue
+            probe = self.ssh(host.name, "systemctl is-system-running", check=False, timeout=10)
+            result[host.name] = probe.stdout.strip() or f"unreachable ({probe.stderr.strip()})"
+        return result
+
+
+def _cmdline(pid: int | None) -> str:
+    if not pid:
+        return ""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _cgroup_pids(path: Path) -> set[int]:
+    pids: set[int] = set()
+    if not path.is_dir():
+        return pids
+    for procs in path.rglob("cgroup.procs"):
+        try:
+            pids.update(int(p) for p in procs.read_text().split())
+        except OSError:
+            pass
+    return pids
+
+
+def _kill(pids: list[int], timeout: float = 10) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _remove_cgroup(path: Path) -> None:
+    if not path.is_dir():
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        for _ in range(50):
+            try:
+                sub.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+    try:
+        path.rmdir()
+    except OSError:
+        pass

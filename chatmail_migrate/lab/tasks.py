@@ -1,0 +1,124 @@
+"""``lab.*`` tasks: bring the lab of Debian 12 relay hosts up, seed it, take it down."""
+
+from __future__ import annotations
+
+import shlex
+
+from invoke import Collection, Exit, task
+
+from .lab import DEFAULT_NAME, Lab, LabError
+from .seed import NEW_HOST_USERS, SeedParams, seed_relay
+
+NAME_HELP = f"Lab name (1-8 letters/digits; default {DEFAULT_NAME}); two labs may run side by side."
+SEED_HELP = {
+    "accounts": "Number of mail accounts to create on old (default 20).",
+    "messages": "Messages per account (default 10).",
+    "size": "Size of each message in bytes (default 4096).",
+    "relay_version": "Relay release the lab pretends to run, e.g. 1.7.0 (default) or 1.10.0.",
+    "new_users": f"Relay users on new: {' or '.join(NEW_HOST_USERS)} (default different UIDs).",
+}
+
+
+def _load(name: str) -> Lab:
+    lab = Lab.load(name)
+    if lab is None:
+        raise Exit(f"lab {name} is not up; start it with: invoke lab.up --name {name}", code=1)
+    return lab
+
+
+def _seed(lab: Lab, accounts, messages, size, relay_version, new_users) -> None:
+    params = SeedParams(
+        accounts=accounts, messages=messages, size=size, version=relay_version, new_users=new_users
+    )
+    summary = seed_relay(lab, params)
+    print(
+        f"lab {lab.name}: seeded old as relay {relay_version} for {lab.domain}: "
+        f"{accounts} accounts, {summary['mail_files']} files, "
+        f"{summary['mail_bytes'] / 1e6:.1f} MB in {summary['seconds']}s"
+    )
+
+
+def _print_usage(lab: Lab) -> None:
+    print(f"log in:   ssh -F {lab.ssh_config} old   (or new, spare)")
+    print(f'use it:   eval "$(invoke lab.env --name {lab.name})"')
+
+
+@task(
+    help={
+        "name": NAME_HELP,
+        "seed": "Also seed old as a relay (see lab.seed for the sizes).",
+        **SEED_HELP,
+    }
+)
+def up(
+    c,
+    name=DEFAULT_NAME,
+    seed=False,
+    accounts=20,
+    messages=10,
+    size=4096,
+    relay_version="1.7.0",
+    new_users="different",
+):
+    """Boot the lab's hosts (old, new, spare) from the cached Debian 12 image. Needs root.
+
+    Example: invoke lab.up --seed --accounts 200
+    """
+    lab = Lab(name=name)
+    try:
+        lab.up()
+        if seed:
+            _seed(lab, accounts, messages, size, relay_version, new_users)
+    except LabError as e:
+        raise Exit(f"lab.up: {e}", code=1) from None
+    _print_usage(lab)
+
+
+@task(help={"name": NAME_HELP, **SEED_HELP})
+def seed(
+    c,
+    name=DEFAULT_NAME,
+    accounts=20,
+    messages=10,
+    size=4096,
+    relay_version="1.7.0",
+    new_users="different",
+):
+    """Seed old as a live relay (mailboxes, DKIM, ACME, echobot, a deferred message).
+
+    Example: invoke lab.seed --accounts 2000 --messages 25 --size 20000
+    """
+    try:
+        _seed(_load(name), accounts, messages, size, relay_version, new_users)
+    except (LabError, ValueError) as e:
+        raise Exit(f"lab.seed: {e}", code=1) from None
+
+
+@task(help={"name": NAME_HELP})
+def down(c, name=DEFAULT_NAME):
+    """Stop the lab's hosts and remove everything the lab made (also after a failed up)."""
+    lab = Lab.load(name)
+    if lab is None:
+        print(f"lab {name}: not up, nothing to do")
+        return
+    lab.down()
+
+
+@task(help={"name": NAME_HELP})
+def status(c, name=DEFAULT_NAME):
+    """Show each lab host's address and state."""
+    lab = _load(name)
+    states = lab.status()
+    for host in lab.hosts.values():
+        print(f"{host.name:6} {host.address:15} {states.get(host.name, '?')}")
+    _print_usage(lab)
+
+
+@task(help={"name": NAME_HELP})
+def env(c, name=DEFAULT_NAME):
+    """Print shell exports that point chatmail-migrate, ssh and the stand-in at the lab."""
+    for key, value in _load(name).env().items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+ns = Collection("lab", up, seed, down, status, env)

@@ -1,0 +1,184 @@
+"""The one place where hosts and settings are resolved.
+
+Every task calls :func:`resolve` with its own command-line values. Precedence,
+highest first: the task's flags; the ``fab -H`` host (the step's own host); the
+``chatmail_migrate`` config (``invoke.yaml``/``fabric.yaml``, ``INVOKE_``/``FABRIC_``
+env vars, or values ``migrate`` hands to its chained steps); the dedicated
+environment variables; built-in defaults.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Defaults for the ``chatmail_migrate`` config namespace, declared once.
+DEFAULTS: dict = {
+    "chatmail_migrate": {
+        "old_host": None,
+        "new_host": None,
+        # The address the OLD host uses to reach the new one (default: new_host).
+        "new_host_from_old": None,
+        "relay_dir": None,  # env CHATMAIL_RELAY_DIR; default: cwd if it holds chatmail.ini
+        "cmdeploy": None,  # env CMDEPLOY; default: <relay_dir>/scripts/cmdeploy
+        "ssh_config": None,  # env CHATMAIL_MIGRATE_SSH_CONFIG; default: ~/.ssh/config
+        "user": "root",
+        "connect_timeout": 10,
+        "journal_dir": None,  # default: $XDG_STATE_HOME/chatmail-migrate
+        "yes": False,
+    }
+}
+
+ENV_RELAY_DIR = "CHATMAIL_RELAY_DIR"
+ENV_CMDEPLOY = "CMDEPLOY"
+ENV_SSH_CONFIG = "CHATMAIL_MIGRATE_SSH_CONFIG"
+
+
+class SettingsError(Exception):
+    """Bad or missing input; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Settings:
+    old_host: str | None = None
+    new_host: str | None = None
+    new_host_from_old: str | None = None
+    relay_dir: Path | None = None
+    cmdeploy: list[str] = field(default_factory=list)
+    mail_domain: str | None = None
+    ssh_config: str | None = None
+    user: str = "root"
+    connect_timeout: int = 10
+    journal_dir: Path = Path()
+    yes: bool = False
+    dry: bool = False
+    connect_kwargs: dict = field(default_factory=dict)
+
+    def need(self, *names: str) -> None:
+        """Fail with a clear message unless each named setting has a value."""
+        hints = {
+            "old_host": "give --old-host (or fab -H OLD), or run from a relay checkout",
+            "new_host": "give --new-host NEW",
+            "relay_dir": f"give --relay-dir, set {ENV_RELAY_DIR}, or cd into the relay checkout",
+        }
+        for name in names:
+            if not getattr(self, name):
+                raise SettingsError(f"no {name.replace('_', ' ')}: {hints.get(name, '')}")
+
+
+def _config(c) -> dict:
+    try:
+        return dict(c.config.chatmail_migrate)
+    except AttributeError:
+        return dict(DEFAULTS["chatmail_migrate"])
+
+
+def connection_host(c) -> str | None:
+    """The host string of ``fab -H`` (as typed) when the task got a Connection."""
+    return getattr(c, "original_host", None)
+
+
+def read_mail_domain(relay_dir: Path) -> str:
+    ini_path = relay_dir / "chatmail.ini"
+    ini = configparser.ConfigParser()
+    try:
+        ini.read(ini_path)
+        return ini["params"]["mail_domain"].strip()
+    except (KeyError, configparser.Error) as e:
+        raise SettingsError(
+            f"{ini_path}: no [params] mail_domain ({e}); fix chatmail.ini"
+        ) from None
+
+
+def resolve_relay_dir(value: str | None) -> Path | None:
+    if value:
+        path = Path(value).expanduser()
+        if not (path / "chatmail.ini").is_file():
+            raise SettingsError(
+                f"relay dir {path} holds no chatmail.ini; point --relay-dir or "
+                f"{ENV_RELAY_DIR} at the relay checkout"
+            )
+        return path.resolve()
+    if Path("chatmail.ini").is_file():
+        return Path.cwd()
+    return None
+
+
+def resolve_cmdeploy(value: str | None, relay_dir: Path | None) -> list[str]:
+    if value:
+        return shlex.split(value)
+    if relay_dir:
+        return [str(relay_dir / "scripts" / "cmdeploy")]
+    return []
+
+
+def check_cmdeploy(settings: Settings) -> None:
+    """Fail unless the cmdeploy command can be started (before any host is touched)."""
+    settings.need("relay_dir")
+    if not settings.cmdeploy:
+        raise SettingsError(f"no cmdeploy command: set {ENV_CMDEPLOY} or use a relay checkout")
+    program = settings.cmdeploy[0]
+    found = shutil.which(program, path=str(settings.relay_dir)) if "/" not in program else None
+    found = found or shutil.which(program)
+    if not found and not (("/" in program) and os.access(program, os.X_OK)):
+        raise SettingsError(
+            f"cmdeploy command {program!r} not found or not executable; run "
+            f"scripts/initenv.sh in the relay checkout or set {ENV_CMDEPLOY}"
+        )
+
+
+def resolve(
+    c,
+    *,
+    role: str | None = None,
+    old_host: str | None = None,
+    new_host: str | None = None,
+    relay_dir: str | None = None,
+    new_host_from_old: str | None = None,
+    yes: bool | None = None,
+) -> Settings:
+    """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
+    cfg = _config(c)
+    env = os.environ
+    cli_host = connection_host(c)
+    if role == "old" and cli_host and not old_host:
+        old_host = cli_host
+    if role == "new" and cli_host and not new_host:
+        new_host = cli_host
+    rdir = resolve_relay_dir(relay_dir or cfg.get("relay_dir") or env.get(ENV_RELAY_DIR))
+    mail_domain = read_mail_domain(rdir) if rdir else None
+    state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local/state")
+    fabric_ssh = getattr(c.config, "runtime_ssh_path", None) if hasattr(c, "config") else None
+    try:
+        dry = bool(c.config.run.dry)
+    except AttributeError:
+        dry = False
+    settings = Settings(
+        # cmdeploy's own --ssh-host default: the mail domain, i.e. where DNS points now.
+        old_host=old_host or cfg.get("old_host") or mail_domain,
+        new_host=new_host or cfg.get("new_host"),
+        new_host_from_old=new_host_from_old or cfg.get("new_host_from_old"),
+        relay_dir=rdir,
+        cmdeploy=resolve_cmdeploy(cfg.get("cmdeploy") or env.get(ENV_CMDEPLOY), rdir),
+        mail_domain=mail_domain,
+        ssh_config=fabric_ssh or cfg.get("ssh_config") or env.get(ENV_SSH_CONFIG),
+        user=cfg.get("user") or "root",
+        connect_timeout=int(cfg.get("connect_timeout") or 10),
+        journal_dir=Path(cfg.get("journal_dir") or state_home / "chatmail-migrate").expanduser(),
+        yes=bool(yes if yes is not None else cfg.get("yes")),
+        dry=dry,
+        connect_kwargs=dict(getattr(c.config, "connect_kwargs", None) or {}),
+    )
+    if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
+        raise SettingsError(
+            f"ssh config {settings.ssh_config} does not exist; fix {ENV_SSH_CONFIG}"
+        )
+    if settings.old_host and settings.new_host and settings.old_host == settings.new_host:
+        raise SettingsError(
+            f"old and new host are both {settings.old_host}; give the new host with --new-host"
+        )
+    return settings

@@ -1,0 +1,31 @@
+"""Invoke collection: the migration tasks (as in ``fab --list``), the lab, and development.
+
+Run ``invoke --list`` from the repository root.
+"""
+
+from invoke import task
+
+from chatmail_migrate.collection import migration_collection
+from chatmail_migrate.lab.tasks import ns as lab
+
+
+@task(
+    help={"k": "Only tests matching this pytest -k expression.", "x": "Stop at the first failure."}
+)
+def test(c, k=None, x=False):
+    """Lint, then run the whole test suite (lab tests need root: see README)."""
+    c.run("ruff check . && ruff format --check .", pty=False)
+    args = (["-k", repr(k)] if k else []) + (["-x"] if x else [])
+    c.run(f"python -m pytest {' '.join(args)}", pty=False)
+
+
+@task
+def fmt(c):
+    """Format and auto-fix the code with ruff."""
+    c.run("ruff format . && ruff check --fix .")
+
+
+ns = migration_collection()
+ns.add_collection(lab)
+ns.add_task(test)
+ns.add_task(fmt, name="format")
