@@ -3,6 +3,9 @@
 Run ``invoke --list`` from the repository root.
 """
 
+import shlex
+import sys
+
 from invoke import task
 
 from chatmail_migrate.collection import migration_collection
@@ -14,15 +17,17 @@ from chatmail_migrate.lab.tasks import ns as lab
 )
 def test(c, k=None, x=False):
     """Lint, then run the whole test suite (lab tests need root: see README)."""
-    c.run("ruff check . && ruff format --check .", pty=False)
-    args = (["-k", repr(k)] if k else []) + (["-x"] if x else [])
-    c.run(f"python -m pytest {' '.join(args)}", pty=False)
+    python = shlex.quote(sys.executable)  # the venv's, whatever PATH says
+    c.run(f"{python} -m ruff check . && {python} -m ruff format --check .")
+    args = (["-k", shlex.quote(k)] if k else []) + (["-x"] if x else [])
+    c.run(f"{python} -m pytest {' '.join(args)}")
 
 
 @task
 def fmt(c):
     """Format and auto-fix the code with ruff."""
-    c.run("ruff format . && ruff check --fix .")
+    python = shlex.quote(sys.executable)
+    c.run(f"{python} -m ruff format . && {python} -m ruff check --fix .")
 
 
 ns = migration_collection()

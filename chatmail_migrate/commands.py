@@ -14,7 +14,7 @@ COPY_PATHS = [
     "/var/spool/postfix",
 ]
 MAIL_SERVICES = ("postfix", "dovecot")
-# Where the new host keeps what copy-data sends beside the trees (ACLs, spool owners).
+# Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
 META_DIR = "/var/lib/chatmail-migrate/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
 
@@ -93,11 +93,10 @@ def copy_script(paths: list[str], *, host: str, port: int, user: str, host_key_l
     Runs on the old host with the agent forwarded. ``pipefail`` makes a failure of
     either tar or of the ssh between them fail the whole command. A second, small
     stream carries what tar cannot restore on a host whose users do not exist yet:
-    the ACLs (restored by name later) and the Postfix spool's owners by name.
+    the ACLs and every copied file's owner and group names, applied by fix-ownership.
     """
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in paths)
     absolute = " ".join(shlex.quote(p) for p in paths)
-    spool = "/var/spool/postfix" in paths
     ssh = ssh_to_new(host, port, user, '"$kh"')
     lines = [
         "set -euo pipefail",
@@ -107,15 +106,19 @@ def copy_script(paths: list[str], *, host: str, port: int, user: str, host_key_l
         "if command -v getfacl >/dev/null; then "
         f'getfacl --absolute-names --skip-base --recursive {absolute} > "$meta/acls"; fi',
     ]
-    if spool:
-        lines.append("find /var/spool/postfix -printf '%u:%g\\0%p\\0' > \"$meta/spool-owners\"")
+    lines.append(f"find {absolute} -printf '%u:%g\\0%p\\0' > \"$meta/owners\"")
     receive = f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
     lines.append(f'tar --create --file=- -C "$meta" . | {ssh} {shlex.quote(receive)}')
     return "\n".join(lines)
 
 
 def fix_ownership_script(paths: list[str]) -> str:
-    """The seed's chowns (for what exists), the spool's owners as on old, then ACLs."""
+    """The seed's chowns (for what exists), then owners by name as on old, then ACLs.
+
+    The seed's ``chown -R`` also hands files in those trees that old gave to another
+    user (e.g. root's README in /etc/dkimkeys) to the tree's user, and it leaves out
+    the Postfix spool; the owner list recorded on old puts every name back.
+    """
     lines = [
         "set -euo pipefail",
         'need() { id -u "$1" >/dev/null 2>&1 || { echo "user $1 does not exist on this '
@@ -128,25 +131,26 @@ def fix_ownership_script(paths: list[str]) -> str:
         "for d in /run/echobot /var/lib/echobot; do "
         'if [ -d "$d" ]; then need echobot; chown -R echobot: "$d"; fi; done',
     ]
-    if "/var/spool/postfix" in paths:
-        lines.append(
-            f"if [ -s {META_DIR}/spool-owners ]; then python3 -c {shlex.quote(SPOOL_OWNERS_PY)} "
-            f"{META_DIR}/spool-owners; fi"
-        )
+    lines.append(
+        f"if [ -s {META_DIR}/owners ]; then python3 -c {shlex.quote(OWNERS_PY)} {META_DIR}/owners; fi"
+    )
     lines.append(f"if [ -s {META_DIR}/acls ]; then setfacl --restore={META_DIR}/acls; fi")
     return "\n".join(lines)
 
 
-# Give each spool file the owner and group *names* it had on the old host.
-SPOOL_OWNERS_PY = """
-import grp, os, pwd, sys
+# Give each copied file the owner and group *names* it had on the old host. Names
+# unknown there (bare numbers) or here are left as they are, and listed by the check.
+OWNERS_PY = """
+import functools, grp, os, pwd, sys
+uid = functools.cache(lambda n: -1 if n.isdigit() else pwd.getpwnam(n).pw_uid)
+gid = functools.cache(lambda n: -1 if n.isdigit() else grp.getgrnam(n).gr_gid)
 items = open(sys.argv[1], "rb").read().split(b"\\0")
 for owner, path in zip(items[0::2], items[1::2]):
     user, _, group = owner.decode().partition(":")
     try:
-        uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else -1
-        gid = grp.getgrnam(group).gr_gid if not group.isdigit() else -1
-        os.chown(path, uid, gid, follow_symlinks=False)
+        want, st = (uid(user), gid(group)), os.lstat(path)
+        if want[0] not in (-1, st.st_uid) or want[1] not in (-1, st.st_gid):
+            os.chown(path, *want, follow_symlinks=False)
     except (KeyError, FileNotFoundError):
         pass
 """

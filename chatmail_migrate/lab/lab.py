@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -112,7 +113,7 @@ class Lab:
         return {
             "SSH_AUTH_SOCK": str(self.agent_sock),
             "CHATMAIL_RELAY_DIR": str(self.relay_dir),
-            "CMDEPLOY": STANDIN_COMMAND,
+            "CMDEPLOY": standin_command(),
             "CHATMAIL_LAB_SSH_CONFIG": str(self.ssh_config),
             "CHATMAIL_MIGRATE_SSH_CONFIG": str(self.ssh_config),
         }
@@ -492,6 +493,14 @@ class Lab:
             probe = self.ssh(host.name, "systemctl is-system-running", check=False, timeout=10)
             result[host.name] = probe.stdout.strip() or f"unreachable ({probe.stderr.strip()})"
         return result
+
+
+def standin_command() -> str:
+    """The stand-in's command line, absolute so it works whatever PATH says."""
+    beside = Path(sys.executable).parent / STANDIN_COMMAND
+    if beside.exists():
+        return shlex.quote(str(beside))
+    return shlex.join([sys.executable, "-m", "chatmail_migrate.lab.cmdeploy_standin"])
 
 
 def _cmdline(pid: int | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +56,19 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
         "mail_days": 20,
         "inactive_days": 90,
     }
-    out = lab.ssh("old", f"python3 - '{json.dumps(args)}'", input=script, timeout=1800)
+    out = lab.ssh("old", f"python3 - {shlex.quote(json.dumps(args))}", input=script, timeout=1800)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     lab.ssh("old", "sh -s", input=activate_script(disable_mail=False))
+    # The image boots with Postfix running; a new host has no mail service yet.
+    # Other system users come first there, so the relay's users get other UIDs/GIDs
+    # than on old, and old's numeric ids name other users on new.
+    commands = [
+        "systemctl disable --now postfix dovecot",
+        "useradd --system --user-group labpad1",
+        "useradd --system --user-group labpad2",
+    ]
     if p.new_users == "different":
-        # Created in another order after padding users: every UID/GID differs from old's.
-        commands = [
-            "useradd --system --user-group labpad1",
-            "useradd --system --user-group labpad2",
-        ]
         commands += user_commands(list(reversed(relay_users(p.version))))
-        lab.ssh("new", " && ".join(commands))
+    lab.ssh("new", " && ".join(commands))
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary

@@ -1,0 +1,108 @@
+"""What the lab tests share: running the tool as an operator would, and comparing trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from chatmail_migrate.commands import COPY_PATHS
+from chatmail_migrate.lab import Lab
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Queue directories: postsuper renames their files to match new inode numbers,
+# so they are compared by content, not by name.
+QUEUE_DIRS = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hold",
+              "incoming", "maildrop", "saved", "trace")  # fmt: skip
+# Per-host files Postfix regenerates in its chroot at start, and its runtime state.
+SPOOL_RUNTIME = ("etc", "lib", "usr", "dev", "pid", "public", "private")
+
+
+def tool_env(lab: Lab, state_dir: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **lab.env(), "XDG_STATE_HOME": str(state_dir), **extra}
+    env.pop("CHATMAIL_LAB_CMDEPLOY_FAIL", None)
+    env.update(extra)
+    return env
+
+
+def run_tool(
+    lab: Lab, tool: str, *args: str, state_dir: Path, cwd: Path = REPO, **extra: str
+) -> subprocess.CompletedProcess:
+    """Run ``invoke``/``fab``/``chatmail-migrate`` as an operator would, from ``cwd``."""
+    result = subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, env=tool_env(lab, state_dir, **extra),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    print(f"$ {tool} {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def listing(lab: Lab, host: str, paths=COPY_PATHS) -> dict:
+    script = (Path(__file__).parent / "tree_listing.py").read_text()
+    out = lab.ssh(host, "python3 - " + " ".join(paths), input=script).stdout
+    entries, acls = {}, ""
+    for line in out.splitlines():
+        item = json.loads(line)
+        if "acls" in item:
+            acls = item["acls"]
+        else:
+            entries[item["path"]] = item
+    return {"entries": entries, "acls": acls}
+
+
+def _spool_part(path: str) -> str | None:
+    parts = path.split("/")
+    if path.startswith("/var/spool/postfix/") and len(parts) > 4:
+        return parts[4]
+    return None
+
+
+def compare_trees(old: dict, new: dict) -> list[str]:
+    """Differences between the copied trees, [] when new holds exactly old's data."""
+    diffs = []
+    queue_old, queue_new = [], []
+    for entries, queue in (
+        (old["entries"], queue_old),
+        (new["entries"], queue_new),
+    ):
+        for path, item in entries.items():
+            part = _spool_part(path)
+            if part in QUEUE_DIRS and item["type"] == "file":
+                queue.append((part, item["sha256"], item["mode"], item["owner"], item["group"]))
+    for path, item in old["entries"].items():
+        part = _spool_part(path)
+        if part in SPOOL_RUNTIME or item["type"] == "socket":
+            continue
+        if part in QUEUE_DIRS and item["type"] == "file":
+            continue
+        other = new["entries"].get(path)
+        if other is None:
+            diffs.append(f"missing on new: {path}")
+            continue
+        for key in ("type", "mode", "owner", "group", "mtime_ns", "size", "sha256", "target",
+                    "xattrs", "nlink"):  # fmt: skip
+            if item.get(key) != other.get(key):
+                diffs.append(f"{path}: {key} {item.get(key)!r} on old, {other.get(key)!r} on new")
+    for path, item in new["entries"].items():
+        part = _spool_part(path)
+        if path not in old["entries"] and part not in SPOOL_RUNTIME and item["type"] != "socket":
+            if not (part in QUEUE_DIRS and item["type"] == "file"):
+                diffs.append(f"only on new: {path}")
+    if sorted(queue_old) != sorted(queue_new):
+        diffs.append(f"mail queue differs: {sorted(queue_old)} on old, {sorted(queue_new)} on new")
+    if old["acls"] != new["acls"]:
+        diffs.append(f"ACLs differ:\n{old['acls']}\n---\n{new['acls']}")
+    return diffs
+
+
+def mail_services(lab: Lab, host: str) -> dict[str, str]:
+    out = lab.ssh(
+        host,
+        "for s in postfix dovecot; do echo $s $(systemctl is-active $s) $(systemctl is-enabled $s);"
+        " done",
+        check=False,
+    ).stdout
+    return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()}

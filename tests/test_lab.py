@@ -1,0 +1,228 @@
+"""The lab itself: hosts, SSH, agent forwarding, seeding, the stand-in, teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import fabric
+import pytest
+
+from chatmail_migrate.lab import Lab, LabError, SeedParams
+from chatmail_migrate.lab.lab import HOST_NAMES
+
+from .helpers import mail_services, tool_env
+
+
+def test_ssh_as_root_to_every_host_with_fabric_and_openssh(seeded_lab: Lab):
+    env_sock = seeded_lab.env()["SSH_AUTH_SOCK"]
+    for host in HOST_NAMES:
+        assert seeded_lab.ssh(host, "id -un").stdout.strip() == "root"
+        config = fabric.Config(runtime_ssh_path=str(seeded_lab.ssh_config))
+        old_sock = os.environ.get("SSH_AUTH_SOCK")
+        os.environ["SSH_AUTH_SOCK"] = env_sock
+        try:
+            with fabric.Connection(host, config=config) as conn:
+                result = conn.run("hostname; cat /etc/debian_version", hide=True, in_stream=False)
+        finally:
+            if old_sock is None:
+                os.environ.pop("SSH_AUTH_SOCK")
+            else:
+                os.environ["SSH_AUTH_SOCK"] = old_sock
+        name, version = result.stdout.split()
+        assert name == host
+        assert version.startswith("12.")
+
+
+def test_hosts_are_distinct_machines(seeded_lab: Lab):
+    ids = {seeded_lab.ssh(h, "cat /etc/machine-id").stdout for h in HOST_NAMES}
+    keys = {seeded_lab.ssh(h, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout for h in HOST_NAMES}
+    assert len(ids) == len(keys) == len(HOST_NAMES)
+
+
+def test_known_hosts_pins_each_host_key(seeded_lab: Lab, tmp_path: Path):
+    # A host presenting another key must be refused by the lab's ssh config.
+    lines = seeded_lab.known_hosts.read_text().splitlines()
+    swapped = [lines[1].split()[0] + " " + " ".join(lines[0].split()[1:])] + lines[1:2]
+    bad = tmp_path / "known_hosts"
+    bad.write_text("\n".join(swapped[:1]) + "\n")
+    result = subprocess.run(
+        ["ssh", "-F", str(seeded_lab.ssh_config), "-o", f"UserKnownHostsFile={bad}", "new", "true"],
+        capture_output=True, text=True, env=tool_env(seeded_lab, tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 255
+    assert "host key" in result.stderr.lower()
+
+
+def test_agent_forwarding_from_old_to_new(seeded_lab: Lab):
+    new_key = next(line for line in seeded_lab.known_hosts.read_text().splitlines()
+                   if line.startswith("new,"))  # fmt: skip
+    inner = (
+        f"printf '%s\\n' '{new_key}' > /tmp/kh && ssh -o BatchMode=yes "
+        f"-o UserKnownHostsFile=/tmp/kh root@{seeded_lab.address('new')} hostname"
+    )
+    with_agent = seeded_lab.ssh("old", inner, forward_agent=True, check=False)
+    assert (with_agent.returncode, with_agent.stdout.strip()) == (0, "new")
+    without = seeded_lab.ssh("old", inner, check=False)
+    assert without.returncode == 255, "old must not reach new without the forwarded agent"
+
+
+def test_seeded_relay_on_old(seeded_lab: Lab):
+    domain = seeded_lab.domain
+    stat = seeded_lab.ssh(
+        "old",
+        "stat -c '%U %G %a %n' /etc/dkimkeys/opendkim.private /var/lib/acme/accounts "
+        f"/run/echobot/password /var/lib/echobot /home/vmail/mail/{domain}; "
+        f"readlink /var/lib/acme/live/{domain}",
+    ).stdout.splitlines()
+    assert stat[0] == "opendkim opendkim 600 /etc/dkimkeys/opendkim.private"
+    assert stat[1] == "root root 700 /var/lib/acme/accounts"
+    # 0600 plus the ACL: the group bits show the ACL mask (r).
+    assert stat[2].startswith("echobot echobot 640 ")
+    assert stat[3].startswith("echobot echobot 700 ")
+    assert stat[4].startswith("vmail vmail 700 ")
+    assert stat[5].startswith("../certs/")
+    acl = seeded_lab.ssh("old", "getfacl -cp /run/echobot/password").stdout
+    assert "user:vmail:r--" in acl
+    # 30 accounts with a password file and 8 messages each, mtimes spread over days.
+    out = seeded_lab.ssh(
+        "old",
+        f"cd /home/vmail/mail/{domain} && ls -d *@{domain}/password | wc -l && "
+        f"find . -path '*/cur/*' -o -path '*/new/*' -type f | wc -l && "
+        f"find . -path '*/cur/*' -type f -printf '%TY-%Tm-%Td\\n' | sort -u | wc -l && "
+        "find . ! -user vmail | wc -l",
+    ).stdout.split()
+    assert out[0] == "30"
+    assert out[1] == str(30 * 8)
+    assert int(out[2]) > 5, "message mtimes should spread over many days"
+    assert out[3] == "0"
+    queue = seeded_lab.ssh("old", "postqueue -j").stdout.splitlines()
+    assert any(json.loads(q)["queue_name"] == "deferred" for q in queue)
+    assert mail_services(seeded_lab, "old") == {
+        "postfix": "active enabled",
+        "dovecot": "active enabled",
+    }
+    assert seeded_lab.ssh("old", "cat /etc/chatmail-version").stdout.strip()
+
+
+def test_new_host_users_have_other_ids_than_old(seeded_lab: Lab):
+    def ids(host):
+        return seeded_lab.ssh(host, "id -u vmail; id -g vmail; id -u echobot").stdout.split()
+
+    old, new = ids("old"), ids("new")
+    assert len(old) == len(new) == 3
+    assert all(o != n for o, n in zip(old, new, strict=True))
+    assert mail_services(seeded_lab, "new") == {
+        "postfix": "inactive disabled",
+        "dovecot": "inactive disabled",
+    }
+
+
+def test_bare_new_host_has_no_relay_users(make_lab):
+    lab = make_lab(seed=SeedParams(accounts=2, messages=1, new_users="none"))
+    assert lab.ssh("new", "id vmail", check=False).returncode == 1
+    assert lab.ssh("new", "id echobot", check=False).returncode == 1
+
+
+def _standin(lab: Lab, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    command = lab.env()["CMDEPLOY"]
+    return subprocess.run(
+        f"{command} {' '.join(args)}", shell=True, cwd=lab.relay_dir, capture_output=True,
+        text=True, env=tool_env(lab, tmp_path, **env),
+    )  # fmt: skip
+
+
+def test_standin_turns_mail_off_and_on(seeded_lab: Lab, tmp_path: Path):
+    off = _standin(seeded_lab, tmp_path, "run", "--disable-mail", "--ssh-host", "old")
+    assert off.returncode == 0, off.stderr
+    assert "STAND-IN" in off.stdout
+    assert mail_services(seeded_lab, "old") == {
+        "postfix": "inactive disabled",
+        "dovecot": "inactive disabled",
+    }
+    on = _standin(seeded_lab, tmp_path, "run", "--ssh-host", seeded_lab.address("old"))
+    assert on.returncode == 0, on.stderr
+    assert mail_services(seeded_lab, "old") == {
+        "postfix": "active enabled",
+        "dovecot": "active enabled",
+    }
+    failing = _standin(seeded_lab, tmp_path, "run", "--ssh-host", "old",
+                       CHATMAIL_LAB_CMDEPLOY_FAIL="before@old")  # fmt: skip
+    assert failing.returncode == 1
+    assert "on purpose" in failing.stderr
+
+
+def test_standin_unreachable_host_fails_with_message(seeded_lab: Lab, tmp_path: Path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host nowhere\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n")
+    result = _standin(seeded_lab, tmp_path, "run", "--ssh-host", "nowhere",
+                      CHATMAIL_LAB_SSH_CONFIG=str(config))  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot reach nowhere" in result.stderr
+
+
+def _lab_traces(lab: Lab) -> dict[str, list[str]]:
+    """What of ``lab`` is visible on this machine: mounts, namespaces, links, processes."""
+    mounts = [
+        line for line in Path("/proc/mounts").read_text().splitlines() if str(lab.dir) in line
+    ]
+    netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                       text=True).stdout.split() if n.startswith(f"{lab.name}-")]  # fmt: skip
+    links = [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
+             text=True).stdout.splitlines() if f" {lab.name}" in line]  # fmt: skip
+    procs = []
+    for host in lab.hosts.values():
+        for cgroup in host.cgroups:
+            if Path(cgroup).exists():
+                procs.append(cgroup)
+        if host.pid and Path(f"/proc/{host.pid}").exists():
+            status = Path(f"/proc/{host.pid}/status").read_text()
+            if "State:\tZ" not in status:
+                procs.append(f"pid {host.pid}")
+    if lab.agent_pid and Path(f"/proc/{lab.agent_pid}").exists():
+        if "State:\tZ" not in Path(f"/proc/{lab.agent_pid}/status").read_text():
+            procs.append(f"agent {lab.agent_pid}")
+    locks = [str(Path("/run/systemd/nspawn/locks") / h.root_lock) for h in lab.hosts.values()
+             if h.root_lock and (Path("/run/systemd/nspawn/locks") / h.root_lock).exists()]  # fmt: skip
+    return {"mounts": mounts, "netns": netns, "links": links, "procs": procs, "locks": locks,
+            "state": [str(lab.dir)] if lab.dir.exists() else []}  # fmt: skip
+
+
+def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
+    second = Lab(name="cmtdown")
+    if Lab.load("cmtdown"):
+        Lab.load("cmtdown").down()
+    second.up(log=print)
+    try:
+        assert second.subnet != seeded_lab.subnet
+        assert second.ssh("old", "hostname").stdout.strip() == "old"
+        traces = _lab_traces(second)
+        assert traces["mounts"] and traces["netns"] and traces["links"] and traces["procs"]
+    finally:
+        second.down(log=print)
+    assert _lab_traces(second) == {k: [] for k in traces}
+    # The first lab is untouched by the second one's teardown.
+    assert seeded_lab.ssh("old", "hostname").stdout.strip() == "old"
+
+
+def test_teardown_after_half_failed_up(lab_available, monkeypatch):
+    lab = Lab(name="cmthalf")
+    if Lab.load("cmthalf"):
+        Lab.load("cmthalf").down()
+    booted: list[str] = []
+
+    def fail_on_second_host(self, hostname, *args, **kwargs):
+        if booted:
+            raise LabError("injected boot failure")
+        booted.append(hostname)
+        return original(self, hostname, *args, **kwargs)
+
+    original = Lab._boot_host
+    monkeypatch.setattr(Lab, "_boot_host", fail_on_second_host)
+    with pytest.raises(LabError, match="injected"):
+        lab.up(log=print)
+    assert booted == ["old"]
+    assert lab.hosts["old"].pid  # something really was started, and then removed
+    assert all(v == [] for v in _lab_traces(lab).values()), _lab_traces(lab)
