@@ -131,9 +131,8 @@ def fix_ownership_script(paths: list[str]) -> str:
         "for d in /run/echobot /var/lib/echobot; do "
         'if [ -d "$d" ]; then need echobot; chown -R echobot: "$d"; fi; done',
     ]
-    lines.append(
-        f"if [ -s {META_DIR}/owners ]; then python3 -c {shlex.quote(OWNERS_PY)} {META_DIR}/owners; fi"
-    )
+    owners = f"{META_DIR}/owners"
+    lines.append(f"if [ -s {owners} ]; then python3 -c {shlex.quote(OWNERS_PY)} {owners}; fi")
     lines.append(f"if [ -s {META_DIR}/acls ]; then setfacl --restore={META_DIR}/acls; fi")
     return "\n".join(lines)
 

@@ -41,6 +41,16 @@ ROLES = {
     "switch-dns": "DNS",
     "enable-mail": "new",
 }
+# What each step needs, checked before it touches anything or writes the journal.
+NEEDS = {
+    "disable-mail": ("old_host", "relay_dir"),
+    "copy-data": ("old_host", "new_host"),
+    "install": ("new_host", "relay_dir"),
+    "fix-ownership": ("new_host",),
+    "switch-dns": ("old_host", "new_host"),
+    "enable-mail": ("new_host", "relay_dir"),
+}
+USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
 MIGRATE_CONFIG_KEYS = ("old_host", "new_host", "relay_dir", "new_host_from_old", "yes")
 
 
@@ -64,6 +74,12 @@ def run_step(c, name: str, settings: Settings, action: Callable[[Settings, Runne
     """Run one step: announce it, skip it when the journal says done (under migrate),
     time it, record it, and on failure say exactly where things stand."""
     number = f"[{STEPS.index(name) + 1}/{len(STEPS)}]"
+    try:
+        settings.need(*NEEDS[name])
+        if name in USES_CMDEPLOY:
+            check_cmdeploy(settings)
+    except SettingsError as e:
+        raise _fail(e) from None
     journal = Journal.for_settings(settings)
     if journal and journal.steps:
         touched = {"old": ["old_host"], "new": ["new_host"]}.get(
@@ -133,13 +149,11 @@ def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
 
 
 def disable_mail_on_old(settings: Settings, runner: Runner) -> None:
-    settings.need("old_host", "relay_dir")
     cmdeploy_run(settings, settings.old_host, disable_mail=True)
     expect_mail_services(runner, "old", running=False)
 
 
 def copy_data_old_to_new(settings: Settings, runner: Runner) -> None:
-    settings.need("old_host", "new_host")
     if not settings.dry and not os.environ.get("SSH_AUTH_SOCK"):
         raise MigrateError(
             "copy-data needs an ssh-agent (SSH_AUTH_SOCK) holding a key the new host accepts: "
@@ -165,13 +179,11 @@ def copy_data_old_to_new(settings: Settings, runner: Runner) -> None:
 
 
 def install_on_new(settings: Settings, runner: Runner) -> None:
-    settings.need("new_host", "relay_dir")
     cmdeploy_run(settings, settings.new_host, disable_mail=True)
     expect_mail_services(runner, "new", running=False)
 
 
 def fix_ownership_on_new(settings: Settings, runner: Runner) -> None:
-    settings.need("new_host")
     paths = commands.COPY_PATHS
     if not settings.dry:
         paths = existing_paths(runner, "new", commands.COPY_PATHS)
@@ -205,7 +217,6 @@ def _global_addresses(runner: Runner, role: str) -> dict[str, list[str]]:
 
 
 def switch_dns_records(settings: Settings, runner: Runner) -> None:
-    settings.need("old_host", "new_host")
     name = f"{settings.mail_domain or '<mail_domain>'}."
     if settings.dry:
         old = {"A": ["<old IPv4>"], "AAAA": ["<old IPv6>"]}
@@ -244,7 +255,6 @@ def switch_dns_records(settings: Settings, runner: Runner) -> None:
 
 
 def enable_mail_on_new(settings: Settings, runner: Runner) -> None:
-    settings.need("new_host", "relay_dir")
     cmdeploy_run(settings, settings.new_host, disable_mail=False)
     expect_mail_services(runner, "new", running=True)
 
@@ -326,7 +336,7 @@ def fix_ownership(c, new_host=None, relay_dir=None):
         "yes": HELP["yes"],
     }
 )
-def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=None):
+def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
     """Step 5, DNS: print the A/AAAA records to change and wait for your 'done'.
 
     Examples: fab -H 13.12.23.42 switch-dns --old-host 13.37.13.37 |
@@ -334,7 +344,7 @@ def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=None):
     """
     try:
         s = resolve(c, role="new", old_host=old_host, new_host=new_host, relay_dir=relay_dir,
-                    yes=yes)  # fmt: skip
+                    yes=yes or None)  # fmt: skip
     except SettingsError as e:
         raise _fail(e) from None
     run_step(c, "switch-dns", s, switch_dns_records)

@@ -163,31 +163,40 @@ def test_standin_unreachable_host_fails_with_message(seeded_lab: Lab, tmp_path: 
     assert "cannot reach nowhere" in result.stderr
 
 
+def _out(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True).stdout
+
+
+def _live(pid: int | None) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return bool(pid) and status.exists() and "State:\tZ" not in status.read_text()
+
+
+def _processes_rooted_in(directory: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "root").startswith(str(directory)):
+                    found.append(proc.name)
+            except OSError:
+                pass
+    return found
+
+
 def _lab_traces(lab: Lab) -> dict[str, list[str]]:
     """What of ``lab`` is visible on this machine: mounts, namespaces, links, processes."""
-    mounts = [
-        line for line in Path("/proc/mounts").read_text().splitlines() if str(lab.dir) in line
-    ]
-    netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                       text=True).stdout.split() if n.startswith(f"{lab.name}-")]  # fmt: skip
-    links = [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
-             text=True).stdout.splitlines() if f" {lab.name}" in line]  # fmt: skip
-    procs = []
-    for host in lab.hosts.values():
-        for cgroup in host.cgroups:
-            if Path(cgroup).exists():
-                procs.append(cgroup)
-        if host.pid and Path(f"/proc/{host.pid}").exists():
-            status = Path(f"/proc/{host.pid}/status").read_text()
-            if "State:\tZ" not in status:
-                procs.append(f"pid {host.pid}")
-    if lab.agent_pid and Path(f"/proc/{lab.agent_pid}").exists():
-        if "State:\tZ" not in Path(f"/proc/{lab.agent_pid}/status").read_text():
-            procs.append(f"agent {lab.agent_pid}")
-    locks = [str(Path("/run/systemd/nspawn/locks") / h.root_lock) for h in lab.hosts.values()
-             if h.root_lock and (Path("/run/systemd/nspawn/locks") / h.root_lock).exists()]  # fmt: skip
-    return {"mounts": mounts, "netns": netns, "links": links, "procs": procs, "locks": locks,
-            "state": [str(lab.dir)] if lab.dir.exists() else []}  # fmt: skip
+    locks = Path("/run/systemd/nspawn/locks")
+    return {
+        "mounts": [m for m in Path("/proc/mounts").read_text().splitlines() if str(lab.dir) in m],
+        "netns": [n for n in _out("ip", "netns", "list").split() if n.startswith(f"{lab.name}-")],
+        "links": [x for x in _out("ip", "-o", "link").splitlines() if f" {lab.name}" in x],
+        "processes": _processes_rooted_in(lab.dir)
+        + [str(p) for p in [lab.agent_pid, *(h.pid for h in lab.hosts.values())] if _live(p)],
+        "cgroups": [c for h in lab.hosts.values() for c in h.cgroups if Path(c).exists()],
+        "locks": [h.root_lock for h in lab.hosts.values() if (locks / h.root_lock).exists()],
+        "state": [str(lab.dir)] if lab.dir.exists() else [],
+    }
 
 
 def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
@@ -199,7 +208,7 @@ def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
         assert second.subnet != seeded_lab.subnet
         assert second.ssh("old", "hostname").stdout.strip() == "old"
         traces = _lab_traces(second)
-        assert traces["mounts"] and traces["netns"] and traces["links"] and traces["procs"]
+        assert all(traces.values()), traces
     finally:
         second.down(log=print)
     assert _lab_traces(second) == {k: [] for k in traces}

@@ -1,0 +1,116 @@
+"""The command-line surface: listings, help, dry runs and bad input (no lab needed)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatmail_migrate.lab.lab import standin_command
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MIGRATION_TASKS = ["copy-data", "disable-mail", "enable-mail", "fix-ownership", "install",
+                   "migrate", "status", "switch-dns"]  # fmt: skip
+
+
+def run(tool: str, *args: str, cwd: Path = REPO, env: dict | None = None):
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, env=env,
+        stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+
+
+def listed(output: str) -> list[str]:
+    return re.findall(r"^  ([a-z][\w.-]*)\s", output, re.M)
+
+
+def test_fab_and_invoke_list_the_same_migration_tasks():
+    fab, inv = run("fab", "--list"), run("invoke", "--list")
+    assert fab.returncode == inv.returncode == 0
+    assert listed(fab.stdout) == MIGRATION_TASKS
+    assert [t for t in listed(inv.stdout) if t in MIGRATION_TASKS] == MIGRATION_TASKS
+    assert {"lab.up", "lab.down", "lab.status", "lab.seed", "test"} <= set(listed(inv.stdout))
+
+
+def test_console_script_works_from_root():
+    result = run("chatmail-migrate", "--list", cwd=Path("/"))
+    assert result.returncode == 0
+    assert listed(result.stdout) == MIGRATION_TASKS
+    helped = run("chatmail-migrate", "--help", "copy-data", cwd=Path("/"))
+    assert "--new-host" in helped.stdout and "agent forwarded" in helped.stdout
+
+
+@pytest.fixture
+def relay_dir(tmp_path: Path) -> Path:
+    relay = tmp_path / "relay"
+    relay.mkdir()
+    (relay / "chatmail.ini").write_text("[params]\nmail_domain = dry.example.org\n")
+    return relay
+
+
+def cli_env(tmp_path: Path, relay: Path, ssh_config: Path | None = None) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATMAIL", "CMDEPLOY"))}
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), CHATMAIL_RELAY_DIR=str(relay),
+               CMDEPLOY=standin_command())  # fmt: skip
+    if ssh_config:
+        env["CHATMAIL_MIGRATE_SSH_CONFIG"] = str(ssh_config)
+    return env
+
+
+def test_dry_run_prints_every_command_and_connects_nowhere(tmp_path: Path, relay_dir: Path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host dry-old dry-new\n  HostName 127.0.0.1\n  Port {port}\n  User root\n")
+    env = cli_env(tmp_path, relay_dir, config)
+    result = run("invoke", "--dry", "migrate", "--old-host", "dry-old", "--new-host", "dry-new",
+                 env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "run --disable-mail --ssh-host dry-old" in out
+    assert "run --disable-mail --ssh-host dry-new" in out
+    assert "run --ssh-host dry-new" in out
+    assert "[old: dry-old] (agent forwarded) $ bash" in out and "tar --create" in out
+    assert "set -euo pipefail" in out
+    assert "[new: dry-new] $ bash" in out and "chown -R vmail: /home/vmail/mail" in out
+    assert "systemctl is-active postfix" in out
+    assert "dry run: nothing was changed" in out
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody connected
+    assert not (tmp_path / "state").exists(), "a dry run writes no journal"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["migrate"], "no new host: give --new-host"),
+        (["migrate", "--old-host", "a.example", "--new-host", "a.example"], "old and new host"),
+        (["copy-data", "--old-host", "a.example"], "no new host"),
+        (["migrate", "--new-host", "b", "--relay-dir", "/nonexistent"], "holds no chatmail.ini"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, relay_dir: Path, args, message):
+    result = run("invoke", *args, env=cli_env(tmp_path, relay_dir))
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_missing_cmdeploy_is_reported_before_anything_runs(tmp_path: Path, relay_dir: Path):
+    env = cli_env(tmp_path, relay_dir)
+    env.pop("CMDEPLOY")
+    result = run("invoke", "migrate", "--new-host", "b.example", env=env)
+    assert result.returncode != 0
+    assert "scripts/cmdeploy" in result.stderr and "not found" in result.stderr

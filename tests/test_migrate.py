@@ -1,0 +1,130 @@
+"""Whole migrations between lab hosts, with the cmdeploy stand-in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chatmail_migrate.commands import COPY_PATHS
+from chatmail_migrate.journal import STEPS
+from chatmail_migrate.lab import Lab, SeedParams
+
+from .helpers import compare_trees, listing, mail_services, run_tool
+
+MAIL_ON = {"postfix": "active enabled", "dovecot": "active enabled"}
+MAIL_OFF = {"postfix": "inactive disabled", "dovecot": "inactive disabled"}
+
+
+def journal(state_dir: Path, lab: Lab) -> dict:
+    return json.loads((state_dir / "chatmail-migrate" / f"{lab.domain}.json").read_text())
+
+
+def assert_migrated(lab: Lab, old_listing: dict) -> None:
+    """New holds exactly old's data, owned right, with mail on; old has mail off."""
+    new_listing = listing(lab, "new")
+    assert compare_trees(old_listing, new_listing) == []
+    owners = lab.ssh(
+        "new",
+        "stat -c '%U:%G %a %n' /etc/dkimkeys/opendkim.private /var/lib/acme/accounts "
+        f"/home/vmail/mail/{lab.domain} /var/lib/echobot /run/echobot/password",
+    ).stdout.splitlines()
+    assert owners[0] == "opendkim:opendkim 600 /etc/dkimkeys/opendkim.private"
+    assert owners[1] == "root:root 700 /var/lib/acme/accounts"
+    assert owners[2].startswith("vmail:vmail 700 ")
+    assert owners[3].startswith("echobot:echobot 700 ")
+    assert owners[4].startswith("echobot:echobot ")
+    assert "user:vmail:r--" in lab.ssh("new", "getfacl -cp /run/echobot/password").stdout
+    orphans = lab.ssh("new", f"find {' '.join(COPY_PATHS)} -nouser -o -nogroup").stdout
+    assert orphans == ""
+    check = lab.ssh("new", "postfix check 2>&1").stdout
+    assert check == "", check
+    queue = [json.loads(q) for q in lab.ssh("new", "postqueue -j").stdout.splitlines()]
+    assert [q["recipients"][0]["address"] for q in queue] == ["someone@unreachable.invalid"]
+    assert mail_services(lab, "new") == MAIL_ON
+    assert mail_services(lab, "old") == MAIL_OFF
+
+
+def test_invoke_migrate_whole_relay(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=40, messages=6, new_users="different"))
+    before = listing(lab, "old")
+    # No --old-host: it defaults to mail_domain, which the lab's ssh config maps to old.
+    result = run_tool(lab, "invoke", "migrate", "--new-host", "new", "--yes", state_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for number, step in enumerate(STEPS, 1):
+        assert f"[{number}/6] {step} done in" in result.stdout
+    assert "mail was down for" in result.stdout
+    assert_migrated(lab, before)
+    steps = journal(tmp_path, lab)["steps"]
+    assert list(steps) == STEPS
+    assert journal(tmp_path, lab)["old_host"] == lab.domain
+
+
+def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):
+    # Bare new host: the relay's users do not exist when the data arrives, and
+    # old's numeric ids name other users there (the lab's padding users).
+    lab = make_lab(seed=SeedParams(accounts=10, messages=3, new_users="none"))
+    before = listing(lab, "old")
+    old, new = lab.address("old"), lab.address("new")
+    for args in (
+        ["-H", old, "disable-mail"],
+        ["-H", old, "copy-data", "--new-host", new],
+        ["-H", new, "install"],
+        ["-H", new, "fix-ownership"],
+        ["-H", new, "switch-dns", "--old-host", old, "--yes"],
+        ["-H", new, "enable-mail"],
+    ):
+        result = run_tool(lab, "fab", *args, state_dir=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "done in" in result.stdout
+    assert_migrated(lab, before)
+    assert list(journal(tmp_path, lab)["steps"]) == STEPS
+
+
+def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=5, messages=2))
+    before = listing(lab, "old")
+    args = ["migrate", "--old-host", "old", "--new-host", "new", "--yes"]
+    failed = run_tool(lab, "invoke", *args, state_dir=tmp_path,
+                      CHATMAIL_LAB_CMDEPLOY_FAIL="after@new")  # fmt: skip
+    assert failed.returncode != 0
+    assert "[3/6] install FAILED" in failed.stderr
+    assert "Mail is DOWN" in failed.stderr
+    assert "resume at install" in failed.stderr
+    assert "[4/6]" not in failed.stdout
+    done_first = journal(tmp_path, lab)["steps"]
+    assert list(done_first) == ["disable-mail", "copy-data"]
+    # The old host's data is untouched by the failure.
+    after_failure = listing(lab, "old", ["/home/vmail/mail", "/var/lib/acme", "/etc/dkimkeys"])
+    expected = {p: e for p, e in before["entries"].items() if p in after_failure["entries"]}
+    assert expected == after_failure["entries"]
+
+    status = run_tool(lab, "invoke", "status", state_dir=tmp_path)
+    assert "[3/6] install        not done" in status.stdout
+    assert "last failure: install" in status.stdout
+
+    rerun = run_tool(lab, "invoke", *args, state_dir=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming at install" in rerun.stdout
+    assert "[1/6] disable-mail: done" in rerun.stdout and "skipping" in rerun.stdout
+    assert "[2/6] copy-data: done" in rerun.stdout
+    assert "tar --create" not in rerun.stdout
+    steps = journal(tmp_path, lab)["steps"]
+    assert steps["disable-mail"] == done_first["disable-mail"]
+    assert steps["copy-data"] == done_first["copy-data"]
+    assert list(steps) == ["disable-mail", "copy-data", *STEPS[2:]]
+    assert_migrated(lab, before)
+
+
+def test_failure_inside_the_copy_pipe_fails_the_step(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=5, messages=2))
+    trees = ["/home/vmail/mail", "/var/lib/acme", "/etc/dkimkeys"]
+    before = listing(lab, "old", trees)
+    # The receiving tar runs out of space: a 64 KiB file system where mail goes on new.
+    lab.ssh("new", "mkdir -p /home/vmail && mount -t tmpfs -o size=64k tmpfs /home/vmail")
+    result = run_tool(lab, "invoke", "migrate", "--new-host", "new", "--yes", state_dir=tmp_path)
+    assert result.returncode != 0
+    assert "[2/6] copy-data FAILED" in result.stderr
+    assert "No space left on device" in result.stdout + result.stderr
+    assert list(journal(tmp_path, lab)["steps"]) == ["disable-mail"]
+    assert listing(lab, "old", trees) == before
+    assert mail_services(lab, "old") == MAIL_OFF

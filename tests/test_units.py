@@ -1,0 +1,169 @@
+"""Pure logic: settings resolution, command construction, journal, mirror lookup."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from invoke import Config, Context
+
+from chatmail_migrate import commands, steps
+from chatmail_migrate.cmdeploy import cmdeploy_host
+from chatmail_migrate.journal import STEPS, Journal
+from chatmail_migrate.lab.rootfs import LabError, debian_mirror
+from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch) -> Path:
+    (tmp_path / "chatmail.ini").write_text("[params]\nmail_domain = chat.example.org\n")
+    for var in ("CHATMAIL_RELAY_DIR", "CMDEPLOY", "CHATMAIL_MIGRATE_SSH_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path
+
+
+def context(**section) -> Context:
+    config = Config(defaults={**DEFAULTS})
+    for key, value in section.items():
+        config.chatmail_migrate[key] = value
+    return Context(config=config)
+
+
+class FabConnection(Context):
+    """What a task gets under ``fab -H``: a context with ``original_host``."""
+
+    def __init__(self, host: str, **section):
+        super().__init__(config=context(**section).config)
+        self.original_host = host
+
+
+def test_old_host_defaults_to_mail_domain_like_cmdeploy(relay: Path):
+    s = resolve(context(), relay_dir=str(relay))
+    assert s.old_host == "chat.example.org"
+    assert s.cmdeploy == [str(relay / "scripts" / "cmdeploy")]
+    assert s.user == "root"
+
+
+def test_precedence_flag_then_fab_host_then_config(relay: Path):
+    c = FabConnection("fab-host", old_host="config-host")
+    assert resolve(c, role="old", relay_dir=str(relay)).old_host == "fab-host"
+    assert resolve(c, role="old", old_host="flag", relay_dir=str(relay)).old_host == "flag"
+    # The -H host is the step's own host: for a new-host step it is the new host.
+    s = resolve(c, role="new", relay_dir=str(relay))
+    assert (s.old_host, s.new_host) == ("config-host", "fab-host")
+
+
+def test_environment_settings(relay: Path, monkeypatch):
+    monkeypatch.setenv("CHATMAIL_RELAY_DIR", str(relay))
+    monkeypatch.setenv("CMDEPLOY", "/opt/my cmdeploy --flag")
+    s = resolve(context())
+    assert s.relay_dir == relay.resolve()
+    assert s.cmdeploy == ["/opt/my", "cmdeploy", "--flag"]
+    monkeypatch.setenv("CMDEPLOY", shlex.join(["/opt/my cmdeploy", "-v"]))
+    assert resolve(context()).cmdeploy == ["/opt/my cmdeploy", "-v"]
+
+
+def test_relay_dir_from_current_directory(relay: Path, monkeypatch):
+    monkeypatch.chdir(relay)
+    assert resolve(context()).mail_domain == "chat.example.org"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"old_host": "same", "new_host": "same"}, "old and new host are both same"),
+        ({"relay_dir": "/nonexistent"}, "holds no chatmail.ini"),
+    ],
+)
+def test_bad_settings(relay: Path, kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        resolve(context(), **kwargs)
+
+
+def test_need_names_the_missing_setting(relay: Path):
+    s = resolve(context(), relay_dir=str(relay))
+    with pytest.raises(SettingsError, match="no new host: give --new-host"):
+        s.need("new_host")
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [("1.2.3.4", "1.2.3.4"), ("root@mail.example.org", "mail.example.org"),
+     ("alias:2222", "alias"), ("user@host:22", "host"), ("2001:db8::1", "2001:db8::1")],
+)  # fmt: skip
+def test_cmdeploy_gets_the_bare_host(given, expected):
+    assert cmdeploy_host(given) == expected
+
+
+def test_copy_script_is_checked_end_to_end_and_pins_the_key():
+    script = commands.copy_script(
+        commands.COPY_PATHS, host="10.0.0.2", port=2222, user="root",
+        host_key_line="chatmail-migrate-new-host ssh-ed25519 AAAAkey",
+    )  # fmt: skip
+    assert script.startswith("set -euo pipefail")
+    assert "tar c -" not in script and "--file=-" in script
+    assert "--acls --xattrs" in script and "--format=posix" in script
+    assert "StrictHostKeyChecking=yes" in script and "BatchMode=yes" in script
+    assert "-p 2222 root@10.0.0.2" in script
+    assert "'chatmail-migrate-new-host ssh-ed25519 AAAAkey'" in script
+    assert "home/vmail/mail var/lib/acme etc/dkimkeys run/echobot" in script
+
+
+def test_service_problems():
+    on = commands.parse_service_states(
+        "postfix active enabled\ndovecot active enabled\npostfix-instance running\n"
+    )
+    assert commands.service_problems(on, want_running=True) == []
+    assert len(commands.service_problems(on, want_running=False)) == 3
+    dead = commands.parse_service_states(
+        "postfix active enabled\ndovecot active enabled\npostfix-instance stopped\n"
+    )
+    assert commands.service_problems(dead, want_running=True) == [
+        "the Postfix instance is not running (postfix status)"
+    ]
+
+
+def test_postfix_check_renames_are_expected():
+    lines = [
+        "postsuper: Renamed to match inode number: 1 message",
+        "postsuper: warning: QUEUE FILE NAMES WERE CHANGED TO MATCH INODE NUMBERS",
+        "postfix/postfix-script: warning: not owned by postfix: /var/spool/postfix/x",
+    ]
+    assert commands.postfix_check_problems(lines) == lines[2:]
+
+
+def test_migrate_chains_the_steps_in_documented_order():
+    names = [t.name for t in steps.migrate.post]
+    assert names == [s.replace("-", "_") for s in STEPS] + ["migrate_summary"]
+    assert steps.migrate.pre == []
+
+
+def test_journal_resume_and_standing(relay: Path):
+    s = resolve(context(), relay_dir=str(relay), new_host="new")
+    journal = Journal.for_settings(s)
+    journal.adopt_hosts(s)
+    journal.record("disable-mail", 0, 1.0)
+    journal.record("copy-data", 0, 2.0)
+    again = Journal.for_settings(s)
+    assert again.done_steps() == ["disable-mail", "copy-data"]
+    assert again.next_step() == "install"
+    assert "Mail is DOWN" in again.where_things_stand()
+    with pytest.raises(SettingsError, match="records a migration with new host new"):
+        again.check_hosts(resolve(context(), relay_dir=str(relay), new_host="other"))
+
+
+def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("CHATMAIL_LAB_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.invalid/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    with pytest.raises(LabError, match="CHATMAIL_LAB_MIRROR"):
+        debian_mirror(tmp_path)
+    (tmp_path / "sources.list").write_text("deb http://other.invalid/debian bookworm main\n")
+    assert debian_mirror(tmp_path) == "http://other.invalid/debian"
