@@ -70,7 +70,8 @@ class Settings:
                 raise SettingsError(f"no {name.replace('_', ' ')}: {hints.get(name, '')}")
 
 
-def _config(c) -> dict:
+def config_section(c) -> dict:
+    """The ``chatmail_migrate`` config section of a task's context, as a dict."""
     try:
         return dict(c.config.chatmail_migrate)
     except AttributeError:
@@ -142,7 +143,7 @@ def resolve(
     yes: bool | None = None,
 ) -> Settings:
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
-    cfg = _config(c)
+    cfg = config_section(c)
     env = os.environ
     cli_host = connection_host(c)
     if role == "old" and cli_host and not old_host:

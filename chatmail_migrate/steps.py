@@ -19,7 +19,7 @@ from . import commands
 from .cmdeploy import cmdeploy_run
 from .journal import STEPS, Journal
 from .remote import MigrateError, Runner, existing_paths
-from .settings import Settings, SettingsError, check_cmdeploy, resolve
+from .settings import Settings, SettingsError, check_cmdeploy, config_section, resolve
 
 HELP = {
     "old_host": "Old relay host, as you would give it to ssh (alias, name or address); "
@@ -32,6 +32,12 @@ HELP = {
     "yes": "Do not wait for confirmation that DNS was changed (unattended runs).",
     "restart": "Forget the journal of this relay and start the migration from step 1.",
 }
+
+
+def _help(*names: str) -> dict[str, str]:
+    return {name: HELP[name] for name in names}
+
+
 # Which host each step works on, for its announcement.
 ROLES = {
     "disable-mail": "old",
@@ -51,14 +57,9 @@ NEEDS = {
     "enable-mail": ("new_host", "relay_dir"),
 }
 USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
+# Which host ``fab -H`` names for each step: the step's own host.
+FAB_HOST_ROLE = {name: "old" if name in ("disable-mail", "copy-data") else "new" for name in STEPS}
 MIGRATE_CONFIG_KEYS = ("old_host", "new_host", "relay_dir", "new_host_from_old", "yes")
-
-
-def _cfg(c) -> dict:
-    try:
-        return dict(c.config.chatmail_migrate)
-    except AttributeError:
-        return {}
 
 
 def _where(name: str, s: Settings) -> str:
@@ -70,11 +71,13 @@ def _where(name: str, s: Settings) -> str:
     }[ROLES[name]]
 
 
-def run_step(c, name: str, settings: Settings, action: Callable[[Settings, Runner], None]) -> None:
-    """Run one step: announce it, skip it when the journal says done (under migrate),
-    time it, record it, and on failure say exactly where things stand."""
+def run_step(c, name: str, action: Callable[[Settings, Runner], None], **flags) -> None:
+    """Run one step: resolve and check its settings, skip it when the journal says
+    done (under migrate), announce, time and record it, and on failure say exactly
+    where things stand. ``flags`` are the task's command-line values."""
     number = f"[{STEPS.index(name) + 1}/{len(STEPS)}]"
     try:
+        settings = resolve(c, role=FAB_HOST_ROLE[name], **flags)
         settings.need(*NEEDS[name])
         if name in USES_CMDEPLOY:
             check_cmdeploy(settings)
@@ -94,7 +97,7 @@ def run_step(c, name: str, settings: Settings, action: Callable[[Settings, Runne
                     "or start anew with migrate --restart",
                     code=2,
                 )
-    if journal and _cfg(c).get("migrating") and journal.done(name) and not settings.dry:
+    if journal and config_section(c).get("migrating") and journal.done(name) and not settings.dry:
         print(f"{number} {name}: done {journal.steps[name]['finished']} (journal), skipping")
         return
     print(f"{number} {name} {_where(name, settings)}", flush=True)
@@ -266,27 +269,16 @@ def _fail(e: Exception) -> Exit:
     return Exit(f"error: {e}", code=2)
 
 
-@task(help={"old_host": HELP["old_host"], "relay_dir": HELP["relay_dir"]})
+@task(help=_help("old_host", "relay_dir"))
 def disable_mail(c, old_host=None, relay_dir=None):
     """Step 1, OLD host: cmdeploy run --disable-mail; check postfix/dovecot are off.
 
     Examples: fab -H 13.37.13.37 disable-mail | invoke disable-mail --old-host 13.37.13.37
     """
-    try:
-        s = resolve(c, role="old", old_host=old_host, relay_dir=relay_dir)
-    except SettingsError as e:
-        raise _fail(e) from None
-    run_step(c, "disable-mail", s, disable_mail_on_old)
+    run_step(c, "disable-mail", disable_mail_on_old, old_host=old_host, relay_dir=relay_dir)
 
 
-@task(
-    help={
-        "old_host": HELP["old_host"],
-        "new_host": HELP["new_host"],
-        "new_host_from_old": HELP["new_host_from_old"],
-        "relay_dir": HELP["relay_dir"],
-    }
-)
+@task(help=_help("old_host", "new_host", "new_host_from_old", "relay_dir"))
 def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir=None):
     """Step 2, OLD → NEW: tar pipe of mailboxes, TLS, DKIM, echobot, mail queue.
 
@@ -294,73 +286,60 @@ def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir
     Examples: fab -H 13.37.13.37 copy-data --new-host 13.12.23.42 |
     invoke copy-data --old-host 13.37.13.37 --new-host 13.12.23.42
     """
-    try:
-        s = resolve(c, role="old", old_host=old_host, new_host=new_host,
-                    new_host_from_old=new_host_from_old, relay_dir=relay_dir)  # fmt: skip
-    except SettingsError as e:
-        raise _fail(e) from None
-    run_step(c, "copy-data", s, copy_data_old_to_new)
+    run_step(
+        c,
+        "copy-data",
+        copy_data_old_to_new,
+        old_host=old_host,
+        new_host=new_host,
+        new_host_from_old=new_host_from_old,
+        relay_dir=relay_dir,
+    )
 
 
-@task(help={"new_host": HELP["new_host"], "relay_dir": HELP["relay_dir"]})
+@task(help=_help("new_host", "relay_dir"))
 def install(c, new_host=None, relay_dir=None):
     """Step 3, NEW host: cmdeploy run --disable-mail; check postfix/dovecot stay off.
 
     Examples: fab -H 13.12.23.42 install | invoke install --new-host 13.12.23.42
     """
-    try:
-        s = resolve(c, role="new", new_host=new_host, relay_dir=relay_dir)
-    except SettingsError as e:
-        raise _fail(e) from None
-    run_step(c, "install", s, install_on_new)
+    run_step(c, "install", install_on_new, new_host=new_host, relay_dir=relay_dir)
 
 
-@task(help={"new_host": HELP["new_host"], "relay_dir": HELP["relay_dir"]})
+@task(help=_help("new_host", "relay_dir"))
 def fix_ownership(c, new_host=None, relay_dir=None):
     """Step 4, NEW host: owners by name (vmail, opendkim, echobot, root, Postfix spool).
 
     Examples: fab -H 13.12.23.42 fix-ownership | invoke fix-ownership --new-host 13.12.23.42
     """
-    try:
-        s = resolve(c, role="new", new_host=new_host, relay_dir=relay_dir)
-    except SettingsError as e:
-        raise _fail(e) from None
-    run_step(c, "fix-ownership", s, fix_ownership_on_new)
+    run_step(c, "fix-ownership", fix_ownership_on_new, new_host=new_host, relay_dir=relay_dir)
 
 
-@task(
-    help={
-        "old_host": HELP["old_host"],
-        "new_host": HELP["new_host"],
-        "relay_dir": HELP["relay_dir"],
-        "yes": HELP["yes"],
-    }
-)
+@task(help=_help("old_host", "new_host", "relay_dir", "yes"))
 def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
     """Step 5, DNS: print the A/AAAA records to change and wait for your 'done'.
 
     Examples: fab -H 13.12.23.42 switch-dns --old-host 13.37.13.37 |
     invoke switch-dns --old-host 13.37.13.37 --new-host 13.12.23.42 --yes
     """
-    try:
-        s = resolve(c, role="new", old_host=old_host, new_host=new_host, relay_dir=relay_dir,
-                    yes=yes or None)  # fmt: skip
-    except SettingsError as e:
-        raise _fail(e) from None
-    run_step(c, "switch-dns", s, switch_dns_records)
+    run_step(
+        c,
+        "switch-dns",
+        switch_dns_records,
+        old_host=old_host,
+        new_host=new_host,
+        relay_dir=relay_dir,
+        yes=yes or None,
+    )
 
 
-@task(help={"new_host": HELP["new_host"], "relay_dir": HELP["relay_dir"]})
+@task(help=_help("new_host", "relay_dir"))
 def enable_mail(c, new_host=None, relay_dir=None):
     """Step 6, NEW host: cmdeploy run; check postfix/dovecot are active and enabled.
 
     Examples: fab -H 13.12.23.42 enable-mail | invoke enable-mail --new-host 13.12.23.42
     """
-    try:
-        s = resolve(c, role="new", new_host=new_host, relay_dir=relay_dir)
-    except SettingsError as e:
-        raise _fail(e) from None
-    run_step(c, "enable-mail", s, enable_mail_on_new)
+    run_step(c, "enable-mail", enable_mail_on_new, new_host=new_host, relay_dir=relay_dir)
 
 
 @task
@@ -398,14 +377,7 @@ def migrate_summary(c):
         enable_mail,
         migrate_summary,
     ],  # fmt: skip
-    help={
-        "old_host": HELP["old_host"],
-        "new_host": HELP["new_host"],
-        "relay_dir": HELP["relay_dir"],
-        "new_host_from_old": HELP["new_host_from_old"],
-        "yes": HELP["yes"],
-        "restart": HELP["restart"],
-    },
+    help=_help("old_host", "new_host", "relay_dir", "new_host_from_old", "yes", "restart"),
 )
 def migrate(c, old_host=None, new_host=None, relay_dir=None, new_host_from_old=None, yes=False,
             restart=False):  # fmt: skip
@@ -421,7 +393,7 @@ def migrate(c, old_host=None, new_host=None, relay_dir=None, new_host_from_old=N
                     new_host_from_old=new_host_from_old, yes=yes or None)  # fmt: skip
         s.need("old_host", "new_host", "relay_dir")
         check_cmdeploy(s)
-        if _cfg(c).get("migrating"):
+        if config_section(c).get("migrating"):
             raise SettingsError("migrate takes one old host: give a single -H host")
         journal = Journal.for_settings(s)
         assert journal is not None  # relay_dir is known, so is mail_domain
@@ -445,7 +417,7 @@ def migrate(c, old_host=None, new_host=None, relay_dir=None, new_host_from_old=N
               "(--restart starts over)")  # fmt: skip
 
 
-@task(help={"relay_dir": HELP["relay_dir"]})
+@task(help=_help("relay_dir"))
 def status(c, relay_dir=None):
     """Where the migration of this relay stands (from the journal on this machine).
 

@@ -83,11 +83,14 @@ def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):
 def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
-    args = ["migrate", "--old-host", "old", "--new-host", "new", "--yes"]
-    failed = run_tool(lab, "invoke", *args, state_dir=tmp_path,
+    failed = run_tool(lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new", "--yes",
+                      state_dir=tmp_path,
                       CHATMAIL_LAB_CMDEPLOY_FAIL="after@new")  # fmt: skip
     assert failed.returncode != 0
     assert "[3/6] install FAILED" in failed.stderr
+    # The cmdeploy failure names the command, its exit code and its last output.
+    assert "run --disable-mail --ssh-host new` exited 1" in failed.stderr
+    assert "failed after its work (on purpose)" in failed.stderr
     assert "Mail is DOWN" in failed.stderr
     assert "resume at install" in failed.stderr
     assert "[4/6]" not in failed.stdout
@@ -102,7 +105,9 @@ def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
     assert "[3/6] install        not done" in status.stdout
     assert "last failure: install" in status.stdout
 
-    rerun = run_tool(lab, "invoke", *args, state_dir=tmp_path)
+    # The rerun goes through fab -H: the old host is the -H host, as for any step.
+    rerun = run_tool(lab, "fab", "-H", "old", "migrate", "--new-host", "new", "--yes",
+                     state_dir=tmp_path)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming at install" in rerun.stdout
     assert "[1/6] disable-mail: done" in rerun.stdout and "skipping" in rerun.stdout

@@ -12,6 +12,7 @@ from chatmail_migrate import commands, steps
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.journal import STEPS, Journal
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
+from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve
 
 
@@ -86,6 +87,21 @@ def test_need_names_the_missing_setting(relay: Path):
     s = resolve(context(), relay_dir=str(relay))
     with pytest.raises(SettingsError, match="no new host: give --new-host"):
         s.need("new_host")
+
+
+def test_connections_default_to_root_and_honour_ssh_config(relay: Path, tmp_path: Path):
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "Host alias\n  HostName 192.0.2.7\n  Port 2222\n  User alice\n  ForwardAgent yes\n"
+    )
+    s = resolve(context(ssh_config=str(config)), relay_dir=str(relay))
+    plain = connect(s, "plain.example.org")
+    assert (plain.host, plain.port, plain.user) == ("plain.example.org", 22, "root")
+    aliased = connect(s, "alias")
+    assert (aliased.host, aliased.port, aliased.user) == ("192.0.2.7", 2222, "alice")
+    assert aliased.forward_agent is False, "never forward the agent unless asked"
+    assert connect(s, "bob@alias").user == "bob"
+    assert connect(s, "alias", forward_agent=True).forward_agent is True
 
 
 @pytest.mark.parametrize(
