@@ -124,6 +124,11 @@ def openssl(*args):
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
+def ec_key(path):
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
+    os.chmod(path, 0o600)
+
+
 def seed_acme(domain, rng):
     """An acmetool-shaped state tree: account, key, certificate, live symlinks."""
     root = "/var/lib/acme"
@@ -143,16 +148,7 @@ def seed_acme(domain, rng):
         f"{root}/accounts/acme-v02.api.letsencrypt.org%2fdirectory/{rng.getrandbits(160):040x}"
     )
     mkdir(account, mode=0o700)
-    openssl(
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        f"{account}/privkey",
-    )
-    os.chmod(f"{account}/privkey", 0o600)
+    ec_key(f"{account}/privkey")
     write(
         f"{account}/url",
         f"https://acme-v02.api.letsencrypt.org/acme/acct/{rng.randint(10**8, 10**9)}\n",
@@ -160,16 +156,7 @@ def seed_acme(domain, rng):
     keyid = f"{rng.getrandbits(160):040x}"
     certid = f"{rng.getrandbits(160):040x}"
     mkdir(f"{root}/keys/{keyid}", mode=0o700)
-    openssl(
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        f"{root}/keys/{keyid}/privkey",
-    )
-    os.chmod(f"{root}/keys/{keyid}/privkey", 0o600)
+    ec_key(f"{root}/keys/{keyid}/privkey")
     cdir = f"{root}/certs/{certid}"
     mkdir(cdir, mode=0o755)
     openssl(
