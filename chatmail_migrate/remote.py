@@ -6,8 +6,13 @@ with the host it runs on, and under ``--dry`` prints instead of connecting.
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
 import shlex
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import fabric
 import paramiko
@@ -31,6 +36,66 @@ class Result:
         return self.exited == 0
 
 
+class HostKeyError(MigrateError):
+    """A host key is unknown or has changed: never accepted silently."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+
+
+def known_hosts_files(conn: fabric.Connection) -> tuple[list[Path], list[Path]]:
+    """The user and global known_hosts files OpenSSH would read for this host."""
+
+    def paths(value: str | None, default: list[str]) -> list[Path]:
+        words = value.split() if value else default
+        return [Path(w.replace("%d", str(Path.home()))).expanduser() for w in words if w != "none"]
+
+    cfg = conn.ssh_config
+    user = paths(cfg.get("userknownhostsfile"), ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"])
+    system = paths(
+        cfg.get("globalknownhostsfile"), ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"]
+    )
+    return user, system
+
+
+class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse hosts whose key is not known, or (trust on first use) record it."""
+
+    def __init__(self, accept_new: bool, record_to: Path, searched: list[Path]):
+        self.accept_new = accept_new
+        self.record_to = record_to
+        self.searched = searched
+
+    def missing_host_key(self, client, hostname, key):
+        if not self.accept_new:
+            raise HostKeyError(
+                f"host key of {hostname} ({fingerprint(key)}) is not in "
+                f"{' or '.join(str(p) for p in self.searched)}: check that fingerprint, then "
+                f"add it (ssh {hostname} once), or rerun with --accept-new-host-keys"
+            )
+        self.record_to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.record_to, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        print(f"  recorded new host key of {hostname} ({fingerprint(key)}) in {self.record_to}")
+
+
+def trust_known_hosts(conn: fabric.Connection, accept_new: bool) -> None:
+    """Check host keys as OpenSSH does, instead of Fabric's accept-anything default."""
+    user, system = known_hosts_files(conn)
+    for path in system:
+        if path.is_file():
+            conn.client.load_system_host_keys(str(path))
+    for path in user:
+        if path.is_file():
+            conn.client.get_host_keys().load(str(path))
+    conn.client.set_missing_host_key_policy(
+        KnownHostsPolicy(accept_new, user[0] if user else Path("~/.ssh/known_hosts").expanduser(),
+                         [*user, *system])
+    )  # fmt: skip
+
+
 def connect(settings: Settings, host: str, *, forward_agent: bool = False) -> fabric.Connection:
     """A Connection honouring the ssh config, with root as the default user.
 
@@ -39,13 +104,45 @@ def connect(settings: Settings, host: str, *, forward_agent: bool = False) -> fa
     """
     config = fabric.Config(runtime_ssh_path=settings.ssh_config)
     config.user = settings.user  # ssh config's User and user@host still win
-    return fabric.Connection(
+    timeout = settings.connect_timeout
+    conn = fabric.Connection(
         host,
         config=config,
         forward_agent=forward_agent,
-        connect_timeout=settings.connect_timeout,
-        connect_kwargs=dict(settings.connect_kwargs),
-    )
+        connect_timeout=timeout,
+        connect_kwargs={"banner_timeout": timeout, "auth_timeout": timeout,
+                        **settings.connect_kwargs},
+    )  # fmt: skip
+    trust_known_hosts(conn, settings.accept_new_host_keys)
+    return conn
+
+
+def describe_connect_error(host: str, e: BaseException) -> str:
+    """One line naming what went wrong when connecting, and how to fix it."""
+    if isinstance(e, HostKeyError):
+        return str(e)
+    if isinstance(e, paramiko.BadHostKeyException):
+        return (
+            f"HOST KEY CHANGED for {host}: known_hosts has {fingerprint(e.expected_key)}, the "
+            f"host presents {fingerprint(e.key)}. Someone may be intercepting; if the host was "
+            f"reinstalled, check the new fingerprint, then ssh-keygen -R {e.hostname}"
+        )
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve {host}: {e.strerror}; check the name (and HostName in ssh config)"
+    if isinstance(e, paramiko.AuthenticationException):
+        return (
+            f"authentication to {host} failed ({e}): check the user (root by default) and "
+            "that your agent holds a key the host accepts (ssh-add -l)"
+        )
+    if isinstance(e, (socket.timeout, TimeoutError)) or "timed out" in str(e).lower():
+        return f"{host} did not answer in time (timed out): check the address and firewall"
+    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
+        return f"{host} refused the connection ({e}): is sshd running, is the port right?"
+    if isinstance(e, ConnectionRefusedError):
+        return f"{host} refused the connection: is sshd running, is the port right?"
+    if isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"{host} is unreachable ({e.strerror}): check the address and routes"
+    return f"cannot connect to {host}: {type(e).__name__}: {e}"
 
 
 class Runner:
@@ -70,9 +167,9 @@ class Runner:
             conn = connect(self.settings, self.host(role), forward_agent=forward_agent)
             try:
                 conn.open()
-            except (TimeoutError, OSError, paramiko.SSHException) as e:
+            except (OSError, paramiko.SSHException, HostKeyError) as e:
                 raise MigrateError(
-                    f"cannot connect to {role} host {self.host(role)}: {e}"
+                    f"{role} host: {describe_connect_error(self.host(role), e)}"
                 ) from None
             self._connections[key] = conn
         return self._connections[key]

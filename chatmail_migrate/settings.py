@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -30,9 +31,18 @@ DEFAULTS: dict = {
         "connect_timeout": 10,
         "journal_dir": None,  # default: $XDG_STATE_HOME/chatmail-migrate
         "yes": False,
+        # Trust on first use: record unknown host keys instead of refusing them.
+        "accept_new_host_keys": False,
     }
 }
 
+# USER@HOST:PORT, where HOST is a name, an IPv4 address, or an IPv6 address
+# (bracketed when a port follows); nothing that ssh or cmdeploy could read as an option.
+HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?"
+    r"(?:[A-Za-z0-9_][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)"
+    r"(?::[0-9]{1,5})?"
+)
 ENV_RELAY_DIR = "CHATMAIL_RELAY_DIR"
 ENV_CMDEPLOY = "CMDEPLOY"
 ENV_SSH_CONFIG = "CHATMAIL_MIGRATE_SSH_CONFIG"
@@ -55,6 +65,7 @@ class Settings:
     connect_timeout: int = 10
     journal_dir: Path = Path()
     yes: bool = False
+    accept_new_host_keys: bool = False
     dry: bool = False
     connect_kwargs: dict = field(default_factory=dict)
 
@@ -141,6 +152,7 @@ def resolve(
     relay_dir: str | None = None,
     new_host_from_old: str | None = None,
     yes: bool | None = None,
+    accept_new_host_keys: bool | None = None,
 ) -> Settings:
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
@@ -171,9 +183,17 @@ def resolve(
         connect_timeout=int(cfg.get("connect_timeout") or 10),
         journal_dir=Path(cfg.get("journal_dir") or state_home / "chatmail-migrate").expanduser(),
         yes=bool(yes if yes is not None else cfg.get("yes")),
+        accept_new_host_keys=bool(accept_new_host_keys or cfg.get("accept_new_host_keys")),
         dry=dry,
         connect_kwargs=dict(getattr(c.config, "connect_kwargs", None) or {}),
     )
+    for name in ("old_host", "new_host", "new_host_from_old"):
+        value = getattr(settings, name)
+        if value and not HOST_RE.fullmatch(value):
+            raise SettingsError(
+                f"{name.replace('_', ' ')} {value!r} is not a host name or address; "
+                "give HOST, USER@HOST or HOST:PORT (or an alias from your ssh config)"
+            )
     if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
         raise SettingsError(
             f"ssh config {settings.ssh_config} does not exist; fix {ENV_SSH_CONFIG}"
