@@ -13,8 +13,11 @@ def migration_collection() -> Collection:
         steps.copy_data,
         steps.install,
         steps.fix_ownership,
+        steps.verify,
         steps.switch_dns,
         steps.enable_mail,
+        steps.preflight,
+        steps.rollback,
         steps.migrate,
         steps.status,
     )

@@ -17,6 +17,7 @@ MAIL_SERVICES = ("postfix", "dovecot")
 # Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
 META_DIR = "/var/lib/chatmail-migrate/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
+COPY_PID_FILE = "/run/chatmail-migrate-copy.pid"
 
 # pax keeps sub-second mtimes, ACLs and xattrs; sockets in the spool are skipped quietly.
 TAR_CREATE = (
@@ -81,28 +82,37 @@ def ssh_to_new(host: str, port: int, user: str, known_hosts_word: str) -> str:
     ``known_hosts_word`` is a shell word (e.g. ``"$kh"``), expanded on the old host.
     """
     return (
+        # Keepalives: a link that stays silent for 15 s fails the copy instead of hanging.
         "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes "
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
         f"-o UserKnownHostsFile={known_hosts_word} -o GlobalKnownHostsFile=/dev/null "
         f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)} {shlex.quote(f'{user}@{host}')}"
     )
 
 
-def copy_script(paths: list[str], *, host: str, port: int, user: str, host_key_line: str) -> str:
+def copy_script(
+    paths: list[str], *, host: str, port: int, user: str, host_key_line: str, replace: bool = False
+) -> str:
     """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
 
     Runs on the old host with the agent forwarded. ``pipefail`` makes a failure of
     either tar or of the ssh between them fail the whole command. A second, small
     stream carries what tar cannot restore on a host whose users do not exist yet:
     the ACLs and every copied file's owner and group names, applied by fix-ownership.
+    With ``replace``, the new host's copies of the trees (from an earlier attempt)
+    are removed first, so nothing deleted on old since then survives on new.
     """
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in paths)
     absolute = " ".join(shlex.quote(p) for p in paths)
     ssh = ssh_to_new(host, port, user, '"$kh"')
+    extract = f"rm -rf {absolute} && {TAR_EXTRACT}" if replace else TAR_EXTRACT
     lines = [
         "set -euo pipefail",
-        'kh=$(mktemp); meta=$(mktemp -d); trap \'rm -rf "$kh" "$meta"\' EXIT',
+        # The pid lets the tool stop this copy (and its whole process group) if interrupted.
+        f"echo $$ > {COPY_PID_FILE}",
+        f'kh=$(mktemp); meta=$(mktemp -d); trap \'rm -rf "$kh" "$meta" {COPY_PID_FILE}\' EXIT',
         f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
-        f"{TAR_CREATE} {relative} | {ssh} {shlex.quote(TAR_EXTRACT)}",
+        f"{TAR_CREATE} {relative} | {ssh} {shlex.quote(extract)}",
         "if command -v getfacl >/dev/null; then "
         f'getfacl --absolute-names --skip-base --recursive {absolute} > "$meta/acls"; fi',
     ]
@@ -110,6 +120,15 @@ def copy_script(paths: list[str], *, host: str, port: int, user: str, host_key_l
     receive = f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
     lines.append(f'tar --create --file=- -C "$meta" . | {ssh} {shlex.quote(receive)}')
     return "\n".join(lines)
+
+
+def stop_copy_command() -> str:
+    """Stop a copy left running on the old host by an interrupted tool."""
+    return (
+        f'if [ -s {COPY_PID_FILE} ]; then pgid=$(ps -o pgid= -p "$(cat {COPY_PID_FILE})" | '
+        f'tr -d " "); if [ -n "$pgid" ]; then kill -TERM -- "-$pgid"; echo stopped; fi; '
+        f"rm -f {COPY_PID_FILE}; fi"
+    )
 
 
 def fix_ownership_script(paths: list[str]) -> str:

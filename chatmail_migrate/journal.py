@@ -13,7 +13,15 @@ from pathlib import Path
 
 from .settings import Settings, SettingsError
 
-STEPS = ["disable-mail", "copy-data", "install", "fix-ownership", "switch-dns", "enable-mail"]
+STEPS = [
+    "disable-mail",
+    "copy-data",
+    "install",
+    "fix-ownership",
+    "verify",
+    "switch-dns",
+    "enable-mail",
+]
 
 
 def now() -> str:
@@ -74,6 +82,25 @@ class Journal:
         self.events.append({"time": now(), "step": step, "event": "done"})
         self.save()
 
+    def record_start(self, step: str, host: str | None) -> None:
+        self.events.append({"time": now(), "step": step, "event": "started", "host": host})
+        self.save()
+
+    def copy_attempted(self, new_host: str | None) -> bool:
+        """Whether a copy to ``new_host`` was started before (its trees hold our data)."""
+        return any(
+            e.get("step") == "copy-data"
+            and e.get("event") == "started"
+            and e.get("host") == new_host
+            for e in self.events
+        )
+
+    def record_rollback(self) -> None:
+        """Mail runs on old again: everything from disable-mail on must be redone."""
+        self.steps = {}
+        self.events.append({"time": now(), "event": "rollback"})
+        self.save()
+
     def record_failure(self, step: str, message: str) -> None:
         self.events.append({"time": now(), "step": step, "event": "failed", "message": message})
         self.save()
@@ -101,8 +128,14 @@ class Journal:
             )
             if not self.done("switch-dns"):
                 parts.append(
-                    "DNS still points at the old host: re-enabling mail there "
-                    "(cmdeploy run --ssh-host OLD) brings the relay back as it was."
+                    "DNS still points at the old host: `rollback` (cmdeploy run --ssh-host OLD) "
+                    "brings the relay back as it was."
+                )
+            else:
+                parts.append(
+                    "DNS already points at the new host, so nothing was rolled back: fix the "
+                    "cause and rerun to finish on the new host, or point DNS back at the old "
+                    "host and run `rollback`."
                 )
         nxt = self.next_step()
         if nxt:

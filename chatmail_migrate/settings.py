@@ -33,6 +33,9 @@ DEFAULTS: dict = {
         "yes": False,
         # Trust on first use: record unknown host keys instead of refusing them.
         "accept_new_host_keys": False,
+        "force": False,  # replace mailboxes the new host already holds
+        "rollback": True,  # migrate re-enables mail on old when a step fails before DNS
+        "checksum": False,  # verify compares content hashes too
     }
 }
 
@@ -66,6 +69,9 @@ class Settings:
     journal_dir: Path = Path()
     yes: bool = False
     accept_new_host_keys: bool = False
+    force: bool = False
+    rollback: bool = True
+    checksum: bool = False
     dry: bool = False
     connect_kwargs: dict = field(default_factory=dict)
 
@@ -153,6 +159,9 @@ def resolve(
     new_host_from_old: str | None = None,
     yes: bool | None = None,
     accept_new_host_keys: bool | None = None,
+    force: bool | None = None,
+    rollback: bool | None = None,
+    checksum: bool | None = None,
 ) -> Settings:
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
@@ -184,6 +193,9 @@ def resolve(
         journal_dir=Path(cfg.get("journal_dir") or state_home / "chatmail-migrate").expanduser(),
         yes=bool(yes if yes is not None else cfg.get("yes")),
         accept_new_host_keys=bool(accept_new_host_keys or cfg.get("accept_new_host_keys")),
+        force=bool(force or cfg.get("force")),
+        rollback=bool(rollback if rollback is not None else cfg.get("rollback", True)),
+        checksum=bool(checksum or cfg.get("checksum")),
         dry=dry,
         connect_kwargs=dict(getattr(c.config, "connect_kwargs", None) or {}),
     )

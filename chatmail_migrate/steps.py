@@ -1,24 +1,23 @@
-"""The six documented steps as tasks, ``migrate`` chaining them, and ``status``.
+"""The migration's tasks: the documented steps, verify, preflight, rollback, migrate.
 
-Tasks stay thin: they resolve settings (settings.py), then hand a plain function
-to :func:`run_step`, which announces, times, journals and reports failures.
-What runs on the hosts is built in commands.py and run through remote.Runner.
+Tasks stay thin: :func:`run_step` resolves their settings (settings.py), checks
+them, then runs a plain function from actions.py, announcing, timing and
+journaling it; on failure it says where things stand and, under ``migrate``,
+rolls back while DNS still points at the old host.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from collections.abc import Callable
 
 from invoke import Exit, task
 
-from . import commands
-from .cmdeploy import cmdeploy_run
+from . import actions
+from . import preflight as checks
 from .journal import STEPS, Journal
-from .remote import MigrateError, Runner, existing_paths
+from .remote import MigrateError, Runner
 from .settings import Settings, SettingsError, check_cmdeploy, config_section, resolve
 
 HELP = {
@@ -31,6 +30,13 @@ HELP = {
     "from yours (e.g. a private network). Example: --new-host-from-old 10.0.0.2",
     "yes": "Do not wait for confirmation that DNS was changed (unattended runs).",
     "restart": "Forget the journal of this relay and start the migration from step 1.",
+    "force": "Replace mailboxes the new host already holds for this domain (preflight "
+    "refuses otherwise).",
+    "no_rollback": "When a step fails before DNS is switched, leave mail off on the old host "
+    "instead of re-enabling it (to resume at the failed step).",
+    "accept_new_host_keys": "Trust host keys not yet in known_hosts and record them there "
+    "(changed keys are always refused).",
+    "checksum": "Also compare file contents (sha256) on both hosts: slower, thorough.",
 }
 
 
@@ -44,6 +50,7 @@ ROLES = {
     "copy-data": "old → new",
     "install": "new",
     "fix-ownership": "new",
+    "verify": "old ↔ new",
     "switch-dns": "DNS",
     "enable-mail": "new",
 }
@@ -53,13 +60,27 @@ NEEDS = {
     "copy-data": ("old_host", "new_host"),
     "install": ("new_host", "relay_dir"),
     "fix-ownership": ("new_host",),
+    "verify": ("old_host", "new_host"),
     "switch-dns": ("old_host", "new_host"),
     "enable-mail": ("new_host", "relay_dir"),
 }
 USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
 # Which host ``fab -H`` names for each step: the step's own host.
-FAB_HOST_ROLE = {name: "old" if name in ("disable-mail", "copy-data") else "new" for name in STEPS}
-MIGRATE_CONFIG_KEYS = ("old_host", "new_host", "relay_dir", "new_host_from_old", "yes")
+FAB_HOST_ROLE = {
+    name: "old" if name in ("disable-mail", "copy-data", "verify") else "new" for name in STEPS
+}
+# What migrate hands to its chained steps through the config.
+MIGRATE_CONFIG_KEYS = (
+    "old_host",
+    "new_host",
+    "relay_dir",
+    "new_host_from_old",
+    "yes",
+    "force",
+    "rollback",
+    "accept_new_host_keys",
+    "checksum",
+)
 
 
 def _where(name: str, s: Settings) -> str:
@@ -67,36 +88,81 @@ def _where(name: str, s: Settings) -> str:
         "old": f"on {s.old_host}",
         "new": f"on {s.new_host}",
         "old → new": f"{s.old_host} → {s.new_host}",
+        "old ↔ new": f"{s.old_host} ↔ {s.new_host}",
         "DNS": f"{s.mail_domain or ''}: {s.old_host} → {s.new_host}",
     }[ROLES[name]]
 
 
-def run_step(c, name: str, action: Callable[[Settings, Runner], None], **flags) -> None:
-    """Run one step: resolve and check its settings, skip it when the journal says
-    done (under migrate), announce, time and record it, and on failure say exactly
-    where things stand. ``flags`` are the task's command-line values."""
-    number = f"[{STEPS.index(name) + 1}/{len(STEPS)}]"
+def _fail(e: Exception) -> Exit:
+    return Exit(f"error: {e}", code=2)
+
+
+def _settings(c, role: str | None, needs=(), cmdeploy: bool = False, **flags) -> Settings:
+    """Resolve and check a task's settings; bad input exits with one line, nothing touched."""
     try:
-        settings = resolve(c, role=FAB_HOST_ROLE[name], **flags)
-        settings.need(*NEEDS[name])
-        if name in USES_CMDEPLOY:
+        settings = resolve(c, role=role, **flags)
+        settings.need(*needs)
+        if cmdeploy:
             check_cmdeploy(settings)
     except SettingsError as e:
         raise _fail(e) from None
-    journal = Journal.for_settings(settings)
-    if journal and journal.steps:
-        touched = {"old": ["old_host"], "new": ["new_host"]}.get(
-            ROLES[name], ["old_host", "new_host"]
+    return settings
+
+
+def _check_journal_hosts(name: str, settings: Settings, journal: Journal | None) -> None:
+    if not (journal and journal.steps):
+        return
+    touched = {"old": ["old_host"], "new": ["new_host"]}.get(ROLES[name], ["old_host", "new_host"])
+    for key in touched:
+        mine, theirs = getattr(journal, key), getattr(settings, key)
+        if mine and theirs and mine != theirs:
+            raise Exit(
+                f"{name}: the journal {journal.path} records {key.replace('_', ' ')} {mine}, "
+                f"not {theirs}; give --{key.replace('_', '-')} {mine}, or start anew with "
+                "migrate --restart",
+                code=2,
+            )
+
+
+def _after_failure(c, name: str, settings: Settings, journal: Journal | None) -> str:
+    """Roll back under migrate while DNS still points at old; say where things stand."""
+    if not journal or settings.dry:
+        return ""
+    mail_off = journal.done("disable-mail") or name == "disable-mail"
+    if not (config_section(c).get("migrating") and mail_off):
+        return journal.where_things_stand()
+    if journal.done("switch-dns"):
+        return (
+            "Not rolling back: DNS already points at the new host. " + journal.where_things_stand()
         )
-        for key in touched:
-            mine, theirs = getattr(journal, key), getattr(settings, key)
-            if mine and theirs and mine != theirs:
-                raise Exit(
-                    f"{number} {name}: the journal {journal.path} records {key.replace('_', ' ')} "
-                    f"{mine}, not {theirs}; give --{key.replace('_', '-')} {mine}, "
-                    "or start anew with migrate --restart",
-                    code=2,
-                )
+    if not settings.rollback:
+        return "--no-rollback: mail stays off on the old host. " + journal.where_things_stand()
+    print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
+    runner = Runner(settings)
+    try:
+        actions.rollback_on_old(settings, runner)
+    except (MigrateError, SettingsError) as e:
+        return (
+            f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host: fix that, then run "
+            "`rollback` (or cmdeploy run --ssh-host OLD)."
+        )
+    finally:
+        runner.close()
+    journal.record_rollback()
+    return (
+        "Rolled back: mail runs on the old host again, whose data was never changed. "
+        "Fix the cause, then rerun migrate: it starts over and replaces the new host's copy."
+    )
+
+
+def run_step(c, name: str, action: Callable[..., None], **flags) -> None:
+    """Run one step: check its settings, skip it when the journal says done (under
+    migrate), announce, time and record it, and on failure say exactly where things
+    stand. ``flags`` are the task's command-line values."""
+    number = f"[{STEPS.index(name) + 1}/{len(STEPS)}]"
+    settings = _settings(c, FAB_HOST_ROLE[name], NEEDS[name], name in USES_CMDEPLOY, **flags)
+    journal = Journal.for_settings(settings)
+    _check_journal_hosts(name, settings, journal)
     if journal and config_section(c).get("migrating") and journal.done(name) and not settings.dry:
         print(f"{number} {name}: done {journal.steps[name]['finished']} (journal), skipping")
         return
@@ -104,29 +170,24 @@ def run_step(c, name: str, action: Callable[[Settings, Runner], None], **flags) 
     runner = Runner(settings)
     started, clock = time.time(), time.monotonic()
     try:
-        action(settings, runner)
-    except Exception as e:
-        if os.environ.get("CHATMAIL_MIGRATE_DEBUG"):
+        action(settings, runner, journal)
+    except (Exception, KeyboardInterrupt) as e:
+        if os.environ.get("CHATMAIL_MIGRATE_DEBUG") and not isinstance(e, KeyboardInterrupt):
             raise
-        message = str(e)
-        if not isinstance(e, (MigrateError, SettingsError)):
-            message = (
-                f"unexpected {type(e).__name__}: {e} (CHATMAIL_MIGRATE_DEBUG=1 shows a traceback)"
-            )
-        seconds = time.monotonic() - clock
-        stand = ""
+        runner.close()
+        if isinstance(e, KeyboardInterrupt):
+            message, code = "interrupted", 130
+        elif isinstance(e, (MigrateError, SettingsError)):
+            message, code = str(e), 1
+        else:
+            message = f"unexpected {type(e).__name__}: {e} (CHATMAIL_MIGRATE_DEBUG=1 tells more)"
+            code = 1
         if journal and not settings.dry:
             journal.record_failure(name, message)
-            stand = "\n" + journal.where_things_stand()
+        stand = _after_failure(c, name, settings, journal)
+        seconds = time.monotonic() - clock
         raise Exit(
-            f"{number} {name} FAILED after {seconds:.1f}s: {message}{stand}", code=1
-        ) from None
-    except KeyboardInterrupt:
-        if journal and not settings.dry:
-            journal.record_failure(name, "interrupted")
-        raise Exit(
-            f"{number} {name} interrupted. " + (journal.where_things_stand() if journal else ""),
-            code=130,
+            f"{number} {name} FAILED after {seconds:.1f}s: {message}\n{stand}", code
         ) from None
     finally:
         runner.close()
@@ -137,149 +198,17 @@ def run_step(c, name: str, action: Callable[[Settings, Runner], None], **flags) 
     print(f"{number} {name} done in {seconds:.1f}s", flush=True)
 
 
-def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
-    result = runner.run(role, commands.service_state_command(), hide=True)
-    if runner.dry:
-        return
-    problems = commands.service_problems(commands.parse_service_states(result.stdout), running)
-    if problems:
-        raise MigrateError(f"on the {role} host: " + "; ".join(problems))
-    state = "active and enabled" if running else "stopped and disabled"
-    print(f"  {role} host: postfix and dovecot are {state}")
-
-
-# -- the steps' work ------------------------------------------------------------
-
-
-def disable_mail_on_old(settings: Settings, runner: Runner) -> None:
-    cmdeploy_run(settings, settings.old_host, disable_mail=True)
-    expect_mail_services(runner, "old", running=False)
-
-
-def copy_data_old_to_new(settings: Settings, runner: Runner) -> None:
-    if not settings.dry and not os.environ.get("SSH_AUTH_SOCK"):
-        raise MigrateError(
-            "copy-data needs an ssh-agent (SSH_AUTH_SOCK) holding a key the new host accepts: "
-            "run ssh-agent and ssh-add first"
-        )
-    paths = commands.COPY_PATHS
-    if not settings.dry:
-        paths = existing_paths(runner, "old", commands.COPY_PATHS)
-        for path in commands.COPY_PATHS:
-            if path not in paths:
-                print(f"  skipping {path}: not on the old host")
-        if "/home/vmail/mail" not in paths:
-            raise MigrateError(
-                f"the old host {settings.old_host} has no /home/vmail/mail: is it a chatmail relay?"
-            )
-    host, port, user = runner.address("new")
-    if settings.new_host_from_old:
-        host = settings.new_host_from_old
-    # Pin the key this machine's own connection to the new host sees.
-    key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
-    script = commands.copy_script(paths, host=host, port=port, user=user, host_key_line=key_line)
-    runner.run_script("old", script, forward_agent=True)
-
-
-def install_on_new(settings: Settings, runner: Runner) -> None:
-    cmdeploy_run(settings, settings.new_host, disable_mail=True)
-    expect_mail_services(runner, "new", running=False)
-
-
-def fix_ownership_on_new(settings: Settings, runner: Runner) -> None:
-    paths = commands.COPY_PATHS
-    if not settings.dry:
-        paths = existing_paths(runner, "new", commands.COPY_PATHS)
-    runner.run_script("new", commands.fix_ownership_script(paths))
-    result = runner.run("new", commands.ownership_check_command(paths), hide=True)
-    if settings.dry:
-        return
-    sections = commands.parse_sections(result.stdout)
-    problems = []
-    if sections.get("orphans"):
-        problems.append("files owned by ids with no name: " + ", ".join(sections["orphans"][:5]))
-    dkim = sections.get("dkim", [])
-    if dkim and dkim[0] != "opendkim 600":
-        problems.append(f"DKIM key is '{dkim[0]}' (owner mode), expected 'opendkim 600'")
-    check = commands.postfix_check_problems(sections.get("postfix check", []))
-    if check:
-        problems.append("postfix check: " + " / ".join(check[:5]))
-    if problems:
-        raise MigrateError("; ".join(problems))
-    print("  owners fixed: no orphaned ids, DKIM key opendkim 0600, postfix check clean")
-
-
-def _global_addresses(runner: Runner, role: str) -> dict[str, list[str]]:
-    out = runner.run(role, commands.global_addresses_command(), hide=True, quiet=True).stdout
-    found: dict[str, list[str]] = {"A": [], "AAAA": []}
-    for link in json.loads(out or "[]"):
-        for addr in link.get("addr_info", []):
-            if addr.get("local"):
-                found["A" if addr.get("family") == "inet" else "AAAA"].append(addr["local"])
-    return found
-
-
-def switch_dns_records(settings: Settings, runner: Runner) -> None:
-    name = f"{settings.mail_domain or '<mail_domain>'}."
-    if settings.dry:
-        old = {"A": ["<old IPv4>"], "AAAA": ["<old IPv6>"]}
-        new = {"A": ["<new IPv4>"], "AAAA": ["<new IPv6, if any>"]}
-        runner.run("old", commands.global_addresses_command())
-        runner.run("new", commands.global_addresses_command())
-    else:
-        old, new = _global_addresses(runner, "old"), _global_addresses(runner, "new")
-    if not new["A"] and not new["AAAA"]:
-        raise MigrateError(f"the new host {settings.new_host} has no global address")
-    print("  Change these DNS records (TTL 300 until the move is over):")
-    print(f"  {'name':30} {'type':5} {'old value':24} new value")
-    for rtype in ("A", "AAAA"):
-        if not new[rtype]:
-            if old[rtype]:
-                print(
-                    f"  {name:30} {rtype:5} {', '.join(old[rtype]):24} (delete: new host has none)"
-                )
-            continue
-        print(
-            f"  {name:30} {rtype:5} {', '.join(old[rtype]) or '(none)':24} {', '.join(new[rtype])}"
-        )
-    if settings.yes:
-        print("  --yes: not waiting for confirmation")
-        return
-    if settings.dry:
-        print("  (would wait for you to type 'done')")
-        return
-    if not sys.stdin.isatty():
-        raise MigrateError(
-            "switch-dns waits for you to confirm the DNS change, but there is no terminal; "
-            "change the records, then rerun with --yes"
-        )
-    while input("  Type 'done' once the records are changed: ").strip().lower() != "done":
-        pass
-
-
-def enable_mail_on_new(settings: Settings, runner: Runner) -> None:
-    cmdeploy_run(settings, settings.new_host, disable_mail=False)
-    expect_mail_services(runner, "new", running=True)
-
-
-# -- tasks ----------------------------------------------------------------------
-
-
-def _fail(e: Exception) -> Exit:
-    return Exit(f"error: {e}", code=2)
-
-
 @task(help=_help("old_host", "relay_dir"))
 def disable_mail(c, old_host=None, relay_dir=None):
     """Step 1, OLD host: cmdeploy run --disable-mail; check postfix/dovecot are off.
 
     Examples: fab -H 13.37.13.37 disable-mail | invoke disable-mail --old-host 13.37.13.37
     """
-    run_step(c, "disable-mail", disable_mail_on_old, old_host=old_host, relay_dir=relay_dir)
+    run_step(c, "disable-mail", actions.disable_mail_on_old, old_host=old_host, relay_dir=relay_dir)
 
 
-@task(help=_help("old_host", "new_host", "new_host_from_old", "relay_dir"))
-def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir=None):
+@task(help=_help("old_host", "new_host", "new_host_from_old", "relay_dir", "force"))
+def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir=None, force=False):
     """Step 2, OLD → NEW: tar pipe of mailboxes, TLS, DKIM, echobot, mail queue.
 
     Runs on the old host with your agent forwarded for that command only.
@@ -289,11 +218,12 @@ def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir
     run_step(
         c,
         "copy-data",
-        copy_data_old_to_new,
+        actions.copy_data_old_to_new,
         old_host=old_host,
         new_host=new_host,
         new_host_from_old=new_host_from_old,
         relay_dir=relay_dir,
+        force=force,
     )
 
 
@@ -303,7 +233,7 @@ def install(c, new_host=None, relay_dir=None):
 
     Examples: fab -H 13.12.23.42 install | invoke install --new-host 13.12.23.42
     """
-    run_step(c, "install", install_on_new, new_host=new_host, relay_dir=relay_dir)
+    run_step(c, "install", actions.install_on_new, new_host=new_host, relay_dir=relay_dir)
 
 
 @task(help=_help("new_host", "relay_dir"))
@@ -312,12 +242,32 @@ def fix_ownership(c, new_host=None, relay_dir=None):
 
     Examples: fab -H 13.12.23.42 fix-ownership | invoke fix-ownership --new-host 13.12.23.42
     """
-    run_step(c, "fix-ownership", fix_ownership_on_new, new_host=new_host, relay_dir=relay_dir)
+    run_step(
+        c, "fix-ownership", actions.fix_ownership_on_new, new_host=new_host, relay_dir=relay_dir
+    )
+
+
+@task(help=_help("old_host", "new_host", "relay_dir", "checksum"))
+def verify(c, old_host=None, new_host=None, relay_dir=None, checksum=False):
+    """Step 5, OLD ↔ NEW: compare the copied trees (run after fix-ownership).
+
+    Examples: fab -H 13.37.13.37 verify --new-host 13.12.23.42 --checksum |
+    invoke verify --old-host 13.37.13.37 --new-host 13.12.23.42
+    """
+    run_step(
+        c,
+        "verify",
+        actions.verify_trees,
+        old_host=old_host,
+        new_host=new_host,
+        relay_dir=relay_dir,
+        checksum=checksum,
+    )
 
 
 @task(help=_help("old_host", "new_host", "relay_dir", "yes"))
 def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
-    """Step 5, DNS: print the A/AAAA records to change and wait for your 'done'.
+    """Step 6, DNS: print the A/AAAA records to change and wait for your 'done'.
 
     Examples: fab -H 13.12.23.42 switch-dns --old-host 13.37.13.37 |
     invoke switch-dns --old-host 13.37.13.37 --new-host 13.12.23.42 --yes
@@ -325,7 +275,7 @@ def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
     run_step(
         c,
         "switch-dns",
-        switch_dns_records,
+        actions.switch_dns_records,
         old_host=old_host,
         new_host=new_host,
         relay_dir=relay_dir,
@@ -335,11 +285,92 @@ def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
 
 @task(help=_help("new_host", "relay_dir"))
 def enable_mail(c, new_host=None, relay_dir=None):
-    """Step 6, NEW host: cmdeploy run; check postfix/dovecot are active and enabled.
+    """Step 7, NEW host: cmdeploy run; check postfix/dovecot are active and enabled.
 
     Examples: fab -H 13.12.23.42 enable-mail | invoke enable-mail --new-host 13.12.23.42
     """
-    run_step(c, "enable-mail", enable_mail_on_new, new_host=new_host, relay_dir=relay_dir)
+    run_step(c, "enable-mail", actions.enable_mail_on_new, new_host=new_host, relay_dir=relay_dir)
+
+
+@task(
+    help=_help(
+        "old_host", "new_host", "new_host_from_old", "relay_dir", "force", "accept_new_host_keys"
+    )
+)
+def preflight(
+    c,
+    old_host=None,
+    new_host=None,
+    new_host_from_old=None,
+    relay_dir=None,
+    force=False,
+    accept_new_host_keys=False,
+):
+    """Check, changing nothing, that the migration can work: PASS/WARN/FAIL per check.
+
+    Examples: fab -H 13.37.13.37 preflight --new-host 13.12.23.42 |
+    invoke preflight --new-host 13.12.23.42
+    """
+    s = _settings(
+        c,
+        "old",
+        ("old_host", "new_host", "relay_dir"),
+        True,
+        old_host=old_host,
+        new_host=new_host,
+        new_host_from_old=new_host_from_old,
+        relay_dir=relay_dir,
+        force=force or None,
+        accept_new_host_keys=accept_new_host_keys or None,
+    )
+    print(f"preflight {s.mail_domain}: {s.old_host} → {s.new_host}", flush=True)
+    runner = Runner(s)
+    started = time.monotonic()
+    try:
+        if s.dry:
+            for role in ("old", "new"):
+                runner.run(role, checks.facts_command(s.mail_domain or ""))
+            print("dry run: checks not evaluated")
+            return
+        failed = []
+        for check in checks.run_checks(s, runner, force=s.force, journal=Journal.for_settings(s)):
+            print(check.line(), flush=True)
+            if check.status == "FAIL":
+                failed.append(check)
+    finally:
+        runner.close()
+    seconds = time.monotonic() - started
+    if failed:
+        raise Exit(
+            f"preflight: {len(failed)} check(s) failed, nothing was changed "
+            f"({failed[0].name}: {failed[0].detail})",
+            code=1,
+        )
+    print(f"preflight passed in {seconds:.1f}s")
+
+
+@task(help=_help("old_host", "relay_dir"))
+def rollback(c, old_host=None, relay_dir=None):
+    """OLD host: re-enable mail there (cmdeploy run) and check postfix/dovecot run again.
+
+    migrate does this by itself when a step fails before DNS is switched.
+    Examples: fab -H 13.37.13.37 rollback | invoke rollback --old-host 13.37.13.37
+    """
+    s = _settings(c, "old", ("old_host", "relay_dir"), True, old_host=old_host, relay_dir=relay_dir)
+    journal = Journal.for_settings(s)
+    if journal and journal.done("switch-dns"):
+        print("note: DNS was switched to the new host: point it back at the old host too")
+    print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
+    runner = Runner(s)
+    try:
+        actions.rollback_on_old(s, runner)
+    except (MigrateError, SettingsError) as e:
+        raise Exit(f"rollback FAILED: {e}", code=1) from None
+    finally:
+        runner.close()
+    if journal and not s.dry:
+        journal.record_rollback()
+    print("rollback done: mail runs on the old host; a new migrate starts over")
 
 
 @task
@@ -369,30 +400,65 @@ def migrate_summary(c):
 
 @task(
     post=[
+        preflight,
         disable_mail,
         copy_data,
         install,
         fix_ownership,
+        verify,
         switch_dns,
         enable_mail,
         migrate_summary,
-    ],  # fmt: skip
-    help=_help("old_host", "new_host", "relay_dir", "new_host_from_old", "yes", "restart"),
+    ],
+    help=_help(
+        "old_host",
+        "new_host",
+        "relay_dir",
+        "new_host_from_old",
+        "yes",
+        "restart",
+        "force",
+        "no_rollback",
+        "accept_new_host_keys",
+        "checksum",
+    ),
 )
-def migrate(c, old_host=None, new_host=None, relay_dir=None, new_host_from_old=None, yes=False,
-            restart=False):  # fmt: skip
-    """Run all six steps in order; a rerun after a failure resumes where it stopped.
+def migrate(
+    c,
+    old_host=None,
+    new_host=None,
+    relay_dir=None,
+    new_host_from_old=None,
+    yes=False,
+    restart=False,
+    force=False,
+    no_rollback=False,
+    accept_new_host_keys=False,
+    checksum=False,
+):
+    """Run preflight and all seven steps in order; a rerun resumes where it stopped.
 
     Examples: invoke migrate --new-host 13.12.23.42 |
     fab -H 13.37.13.37 migrate --new-host 13.12.23.42 | invoke --dry migrate --new-host NEW
     """
     # The steps run after this body as Invoke post-tasks, which get no arguments:
     # everything they need is resolved here and handed over through the config.
+    s = _settings(
+        c,
+        "old",
+        ("old_host", "new_host", "relay_dir"),
+        True,
+        old_host=old_host,
+        new_host=new_host,
+        relay_dir=relay_dir,
+        new_host_from_old=new_host_from_old,
+        yes=yes or None,
+        force=force or None,
+        rollback=not no_rollback,
+        accept_new_host_keys=accept_new_host_keys or None,
+        checksum=checksum or None,
+    )
     try:
-        s = resolve(c, role="old", old_host=old_host, new_host=new_host, relay_dir=relay_dir,
-                    new_host_from_old=new_host_from_old, yes=yes or None)  # fmt: skip
-        s.need("old_host", "new_host", "relay_dir")
-        check_cmdeploy(s)
         if config_section(c).get("migrating"):
             raise SettingsError("migrate takes one old host: give a single -H host")
         journal = Journal.for_settings(s)
@@ -413,8 +479,10 @@ def migrate(c, old_host=None, new_host=None, relay_dir=None, new_host_from_old=N
     print(f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}" + (" (dry run)" if s.dry else ""))
     print(f"journal: {journal.path}")
     if journal.done_steps() and not s.dry:
-        print(f"resuming at {journal.next_step()}: already done {', '.join(journal.done_steps())} "
-              "(--restart starts over)")  # fmt: skip
+        print(
+            f"resuming at {journal.next_step()}: already done {', '.join(journal.done_steps())} "
+            "(--restart starts over)"
+        )
 
 
 @task(help=_help("relay_dir"))

@@ -40,6 +40,41 @@ def run_tool(
     return result
 
 
+def start_tool(lab: Lab, tool: str, *args: str, state_dir: Path, **extra: str) -> subprocess.Popen:
+    """Start the tool in the background, its output readable line by line."""
+    return subprocess.Popen(
+        [str(BIN / tool), *args], cwd=REPO, env=tool_env(lab, state_dir, **extra),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def run_tool_with_fault(
+    lab: Lab, args: list[str], *, state_dir: Path, when: str, fault, **extra: str
+) -> tuple[int, str]:
+    """Run the tool; as soon as a line containing ``when`` appears, call ``fault(proc)``."""
+    proc = start_tool(lab, "invoke", *args, state_dir=state_dir, **extra)
+    assert proc.stdout is not None
+    lines, fired = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if not fired and when in line:
+            fired = True
+            fault(proc)
+    code = proc.wait(timeout=600)
+    output = "".join(lines)
+    print(f"$ invoke {' '.join(args)} -> {code}\n{output}")
+    assert fired, f"never saw {when!r}"
+    return code, output
+
+
+def slow_link(lab: Lab, host: str, rate: str = "8mbit") -> None:
+    """Throttle traffic into a lab host (its bridge port), so a copy lasts long enough."""
+    subprocess.run(
+        ["tc", "qdisc", "add", "dev", lab.hosts[host].veth, "root", "tbf", "rate", rate,
+         "burst", "64kb", "latency", "500ms"], check=True,
+    )  # fmt: skip
+
+
 def listing(lab: Lab, host: str, paths=COPY_PATHS) -> dict:
     script = (Path(__file__).parent / "tree_listing.py").read_text()
     out = lab.ssh(host, "python3 - " + " ".join(paths), input=script).stdout
@@ -96,6 +131,33 @@ def compare_trees(old: dict, new: dict) -> list[str]:
     if old["acls"] != new["acls"]:
         diffs.append(f"ACLs differ:\n{old['acls']}\n---\n{new['acls']}")
     return diffs
+
+
+def assert_old_untouched(before: dict, after: dict) -> None:
+    """Old's copied trees hold the same bytes, modes and owners as at the start.
+
+    Postfix's runtime files (pid, chroot copies, sockets) and the queue files' names
+    and mtimes change while it runs, so the queue is compared by content.
+    """
+
+    def content(listing: dict) -> dict:
+        result = {}
+        for path, item in listing["entries"].items():
+            part = _spool_part(path)
+            if part in SPOOL_RUNTIME or item["type"] == "socket":
+                continue
+            if part in QUEUE_DIRS:
+                if item["type"] == "file":
+                    result.setdefault(("queue", part), []).append(item["sha256"])
+                continue
+            keys = ("type", "mode", "owner", "group", "size", "sha256", "target", "xattrs")
+            result[path] = {k: item.get(k) for k in keys}
+            if not path.startswith("/var/spool/"):
+                result[path]["mtime_ns"] = item.get("mtime_ns")
+        return {k: sorted(v) if isinstance(v, list) else v for k, v in result.items()}
+
+    assert content(before) == content(after)
+    assert before["acls"] == after["acls"]
 
 
 def mail_services(lab: Lab, host: str) -> dict[str, str]:

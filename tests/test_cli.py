@@ -14,8 +14,10 @@ from chatmail_migrate.lab.lab import standin_command
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MIGRATION_TASKS = ["copy-data", "disable-mail", "enable-mail", "fix-ownership", "install",
-                   "migrate", "status", "switch-dns"]  # fmt: skip
+MIGRATION_TASKS = sorted(
+    ["disable-mail", "copy-data", "install", "fix-ownership", "verify", "switch-dns",
+     "enable-mail", "preflight", "rollback", "migrate", "status"]
+)  # fmt: skip
 
 
 def run(tool: str, *args: str, cwd: Path = REPO, env: dict | None = None):

@@ -152,7 +152,7 @@ def test_postfix_check_renames_are_expected():
 
 def test_migrate_chains_the_steps_in_documented_order():
     names = [t.name for t in steps.migrate.post]
-    assert names == [s.replace("-", "_") for s in STEPS] + ["migrate_summary"]
+    assert names == ["preflight"] + [s.replace("-", "_") for s in STEPS] + ["migrate_summary"]
     assert steps.migrate.pre == []
 
 

@@ -1,0 +1,267 @@
+"""Checks run before anything is changed: can this migration work, and is it safe?
+
+Every check yields one line: PASS, WARN or FAIL with the reason and the fix.
+Each host is asked everything in one command; nothing is changed anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+
+import paramiko
+
+from . import commands
+from .commands import parse_sections
+from .journal import Journal
+from .remote import MigrateError, Runner, fingerprint
+from .settings import Settings
+
+FREE_MARGIN = 1.1  # plus a fixed 100 MiB: logs, indexes and Postfix grow meanwhile
+FREE_EXTRA = 100 * 2**20
+
+
+@dataclass
+class Check:
+    status: str  # PASS, WARN or FAIL
+    name: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:4}  {self.name}: {self.detail}"
+
+
+def facts_command(domain: str) -> str:
+    """One command that tells preflight all it needs about a host."""
+    paths = " ".join(shlex.quote(p) for p in commands.COPY_PATHS)
+    mailboxes = shlex.quote(f"/home/vmail/mail/{domain}")
+    return "; ".join(
+        [
+            "echo '== machine-id'; cat /etc/machine-id 2>/dev/null",
+            "echo '== os'; . /etc/os-release 2>/dev/null; echo \"${ID:-unknown} ${VERSION_ID:-?}\"",
+            "echo '== chatmail-version'; head -n1 /etc/chatmail-version 2>/dev/null",
+            "echo '== programs'; for p in tar rsync getfacl setfacl python3 ssh; do "
+            'command -v "$p" >/dev/null && echo "$p"; done',
+            f"echo '== mailboxes'; if [ -d {mailboxes} ]; then echo dir; "
+            f"find {mailboxes} -mindepth 1 -maxdepth 1 -name '*@*' | wc -l; fi",
+            # Bytes the trees take on disk, and free bytes where each would land.
+            f"echo '== size'; du -s -B1 -c {paths} 2>/dev/null | tail -n1 | cut -f1",
+            "echo '== free'; for p in " + paths + "; do d=$p; "
+            'while [ ! -e "$d" ]; do d=$(dirname "$d"); done; '
+            'df -B1 --output=target,avail "$d" | tail -n1; done | sort -u',
+        ]
+    )
+
+
+def host_facts(runner: Runner, role: str, domain: str) -> dict[str, list[str]]:
+    result = runner.run(role, facts_command(domain), hide=True, quiet=True, warn=True)
+    return parse_sections(result.stdout)
+
+
+def check_cmdeploy_runs(settings: Settings) -> Check:
+    command = [*settings.cmdeploy, "--help"]
+    try:
+        result = subprocess.run(
+            command, cwd=settings.relay_dir, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` cannot run: {e}")
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        return Check(
+            "FAIL",
+            "cmdeploy",
+            f"`{shlex.join(command)}` exited {result.returncode}: {tail}; "
+            "run scripts/initenv.sh in the relay checkout",
+        )
+    return Check(
+        "PASS", "cmdeploy", f"{shlex.join(settings.cmdeploy)} runs (relay {settings.relay_dir})"
+    )
+
+
+def check_agent() -> Check:
+    sock = os.environ.get("SSH_AUTH_SOCK")
+    if not sock or not os.path.exists(sock):
+        return Check(
+            "FAIL",
+            "ssh-agent",
+            "no agent (SSH_AUTH_SOCK): copy-data forwards it to the old host; "
+            "run ssh-agent and ssh-add a key the new host accepts",
+        )
+    try:
+        keys = paramiko.Agent().get_keys()
+    except paramiko.SSHException as e:
+        return Check("FAIL", "ssh-agent", f"cannot talk to the agent at {sock}: {e}")
+    if not keys:
+        return Check(
+            "FAIL", "ssh-agent", "the agent holds no key: ssh-add the key for the new host"
+        )
+    return Check("PASS", "ssh-agent", f"{len(keys)} key(s) to forward for the copy")
+
+
+def _size(text: list[str]) -> int:
+    try:
+        return int(text[0])
+    except (IndexError, ValueError):
+        return 0
+
+
+def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Journal | None):
+    """Yield the checks one by one, so each line appears as soon as it is known."""
+    yield check_cmdeploy_runs(settings)
+    yield check_agent()
+    domain = settings.mail_domain or ""
+    facts: dict[str, dict[str, list[str]]] = {}
+    keys: dict[str, str] = {}
+    for role in ("old", "new"):
+        host = runner.host(role)
+        try:
+            runner.connection(role)
+        except MigrateError as e:
+            yield Check("FAIL", f"ssh to {role}", str(e).removeprefix(f"{role} host: "))
+            continue
+        keys[role] = fingerprint(
+            runner.connection(role).client.get_transport().get_remote_server_key()
+        )
+        facts[role] = host_facts(runner, role, domain)
+        yield Check("PASS", f"ssh to {role}", f"{runner.settings.user}@{host} ({keys[role]})")
+    if len(facts) < 2:
+        return
+    old, new = facts["old"], facts["new"]
+    if old.get("machine-id") == new.get("machine-id") or keys["old"] == keys["new"]:
+        yield Check(
+            "FAIL",
+            "distinct hosts",
+            "old and new are the same machine (same "
+            "machine-id or host key): check --old-host and --new-host",
+        )
+    else:
+        yield Check("PASS", "distinct hosts", "different machine-ids and host keys")
+
+    mailbox_info = old.get("mailboxes", [])
+    if mailbox_info[:1] != ["dir"]:
+        yield Check(
+            "FAIL",
+            "old is a relay",
+            f"no /home/vmail/mail/{domain} on {settings.old_host}: "
+            "is it the relay of this chatmail.ini?",
+        )
+    else:
+        version = (old.get("chatmail-version") or ["unknown"])[0]
+        yield Check(
+            "PASS",
+            "old is a relay",
+            f"{mailbox_info[1]} accounts for {domain}, relay {describe_version(settings, version)}",
+        )
+
+    os_id, _, os_version = (new.get("os") or ["unknown ?"])[0].partition(" ")
+    if os_id == "debian" and os_version == "12":
+        yield Check("PASS", "new runs Debian 12", f"{os_id} {os_version}")
+    elif os_id == "debian":
+        yield Check("WARN", "new runs Debian 12", f"Debian {os_version}: the relay is made for 12")
+    else:
+        yield Check("FAIL", "new runs Debian 12", f"{os_id} {os_version}: chatmail needs Debian")
+
+    for role, need in (("old", ("tar", "ssh")), ("new", ("tar",))):
+        have = facts[role].get("programs", [])
+        missing = [p for p in need if p not in have]
+        if missing:
+            yield Check(
+                "FAIL", f"programs on {role}", f"missing {', '.join(missing)}: apt-get install"
+            )
+        else:
+            yield Check("PASS", f"programs on {role}", ", ".join(need) + " present")
+    if "getfacl" not in old.get("programs", []):
+        yield Check("WARN", "ACLs", "no getfacl on old: ACLs (echobot's password) are not carried")
+    if "python3" not in new.get("programs", []):
+        yield Check("WARN", "python3 on new", "fix-ownership needs it; the install step brings it")
+
+    yield check_copy_path(settings, runner)
+
+    need = _size(old.get("size", []))
+    for line in new.get("free", []):
+        target, _, avail = line.rpartition(" ")
+        if _size([avail]) < need * FREE_MARGIN + FREE_EXTRA:
+            yield Check(
+                "FAIL",
+                "free space on new",
+                f"{target.strip()} has {int(avail) / 1e9:.2f} GB "
+                f"free, the copy needs {need / 1e9:.2f} GB plus margin",
+            )
+            break
+    else:
+        yield Check("PASS", "free space on new", f"copy needs {need / 1e9:.2f} GB; enough free")
+
+    held = new.get("mailboxes", [])
+    count = held[1] if len(held) > 1 else "0"
+    if held[:1] == ["dir"] and count != "0":
+        if journal and journal.done("copy-data"):
+            yield Check("PASS", "new holds no mailboxes", "copied by this migration (journal)")
+        elif journal and journal.copy_attempted(settings.new_host):
+            yield Check(
+                "WARN",
+                "new holds no mailboxes",
+                f"{count} from an earlier attempt of this "
+                "migration (journal): copy-data replaces them",
+            )
+        elif force:
+            yield Check(
+                "WARN", "new holds no mailboxes", f"{count} there; --force: copy-data replaces them"
+            )
+        else:
+            yield Check(
+                "FAIL",
+                "new holds no mailboxes",
+                f"{settings.new_host} already holds {count} "
+                f"mailboxes for {domain}; a copy would merge into them: check the host, "
+                "or give --force to replace them",
+            )
+    else:
+        yield Check("PASS", "new holds no mailboxes", f"none for {domain}")
+
+
+def check_copy_path(settings: Settings, runner: Runner) -> Check:
+    """The exact path of the copy: from old, forwarded agent, batch ssh to new."""
+    host, port, user = runner.address("new")
+    host = settings.new_host_from_old or host
+    key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
+    script = (
+        f"set -e; kh=$(mktemp); trap 'rm -f \"$kh\"' EXIT; "
+        f"printf '%s\\n' {shlex.quote(key_line)} > \"$kh\"; "
+        + commands.ssh_to_new(host, port, user, '"$kh"')
+        + " true"
+    )
+    result = runner.run(
+        "old",
+        f"bash -c {shlex.quote(script)}",
+        hide=True,
+        quiet=True,
+        warn=True,
+        forward_agent=True,
+    )
+    if result.exited != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check(
+            "FAIL",
+            "old reaches new",
+            f"ssh {user}@{host} from old failed: {reason}; "
+            "check the agent key, the address (--new-host-from-old) and firewalls",
+        )
+    return Check(
+        "PASS", "old reaches new", f"{user}@{host}:{port} with forwarded agent, key pinned"
+    )
+
+
+def describe_version(settings: Settings, first_line: str) -> str:
+    """/etc/chatmail-version holds the deploy's git commit: name its tag if we can."""
+    if settings.relay_dir and first_line not in ("", "unknown"):
+        result = subprocess.run(
+            ["git", "-C", str(settings.relay_dir), "describe", "--tags", first_line],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0:
+            return f"{result.stdout.strip()} (commit {first_line[:12]})"
+    return f"commit {first_line[:12]}" if first_line else "version unknown"

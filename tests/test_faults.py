@@ -1,0 +1,140 @@
+"""Faults in the middle of a migration: nothing of old's data is lost or changed, the
+tool names the step and the cause, the journal says where things stand, mail runs on
+old again (automatic rollback), and a rerun without the fault completes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from chatmail_migrate.lab import Lab, SeedParams
+
+from .helpers import (
+    assert_old_untouched,
+    listing,
+    mail_services,
+    run_tool,
+    run_tool_with_fault,
+    slow_link,
+)
+from .test_migrate import MAIL_ON, assert_migrated, journal
+
+MIGRATE = ["migrate", "--new-host", "new", "--yes"]
+# Big enough that the copy over a throttled link lasts seconds.
+SIZEABLE = SeedParams(accounts=20, messages=10, size=25_000)
+
+
+def after_fault(lab: Lab, before: dict, state_dir: Path, code: int, output: str, step: str):
+    """What every fault must leave behind."""
+    assert code != 0
+    assert f"{step} FAILED" in output
+    assert "Rolled back: mail runs on the old host again" in output
+    assert mail_services(lab, "old") == MAIL_ON
+    assert_old_untouched(before, listing(lab, "old"))
+    recorded = journal(state_dir, lab)
+    assert recorded["steps"] == {}, "after a rollback the migration starts over"
+    events = [e["event"] for e in recorded["events"]]
+    assert events[-2:] == ["failed", "rollback"]
+
+
+def rerun_completes(lab: Lab, before: dict, state_dir: Path) -> None:
+    result = run_tool(lab, "invoke", *MIGRATE, state_dir=state_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "replacing what an earlier attempt left" in result.stdout
+    assert_migrated(lab, before)
+
+
+def test_new_disk_fills_up_during_copy(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SIZEABLE)
+    before = listing(lab, "old")
+    lab.ssh("new", "mkdir -p /home/vmail && mount -t tmpfs -o size=150m tmpfs /home/vmail")
+    slow_link(lab, "new")
+
+    def fill(_proc):  # something else takes the space the copy was counting on
+        lab.ssh("new", "fallocate -l $(( $(df -B1 --output=avail /home/vmail | tail -n1) "
+                "- 200000 )) /home/vmail/filler")  # fmt: skip
+
+    code, output = run_tool_with_fault(
+        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=fill
+    )
+    after_fault(lab, before, tmp_path, code, output, "[2/7] copy-data")
+    assert "No space left on device" in output
+    lab.ssh("new", "rm /home/vmail/filler")
+    rerun_completes(lab, before, tmp_path)
+
+
+def test_network_between_old_and_new_cut_during_copy(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SIZEABLE)
+    before = listing(lab, "old")
+    slow_link(lab, "new")
+    route = ["ip", "-n", lab.hosts["new"].netns, "route", "add", "blackhole", lab.address("old")]
+
+    def cut(_proc):
+        import subprocess
+
+        time.sleep(1)
+        subprocess.run(route, check=True)
+
+    code, output = run_tool_with_fault(
+        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=cut
+    )
+    after_fault(lab, before, tmp_path, code, output, "[2/7] copy-data")
+    import subprocess
+
+    subprocess.run([*route[:4], "del", *route[5:]], check=True)
+    rerun_completes(lab, before, tmp_path)
+
+
+def test_standin_cmdeploy_fails_during_install(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=5, messages=2))
+    before = listing(lab, "old")
+    result = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
+                      CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
+    after_fault(lab, before, tmp_path, result.returncode, result.stdout + result.stderr,
+                "[3/7] install")  # fmt: skip
+    assert "exited 1" in result.stderr
+    rerun_completes(lab, before, tmp_path)
+
+
+def test_interrupted_during_copy(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SIZEABLE)
+    before = listing(lab, "old")
+    slow_link(lab, "new", rate="4mbit")
+
+    def interrupt(proc):
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+
+    code, output = run_tool_with_fault(
+        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=interrupt
+    )
+    assert code == 130
+    assert "interrupted" in output
+    assert "stopped the copy still running on the old host" in output
+    after_fault(lab, before, tmp_path, code, output, "[2/7] copy-data")
+    leftovers = lab.ssh("old", "pgrep -a -x tar || true").stdout
+    assert leftovers == "", leftovers
+    rerun_completes(lab, before, tmp_path)
+
+
+def test_verify_finds_a_file_altered_on_new(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=5, messages=2))
+    before = listing(lab, "old")
+    # Stop after the copy (mail stays off on old), then alter a copied message on new.
+    first = run_tool(lab, "invoke", *MIGRATE, "--no-rollback", state_dir=tmp_path,
+                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
+    assert first.returncode != 0 and "--no-rollback: mail stays off" in first.stderr
+    message = lab.ssh("new", "find /home/vmail/mail -path '*/cur/*' -type f | head -n1").stdout
+    lab.ssh("new", f"echo tampered >> {message.strip()}")
+
+    resumed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
+    output = resumed.stdout + resumed.stderr
+    after_fault(lab, before, tmp_path, resumed.returncode, output, "[5/7] verify")
+    assert f"{message.strip()}: size" in output
+    assert "2 differences (1 mtime, 1 size)" in output
+    rerun_completes(lab, before, tmp_path)
+    assert json.loads((tmp_path / "chatmail-migrate" / f"{lab.domain}.json").read_text())["steps"][
+        "verify"
+    ]
