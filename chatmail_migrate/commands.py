@@ -84,7 +84,7 @@ def ssh_to_new(host: str, port: int, user: str, known_hosts_word: str) -> str:
     return (
         # Keepalives: a link that stays silent for 15 s fails the copy instead of hanging.
         "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes "
-        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=15 "
         f"-o UserKnownHostsFile={known_hosts_word} -o GlobalKnownHostsFile=/dev/null "
         f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)} {shlex.quote(f'{user}@{host}')}"
     )

@@ -69,7 +69,7 @@ def check_cmdeploy_runs(settings: Settings) -> Check:
     except (OSError, subprocess.TimeoutExpired) as e:
         return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` cannot run: {e}")
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        tail = " ".join((result.stderr or result.stdout).strip().splitlines()[-1:])
         return Check(
             "FAIL",
             "cmdeploy",
@@ -111,7 +111,8 @@ def _size(text: list[str]) -> int:
 def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Journal | None):
     """Yield the checks one by one, so each line appears as soon as it is known."""
     yield check_cmdeploy_runs(settings)
-    yield check_agent()
+    agent = check_agent()
+    yield agent
     domain = settings.mail_domain or ""
     facts: dict[str, dict[str, list[str]]] = {}
     keys: dict[str, str] = {}
@@ -178,7 +179,10 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     if "python3" not in new.get("programs", []):
         yield Check("WARN", "python3 on new", "fix-ownership needs it; the install step brings it")
 
-    yield check_copy_path(settings, runner)
+    if agent.status == "PASS":
+        yield check_copy_path(settings, runner)
+    else:
+        yield Check("FAIL", "old reaches new", "not tried: the copy needs the ssh-agent (above)")
 
     need = _size(old.get("size", []))
     for line in new.get("free", []):
@@ -229,7 +233,7 @@ def check_copy_path(settings: Settings, runner: Runner) -> Check:
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
     script = (
         f"set -e; kh=$(mktemp); trap 'rm -f \"$kh\"' EXIT; "
-        f"printf '%s\\n' {shlex.quote(key_line)} > \"$kh\"; "
+        f"printf '%s\\n' {shlex.quote(key_line)} > \"$kh\"; timeout 60 "
         + commands.ssh_to_new(host, port, user, '"$kh"')
         + " true"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import logging
 import shlex
 import socket
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ import paramiko
 from invoke.exceptions import UnexpectedExit
 
 from .settings import Settings
+
+# paramiko reports transport errors from its own thread as logged tracebacks; the
+# tool reports them itself, in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class MigrateError(Exception):
@@ -134,7 +140,10 @@ def describe_connect_error(host: str, e: BaseException) -> str:
             f"authentication to {host} failed ({e}): check the user (root by default) and "
             "that your agent holds a key the host accepts (ssh-add -l)"
         )
-    if isinstance(e, (socket.timeout, TimeoutError)) or "timed out" in str(e).lower():
+    text = str(e).lower()
+    if isinstance(e, TimeoutError) or any(
+        t in text for t in ("timed out", "banner", "no existing session")
+    ):
         return f"{host} did not answer in time (timed out): check the address and firewall"
     if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
         return f"{host} refused the connection ({e}): is sshd running, is the port right?"

@@ -98,7 +98,8 @@ class Report:
                 f"({self.skipped} sockets and Postfix runtime entries not compared)"
             )
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind().items()))
-        lines = [f"{head}: {len(self.differences)} differences ({kinds})"]
+        count = len(self.differences)
+        lines = [f"{head}: {count} difference{'s' if count != 1 else ''} ({kinds})"]
         lines += [f"  {message}" for _, message in self.differences[:first]]
         return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -116,3 +117,73 @@ def test_missing_cmdeploy_is_reported_before_anything_runs(tmp_path: Path, relay
     result = run("invoke", "migrate", "--new-host", "b.example", env=env)
     assert result.returncode != 0
     assert "scripts/cmdeploy" in result.stderr and "not found" in result.stderr
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: connecting there is refused
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["migrate", "--new-host=-oProxyCommand=x"], "is not a host name or address"),
+        (["migrate", "--new-host", "bad host"], "is not a host name or address"),
+        (["migrate", "--new-host", "b.example", "--bogus"], "No idea what '--bogus' is"),
+    ],
+)
+def test_malformed_input_is_refused(tmp_path: Path, relay_dir: Path, args, message):
+    result = run("invoke", *args, env=cli_env(tmp_path, relay_dir))
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_chatmail_ini_without_mail_domain(tmp_path: Path, relay_dir: Path):
+    (relay_dir / "chatmail.ini").write_text("[params]\nmax_user_send_per_minute = 60\n")
+    result = run("invoke", "migrate", "--new-host", "b.example", env=cli_env(tmp_path, relay_dir))
+    assert result.returncode != 0
+    assert "no [params] mail_domain" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_journal_of_another_migration_is_refused(tmp_path: Path, relay_dir: Path):
+    journal = tmp_path / "state" / "chatmail-migrate" / "dry.example.org.json"
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({
+        "mail_domain": "dry.example.org", "old_host": "a.example", "new_host": "b.example",
+        "steps": {"disable-mail": {"finished": "x", "seconds": 1, "started_ts": 0}},
+    }))  # fmt: skip
+    result = run("invoke", "migrate", "--old-host", "a.example", "--new-host", "c.example",
+                 env=cli_env(tmp_path, relay_dir))  # fmt: skip
+    assert result.returncode != 0
+    assert "records a migration with new host b.example, not c.example" in result.stderr
+    assert "--restart" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_hosts_and_failing_cmdeploy_fail_preflight(tmp_path: Path, relay_dir: Path):
+    silent = socket.socket()  # accepts connections, never says a word: a timeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host silent\n  HostName 127.0.0.1\n  Port {silent.getsockname()[1]}\n"
+        f"Host closed\n  HostName 127.0.0.1\n  Port {_refused_port()}\n"
+    )
+    env = cli_env(tmp_path, relay_dir, config)
+    env["INVOKE_CHATMAIL_MIGRATE_CONNECT_TIMEOUT"] = "2"
+    env["CMDEPLOY"] = "false"
+    env.pop("SSH_AUTH_SOCK", None)
+    result = run("invoke", "migrate", "--old-host", "silent", "--new-host", "closed", env=env)
+    out = result.stdout
+    assert result.returncode != 0
+    assert "FAIL  cmdeploy: `false --help` exited 1" in out
+    assert "FAIL  ssh-agent: no agent" in out
+    assert "FAIL  ssh to old: silent did not answer in time (timed out)" in out
+    assert "FAIL  ssh to new: closed refused the connection" in out
+    assert result.stderr.startswith("preflight: 4 check(s) failed, nothing was changed")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "[1/7]" not in out, "nothing may run after a failed preflight"
+    silent.close()

@@ -1,0 +1,183 @@
+"""preflight, host keys, agent forwarding, verify and rollback against the lab.
+
+Every refused run must leave both hosts as they were."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chatmail_migrate.lab import Lab, SeedParams
+from chatmail_migrate.remote import connect
+from chatmail_migrate.settings import Settings
+
+from .helpers import mail_services, run_tool, tool_env
+from .test_migrate import MAIL_ON, assert_migrated, listing
+
+
+def unchanged(lab: Lab) -> None:
+    assert mail_services(lab, "old") == MAIL_ON
+    assert lab.ssh("new", f"test -e /home/vmail/mail/{lab.domain}", check=False).returncode == 1
+
+
+def preflight(lab: Lab, tmp_path: Path, *args: str, **env):
+    return run_tool(lab, "invoke", "preflight", *args, state_dir=tmp_path, **env)
+
+
+def test_preflight_passes_on_a_healthy_lab(seeded_lab: Lab, tmp_path: Path):
+    result = preflight(seeded_lab, tmp_path, "--new-host", "new")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line[:4] in ("PASS", "WARN", "FAIL")]
+    assert all(line.startswith("PASS") for line in lines), lines
+    names = [line.split(":")[0][6:] for line in lines]
+    for name in ("cmdeploy", "ssh-agent", "ssh to old", "ssh to new", "distinct hosts",
+                 "old is a relay", "new runs Debian 12", "programs on old", "programs on new",
+                 "old reaches new", "free space on new", "new holds no mailboxes"):  # fmt: skip
+        assert name in names
+    assert "relay 1.7.0 (commit" in result.stdout
+    unchanged(seeded_lab)
+
+
+def test_wrong_user_is_an_auth_failure(seeded_lab: Lab, tmp_path: Path):
+    result = preflight(seeded_lab, tmp_path, "--old-host", "nobody@old", "--new-host", "new")
+    assert result.returncode != 0
+    assert "FAIL  ssh to old: authentication to nobody@old failed" in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    unchanged(seeded_lab)
+
+
+def test_no_agent_fails_before_anything_changes(seeded_lab: Lab, tmp_path: Path):
+    result = run_tool(seeded_lab, "invoke", "migrate", "--new-host", "new", "--yes",
+                      state_dir=tmp_path, SSH_AUTH_SOCK="")  # fmt: skip
+    assert result.returncode != 0
+    assert "FAIL  ssh-agent: no agent" in result.stdout
+    assert "FAIL  old reaches new" in result.stdout
+    assert "[1/7]" not in result.stdout
+    unchanged(seeded_lab)
+
+
+def test_same_machine_under_two_names_is_refused(seeded_lab: Lab, tmp_path: Path):
+    result = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host",
+                       seeded_lab.address("old"))  # fmt: skip
+    assert result.returncode != 0
+    assert "FAIL  distinct hosts: old and new are the same machine" in result.stdout
+    unchanged(seeded_lab)
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
+def test_unresolvable_host(seeded_lab: Lab, tmp_path: Path):
+    # In a network namespace of its own with nothing but loopback, the name lookup
+    # cannot leave this machine.
+    env = tool_env(seeded_lab, tmp_path)
+    result = subprocess.run(
+        ["unshare", "--net", str(Path(shutil.which("invoke") or "invoke")), "preflight",
+         "--old-host", "no-such-host.invalid", "--new-host", "also-not-there.invalid"],
+        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "FAIL  ssh to old: cannot resolve no-such-host.invalid" in result.stdout
+    unchanged(seeded_lab)
+
+
+def _config_with_known_hosts(lab: Lab, tmp_path: Path, known_hosts: Path) -> Path:
+    config = tmp_path / "ssh_config"
+    config.write_text(lab.ssh_config.read_text().replace(str(lab.known_hosts), str(known_hosts)))
+    return config
+
+
+def test_unknown_host_keys_are_refused_or_recorded(seeded_lab: Lab, tmp_path: Path):
+    known = tmp_path / "known_hosts"
+    config = _config_with_known_hosts(seeded_lab, tmp_path, known)
+    env = {"CHATMAIL_MIGRATE_SSH_CONFIG": str(config)}
+    refused = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host", "new", **env)
+    assert refused.returncode != 0
+    assert f"FAIL  ssh to old: host key of {seeded_lab.address('old')} (ssh-ed25519 SHA256:" in (
+        refused.stdout
+    )
+    assert "--accept-new-host-keys" in refused.stdout
+    assert not known.exists()
+    accepted = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host", "new",
+                         "--accept-new-host-keys", **env)  # fmt: skip
+    assert accepted.returncode == 0, accepted.stdout
+    assert "recorded new host key" in accepted.stdout
+    recorded = known.read_text().splitlines()
+    assert len(recorded) == 2
+    again = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host", "new", **env)
+    assert again.returncode == 0 and "recorded" not in again.stdout
+    unchanged(seeded_lab)
+
+
+def test_changed_host_key_is_never_accepted(seeded_lab: Lab, tmp_path: Path):
+    lines = seeded_lab.known_hosts.read_text().splitlines()
+    old_line = next(line for line in lines if line.startswith("old,"))
+    new_key = next(line for line in lines if line.startswith("new,")).split(" ", 1)[1]
+    known = tmp_path / "known_hosts"
+    # old's names, with new's key: what a man in the middle (or a reinstall) looks like.
+    known.write_text("\n".join([old_line.split(" ")[0] + " " + new_key, *lines[1:]]) + "\n")
+    config = _config_with_known_hosts(seeded_lab, tmp_path, known)
+    result = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host", "new",
+                       "--accept-new-host-keys",
+                       CHATMAIL_MIGRATE_SSH_CONFIG=str(config))  # fmt: skip
+    assert result.returncode != 0
+    assert "FAIL  ssh to old: HOST KEY CHANGED for old" in result.stdout
+    assert "ssh-keygen -R" in result.stdout
+    unchanged(seeded_lab)
+
+
+def test_agent_is_forwarded_only_when_asked(seeded_lab: Lab, tmp_path: Path, monkeypatch):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    ForwardAgent yes\n\n" + seeded_lab.ssh_config.read_text())
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(seeded_lab.agent_sock))
+    settings = Settings(ssh_config=str(config))
+    for forward, expected in ((False, ""), (True, "/tmp/ssh-")):
+        with connect(settings, "old", forward_agent=forward) as conn:
+            sock = conn.run("echo $SSH_AUTH_SOCK", hide=True, in_stream=False).stdout.strip()
+        assert sock.startswith(expected) and bool(sock) == forward
+
+
+def test_new_host_holding_mailboxes_needs_force(seeded_lab: Lab, tmp_path: Path):
+    mailbox = f"/home/vmail/mail/{seeded_lab.domain}/someone@{seeded_lab.domain}"
+    seeded_lab.ssh("new", f"mkdir -p {mailbox}")
+    try:
+        refused = preflight(seeded_lab, tmp_path, "--new-host", "new")
+        assert refused.returncode != 0
+        assert "FAIL  new holds no mailboxes: new already holds 1 mailboxes" in refused.stdout
+        forced = preflight(seeded_lab, tmp_path, "--new-host", "new", "--force")
+        assert forced.returncode == 0
+        assert "WARN  new holds no mailboxes: 1 there; --force: copy-data replaces them" in (
+            forced.stdout
+        )
+    finally:
+        seeded_lab.ssh("new", "rm -rf /home/vmail/mail")
+
+
+def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=8, messages=3))
+    before = listing(lab, "old")
+    done = run_tool(lab, "invoke", "migrate", "--new-host", "new", "--yes", "--checksum",
+                    state_dir=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "content (sha256)" in done.stdout
+    assert_migrated(lab, before)
+    args = ["verify", "--new-host", "new"]  # the old host: mail_domain, as the journal has it
+    assert run_tool(lab, "invoke", *args, state_dir=tmp_path).returncode == 0
+    # Same size, same mtime, other bytes: only --checksum sees it.
+    path = lab.ssh("new", "find /var/lib/acme/certs -name cert | head -n1").stdout.strip()
+    lab.ssh(
+        "new",
+        f"cp -p {path} /tmp/c && printf B | dd of={path} bs=1 seek=100 conv=notrunc "
+        f"2>/dev/null && touch -r /tmp/c {path}",
+    )
+    assert run_tool(lab, "invoke", *args, state_dir=tmp_path).returncode == 0
+    checked = run_tool(lab, "invoke", *args, "--checksum", state_dir=tmp_path)
+    assert checked.returncode != 0
+    assert f"{path}: content" in checked.stderr
+    assert "1 difference (1 content)" in checked.stderr
+
+    back = run_tool(lab, "fab", "-H", lab.domain, "rollback", state_dir=tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert "DNS was switched to the new host: point it back at the old host too" in back.stdout
+    assert mail_services(lab, "old") == MAIL_ON
