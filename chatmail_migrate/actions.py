@@ -189,13 +189,10 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     """List the copied trees on both hosts (one command each) and compare them."""
     paths = commands.COPY_PATHS
     command = verify.listing_command(paths, settings.checksum)
-    old_out = runner.run("old", command, hide=True, quiet=not settings.dry)
-    new_out = runner.run("new", command, hide=True, quiet=not settings.dry)
+    old_out, new_out = runner.capture("old", command), runner.capture("new", command)
     if settings.dry:
         return
-    report = verify.compare(
-        verify.parse_listing(old_out.stdout), verify.parse_listing(new_out.stdout)
-    )
+    report = verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))
     what = "type, size, mode, mtime, symlink target, owner and group"
     what += ", content (sha256)" if settings.checksum else " (--checksum adds content)"
     print(f"  compared {what}")
