@@ -9,11 +9,12 @@ import json
 import os
 import signal
 import sys
+import time
 
-from . import commands, verify
+from . import commands, dnscheck, known_hosts, verify
 from .cmdeploy import cmdeploy_run
 from .journal import Journal
-from .remote import MigrateError, Runner, existing_paths
+from .remote import MigrateError, Runner, connect, existing_paths, fingerprint, known_hosts_files
 from .settings import Settings
 
 
@@ -142,42 +143,157 @@ def _global_addresses(runner: Runner, role: str) -> dict[str, list[str]]:
     return found
 
 
+def _status_printer():
+    """One live line on a terminal; plain lines otherwise."""
+    if sys.stdout.isatty():
+        return lambda line: print(f"\r\033[K  {line}", end="", flush=True)
+    return lambda line: print(f"  {line}", flush=True)
+
+
 def switch_dns_records(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
-    name = f"{settings.mail_domain or '<mail_domain>'}."
-    if settings.dry:
-        old = {"A": ["<old IPv4>"], "AAAA": ["<old IPv6>"]}
-        new = {"A": ["<new IPv4>"], "AAAA": ["<new IPv6, if any>"]}
-        runner.run("old", commands.global_addresses_command())
+    domain = settings.mail_domain or ""
+    if settings.new_addresses:
+        new = {
+            "A": [a for a in settings.new_addresses if ":" not in a],
+            "AAAA": [a for a in settings.new_addresses if ":" in a],
+        }
+    elif settings.dry:
         runner.run("new", commands.global_addresses_command())
+        new = {"A": ["<new IPv4>"], "AAAA": []}
     else:
-        old, new = _global_addresses(runner, "old"), _global_addresses(runner, "new")
+        new = _global_addresses(runner, "new")
     if not new["A"] and not new["AAAA"]:
-        raise MigrateError(f"the new host {settings.new_host} has no global address")
-    print("  Change these DNS records (TTL 300 until the move is over):")
-    print(f"  {'name':30} {'type':5} {'old value':24} new value")
-    for rtype in ("A", "AAAA"):
-        if not new[rtype]:
-            if old[rtype]:
-                print(
-                    f"  {name:30} {rtype:5} {', '.join(old[rtype]):24} (delete: new host has none)"
-                )
-            continue
-        print(
-            f"  {name:30} {rtype:5} {', '.join(old[rtype]) or '(none)':24} {', '.join(new[rtype])}"
+        raise MigrateError(
+            f"the new host {settings.new_host} has no global address; give --new-address"
         )
-    if settings.yes:
-        print("  --yes: not waiting for confirmation")
-        return
+    given = dnscheck.parse_nameservers(settings.nameservers)
     if settings.dry:
-        print("  (would wait for you to type 'done')")
+        print(
+            f"  (would ask the nameservers of {domain} for its A/AAAA records, print the "
+            "changes, wait for your 'done', then for every nameserver to answer them)"
+        )
         return
-    if not sys.stdin.isatty():
+    zone, servers = dnscheck.authoritative_servers(domain, given)
+    current = dnscheck.address_records(domain, servers)
+    old = {t: sorted({v for a in current.values() for v in a[t].values}) for t in ("A", "AAAA")}
+    ttls = [a[t].ttl for a in current.values() for t in ("A", "AAAA") if a[t].ttl is not None]
+    old_ttl = max(ttls, default=0)
+    want = {t: sorted(new[t]) for t in ("A", "AAAA") if new[t] or old[t]}
+    print(
+        f"  Change these records in the zone {zone} (nameservers: "
+        f"{', '.join(str(s) for s in servers)}):"
+    )
+    print(f"  {'name':28} {'type':5} {'old value':24} {'new value':24} TTL")
+    for rtype, values in want.items():
+        print(
+            f"  {domain + '.':28} {rtype:5} {', '.join(old[rtype]) or '(none)':24} "
+            f"{', '.join(values) or '(delete)':24} {dnscheck.SUGGESTED_TTL}"
+        )
+    already = all(current[s][t].values == v for s in servers for t, v in want.items())
+    if already:
+        print("  every nameserver already answers the new values")
+    elif settings.yes:
+        print("  --yes: not asking for confirmation")
+    elif not sys.stdin.isatty():
         raise MigrateError(
             "switch-dns waits for you to confirm the DNS change, but there is no terminal; "
             "change the records, then rerun with --yes"
         )
-    while input("  Type 'done' once the records are changed: ").strip().lower() != "done":
-        pass
+    else:
+        while input("  Type 'done' once the records are changed: ").strip().lower() != "done":
+            pass
+    if journal:
+        journal.note("dns-change-confirmed", old_ttl=old_ttl)
+    if not settings.dns_wait:
+        print("  --no-wait: not waiting for the nameservers")
+    else:
+        status = _status_printer()
+        waited = dnscheck.wait_for(
+            domain, servers, want, timeout=settings.dns_timeout, status=status
+        )
+        if sys.stdout.isatty():
+            print()
+        print(f"  all {len(servers)} nameservers answer the new values (waited {waited:.0f}s)")
+    expiry = time.time() + old_ttl
+    until = time.strftime("%H:%M:%S", time.localtime(expiry))
+    print(f"  resolvers may hand out the old address until {until} (now + old TTL {old_ttl}s)")
+    if journal:
+        journal.note("dns-switched", caches_expire=expiry)
+    check_published_keys(settings, runner, servers[0])
+    offer_known_hosts_update(settings, runner)
+    if settings.wait_caches and old_ttl:
+        print(f"  --wait-caches: waiting {old_ttl}s for resolver caches")
+        time.sleep(max(0, expiry - time.time()))
+
+
+DKIM_SELECTOR = "opendkim"
+
+
+def _dkim_p(record: str) -> str:
+    tags = dict(part.strip().split("=", 1) for part in record.split(";") if "=" in part)
+    return tags.get("p", "").replace(" ", "")
+
+
+def check_published_keys(settings: Settings, runner: Runner, server) -> None:
+    """The DKIM TXT record and CAA accounturi must match what the NEW host has."""
+    domain = settings.mail_domain or ""
+    name = f"{DKIM_SELECTOR}._domainkey.{domain}"
+    records = [r for r in dnscheck.lookup(server, name, "TXT").values if "p=" in r]
+    facts = runner.run("new", commands.published_keys_facts_command(), hide=True, quiet=True)
+    sections = commands.parse_sections(facts.stdout)
+    key = "".join(sections.get("dkim", []))
+    if not records:
+        print(f"  WARN: no DKIM record at {name}: publish the key of /etc/dkimkeys/opendkim.txt")
+    elif _dkim_p(records[0]) != key:
+        raise MigrateError(
+            f"DKIM: {name} publishes p={_dkim_p(records[0])} but the new host's "
+            f"/etc/dkimkeys/opendkim.private has p={key or '(none)'}: the key did not come "
+            "across intact; copy /etc/dkimkeys again, or publish the new host's key"
+        )
+    else:
+        print(f"  DKIM record {name} matches the new host's key")
+    uris = [
+        part.split("=", 1)[1]
+        for r in dnscheck.lookup(server, domain, "CAA").values
+        for part in r.replace('"', "").split(";")
+        if part.strip().startswith("accounturi=")
+    ]
+    accounts = sections.get("acme", [])
+    if uris and not set(uris) & set(accounts):
+        raise MigrateError(
+            f"CAA: {domain} allows only accounturi {', '.join(uris)}, but the new host's "
+            f"ACME account is {', '.join(accounts) or '(none)'}: copy /var/lib/acme again, "
+            "or change the CAA record"
+        )
+    if uris:
+        print("  CAA accounturi matches the new host's ACME account")
+
+
+def offer_known_hosts_update(settings: Settings, runner: Runner) -> None:
+    """Your known_hosts names the OLD host's key for the mail domain: offer the new one."""
+    domain = settings.mail_domain or ""
+    key = runner.connection("new").client.get_transport().get_remote_server_key()
+    files, _ = known_hosts_files(connect(settings, domain))
+    stale = [f for f in files if f.is_file() and known_hosts.names_other_key(f, domain, key)]
+    if not stale:
+        return
+    where = ", ".join(str(f) for f in stale)
+    if not settings.update_known_hosts and sys.stdin.isatty() and not settings.yes:
+        answer = input(
+            f"  {where} holds the old host's key for {domain}; replace it with the "
+            f"new host's ({fingerprint(key)})? [y/N] "
+        )
+        settings.update_known_hosts = answer.strip().lower() in ("y", "yes")
+    if settings.update_known_hosts:
+        for path in stale:
+            known_hosts.replace_key(path, domain, key)
+        print(f"  known_hosts: {domain} now names the new host's key ({fingerprint(key)})")
+    else:
+        print(
+            f"  known_hosts: {where} still holds the old host's key for {domain}, so ssh "
+            f"will warn that it changed; rerun switch-dns with --update-known-hosts to put "
+            f"the new host's key ({fingerprint(key)}) there"
+        )
 
 
 def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
@@ -189,7 +305,9 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     """List the copied trees on both hosts (one command each) and compare them."""
     paths = commands.COPY_PATHS
     command = verify.listing_command(paths, settings.checksum)
-    old_out, new_out = runner.capture("old", command), runner.capture("new", command)
+    display = verify.listing_command(paths, settings.checksum, display=True)
+    old_out = runner.capture("old", command, display)
+    new_out = runner.capture("new", command, display)
     if settings.dry:
         return
     report = verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))

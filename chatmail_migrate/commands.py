@@ -205,5 +205,14 @@ def postfix_check_problems(lines: list[str]) -> list[str]:
     return [line for line in lines if not any(e in line for e in POSTFIX_CHECK_EXPECTED)]
 
 
+def published_keys_facts_command() -> str:
+    """The new host's DKIM public key (base64 DER) and its ACME account URLs."""
+    return (
+        "echo '== dkim'; openssl pkey -in /etc/dkimkeys/opendkim.private -pubout -outform DER "
+        "2>/dev/null | base64 -w0; echo; "
+        "echo '== acme'; cat /var/lib/acme/accounts/*/*/url 2>/dev/null; true"
+    )
+
+
 def global_addresses_command() -> str:
     return "ip -j address show scope global"

@@ -182,7 +182,9 @@ def wait_for(
         if waited + delay > timeout:
             raise DNSError(
                 f"after {waited:.0f}s, {', '.join(str(s) for s in pending)} still "
-                f"{'does' if len(pending) == 1 else 'do'} not answer {want} for {domain}: "
+                f"{'does' if len(pending) == 1 else 'do'} not answer "
+                + "; ".join(f"{t} {', '.join(v) or '(none)'}" for t, v in want.items())
+                + f" for {domain}: "
                 "check the records there, then rerun switch-dns"
             )
         sleep(delay)

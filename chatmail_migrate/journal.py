@@ -101,6 +101,19 @@ class Journal:
         self.events.append({"time": now(), "event": "rollback"})
         self.save()
 
+    def note(self, event: str, **details) -> None:
+        self.events.append({"time": now(), "event": event, **details})
+        self.save()
+
+    def dns_change_confirmed(self) -> bool:
+        """Whether the operator changed DNS since the migration last (re)started."""
+        for event in reversed(self.events):
+            if event.get("event") in ("rollback", "restart"):
+                return False
+            if event.get("event") == "dns-change-confirmed":
+                return True
+        return False
+
     def record_failure(self, step: str, message: str) -> None:
         self.events.append({"time": now(), "step": step, "event": "failed", "message": message})
         self.save()
@@ -126,16 +139,22 @@ class Journal:
                 "Mail is DOWN: disabled on the old host and not yet enabled on the new one. "
                 "The old host's data is untouched."
             )
-            if not self.done("switch-dns"):
+            if not self.done("switch-dns") and not self.dns_change_confirmed():
                 parts.append(
                     "DNS still points at the old host: `rollback` (cmdeploy run --ssh-host OLD) "
                     "brings the relay back as it was."
                 )
-            else:
+            elif self.done("switch-dns"):
                 parts.append(
                     "DNS already points at the new host, so nothing was rolled back: fix the "
                     "cause and rerun to finish on the new host, or point DNS back at the old "
                     "host and run `rollback`."
+                )
+            elif self.dns_change_confirmed():
+                parts.append(
+                    "You changed DNS, but not every nameserver answered the new address: "
+                    "fix the records and rerun to finish on the new host, or point DNS back "
+                    "at the old host and run `rollback`."
                 )
         nxt = self.next_step()
         if nxt:

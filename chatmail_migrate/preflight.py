@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from . import commands
+from . import commands, dnscheck
 from .commands import parse_sections
 from .journal import Journal
 from .remote import MigrateError, Runner, fingerprint
@@ -42,6 +42,7 @@ def facts_command(domain: str) -> str:
             "echo '== machine-id'; cat /etc/machine-id 2>/dev/null",
             "echo '== os'; . /etc/os-release 2>/dev/null; echo \"${ID:-unknown} ${VERSION_ID:-?}\"",
             "echo '== chatmail-version'; head -n1 /etc/chatmail-version 2>/dev/null",
+            "echo '== addresses'; ip -o address show scope global | awk '{print $4}' | cut -d/ -f1",
             "echo '== programs'; for p in tar rsync getfacl setfacl python3 ssh; do "
             'command -v "$p" >/dev/null && echo "$p"; done',
             f"echo '== mailboxes'; if [ -d {mailboxes} ]; then echo dir; "
@@ -179,6 +180,8 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     if "python3" not in new.get("programs", []):
         yield Check("WARN", "python3 on new", "fix-ownership needs it; the install step brings it")
 
+    yield from check_dns(settings, old.get("addresses", []))
+
     if agent.status == "PASS":
         yield check_copy_path(settings, runner)
     else:
@@ -269,3 +272,52 @@ def describe_version(settings: Settings, first_line: str) -> str:
         if result.returncode == 0:
             return f"{result.stdout.strip()} (commit {first_line[:12]})"
     return f"commit {first_line[:12]}" if first_line else "version unknown"
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds // 3600} h" if seconds >= 7200 else f"{seconds // 60} min"
+
+
+def check_dns(settings: Settings, old_addresses: list[str]):
+    """The relay's A/AAAA records as its authoritative servers have them now."""
+    domain = settings.mail_domain or ""
+    try:
+        zone, servers = dnscheck.authoritative_servers(
+            domain, dnscheck.parse_nameservers(settings.nameservers)
+        )
+        answers = dnscheck.address_records(domain, servers)
+    except MigrateError as e:
+        yield Check("FAIL", "DNS", f"{e}; give the nameservers with --nameserver if need be")
+        return
+    values = sorted({v for a in answers.values() for t in ("A", "AAAA") for v in a[t].values})
+    if not values:
+        yield Check(
+            "FAIL",
+            "DNS",
+            f"{domain} has no A or AAAA record at "
+            f"{', '.join(str(s) for s in servers)}: fix the zone {zone}",
+        )
+        return
+    if len({tuple(tuple(a[t].values) for t in ("A", "AAAA")) for a in answers.values()}) > 1:
+        yield Check("WARN", "DNS", f"the nameservers of {zone} disagree about {domain}")
+    yield Check(
+        "PASS", "DNS", f"{domain} → {', '.join(values)} at {len(servers)} nameservers of {zone}"
+    )
+    ttl = max((a[t].ttl or 0) for a in answers.values() for t in ("A", "AAAA"))
+    if ttl > dnscheck.SUGGESTED_TTL:
+        yield Check(
+            "WARN",
+            "DNS TTL",
+            f"{ttl} s: after the switch, resolvers may keep sending "
+            f"clients to the old host for up to {_duration(ttl)} ({ttl} s); lower the "
+            f"TTL to {dnscheck.SUGGESTED_TTL} s and wait {ttl} s before migrating",
+        )
+    else:
+        yield Check("PASS", "DNS TTL", f"{ttl} s")
+    if old_addresses and not set(values) & set(old_addresses):
+        yield Check(
+            "WARN",
+            "DNS points at old",
+            f"{domain} → {', '.join(values)}, but the old "
+            f"host has {', '.join(old_addresses)} (fine behind NAT; else check the hosts)",
+        )

@@ -222,13 +222,13 @@ class Runner:
             role, "bash -c " + shlex.quote(script), **{**kwargs, "quiet": True}, _echoed=True
         )
 
-    def capture(self, role: str, command: str) -> bytes:
+    def capture(self, role: str, command: str, display: str | None = None) -> bytes:
         """Run ``command`` and return its (large) stdout as bytes.
 
         Invoke's runner rejoins everything read so far for each 1000-byte chunk, which
         is quadratic on outputs of megabytes; this reads the channel directly.
         """
-        self.echo(f"[{role}: {self.host(role)}] $ {command}")
+        self.echo(f"[{role}: {self.host(role)}] $ {display or command}")
         if self.dry:
             return b""
         client = self.connection(role).client

@@ -10,6 +10,7 @@ environment variables; built-in defaults.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shlex
@@ -36,6 +37,14 @@ DEFAULTS: dict = {
         "force": False,  # replace mailboxes the new host already holds
         "rollback": True,  # migrate re-enables mail on old when a step fails before DNS
         "checksum": False,  # verify compares content hashes too
+        # Authoritative nameservers to ask ("ADDR[:PORT],..."); env
+        # CHATMAIL_MIGRATE_NAMESERVERS; default: found through the system's resolver.
+        "nameservers": None,
+        "dns_timeout": 3600,  # how long switch-dns waits for every nameserver
+        "new_addresses": None,  # the new host's public addresses, when not its own
+        "dns_wait": True,
+        "wait_caches": False,
+        "update_known_hosts": False,
     }
 }
 
@@ -49,6 +58,7 @@ HOST_RE = re.compile(
 ENV_RELAY_DIR = "CHATMAIL_RELAY_DIR"
 ENV_CMDEPLOY = "CMDEPLOY"
 ENV_SSH_CONFIG = "CHATMAIL_MIGRATE_SSH_CONFIG"
+ENV_NAMESERVERS = "CHATMAIL_MIGRATE_NAMESERVERS"
 
 
 class SettingsError(Exception):
@@ -72,6 +82,14 @@ class Settings:
     force: bool = False
     rollback: bool = True
     checksum: bool = False
+    nameservers: str | None = None
+    dns_timeout: float = 3600
+    new_addresses: list[str] = field(default_factory=list)
+    dns_wait: bool = True
+    wait_caches: bool = False
+    update_known_hosts: bool = False
+    # True when old_host is the mail domain by default, to be looked up in DNS.
+    old_host_from_domain: bool = False
     dry: bool = False
     connect_kwargs: dict = field(default_factory=dict)
 
@@ -110,6 +128,17 @@ def read_mail_domain(relay_dir: Path) -> str:
         raise SettingsError(
             f"{ini_path}: no [params] mail_domain ({e}); fix chatmail.ini"
         ) from None
+
+
+def pinned_old_host(journal_dir: Path, mail_domain: str | None) -> str | None:
+    """The old host a journaled migration of this domain uses (DNS may point elsewhere now)."""
+    if not mail_domain:
+        return None
+    path = journal_dir / f"{mail_domain}.json"
+    try:
+        return json.loads(path.read_text()).get("old_host") if path.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_relay_dir(value: str | None) -> Path | None:
@@ -162,6 +191,12 @@ def resolve(
     force: bool | None = None,
     rollback: bool | None = None,
     checksum: bool | None = None,
+    nameservers: str | None = None,
+    dns_timeout: float | None = None,
+    new_addresses: str | None = None,
+    dns_wait: bool | None = None,
+    wait_caches: bool | None = None,
+    update_known_hosts: bool | None = None,
 ) -> Settings:
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
@@ -179,9 +214,12 @@ def resolve(
         dry = bool(c.config.run.dry)
     except AttributeError:
         dry = False
+    journal_dir = Path(cfg.get("journal_dir") or state_home / "chatmail-migrate").expanduser()
+    old_host = old_host or cfg.get("old_host") or pinned_old_host(journal_dir, mail_domain)
     settings = Settings(
         # cmdeploy's own --ssh-host default: the mail domain, i.e. where DNS points now.
-        old_host=old_host or cfg.get("old_host") or mail_domain,
+        old_host=old_host or mail_domain,
+        old_host_from_domain=not old_host and bool(mail_domain),
         new_host=new_host or cfg.get("new_host"),
         new_host_from_old=new_host_from_old or cfg.get("new_host_from_old"),
         relay_dir=rdir,
@@ -190,12 +228,22 @@ def resolve(
         ssh_config=fabric_ssh or cfg.get("ssh_config") or env.get(ENV_SSH_CONFIG),
         user=cfg.get("user") or "root",
         connect_timeout=int(cfg.get("connect_timeout") or 10),
-        journal_dir=Path(cfg.get("journal_dir") or state_home / "chatmail-migrate").expanduser(),
+        journal_dir=journal_dir,
         yes=bool(yes if yes is not None else cfg.get("yes")),
         accept_new_host_keys=bool(accept_new_host_keys or cfg.get("accept_new_host_keys")),
         force=bool(force or cfg.get("force")),
         rollback=bool(rollback if rollback is not None else cfg.get("rollback", True)),
         checksum=bool(checksum or cfg.get("checksum")),
+        nameservers=nameservers or cfg.get("nameservers") or env.get(ENV_NAMESERVERS),
+        dns_timeout=float(dns_timeout or cfg.get("dns_timeout") or 3600),
+        new_addresses=[
+            a
+            for a in (new_addresses or cfg.get("new_addresses") or "").replace(" ", ",").split(",")
+            if a
+        ],
+        dns_wait=bool(dns_wait if dns_wait is not None else cfg.get("dns_wait", True)),
+        wait_caches=bool(wait_caches or cfg.get("wait_caches")),
+        update_known_hosts=bool(update_known_hosts or cfg.get("update_known_hosts")),
         dry=dry,
         connect_kwargs=dict(getattr(c.config, "connect_kwargs", None) or {}),
     )

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 from invoke import Exit, task
 
-from . import actions
+from . import actions, dnscheck
 from . import preflight as checks
 from .journal import STEPS, Journal
-from .remote import MigrateError, Runner
+from .remote import MigrateError, Runner, connect
 from .settings import Settings, SettingsError, check_cmdeploy, config_section, resolve
 
 HELP = {
@@ -37,6 +37,16 @@ HELP = {
     "accept_new_host_keys": "Trust host keys not yet in known_hosts and record them there "
     "(changed keys are always refused).",
     "checksum": "Also compare file contents (sha256) on both hosts: slower, thorough.",
+    "nameserver": "Authoritative nameservers to ask, ADDR[:PORT],... (split horizon, tests); "
+    "default: found through your resolver. Example: --nameserver 192.0.2.53",
+    "dns_timeout": "Seconds to wait for every nameserver to answer the new address (default 3600).",
+    "new_address": "The new host's public address(es), when they are not on its own "
+    "interfaces (NAT). Example: --new-address 13.12.23.42,2001:db8::42",
+    "no_wait": "Do not wait for the nameservers to answer the new address.",
+    "wait_caches": "After the switch, also wait until resolver caches can no longer hold "
+    "the old address (the old TTL).",
+    "update_known_hosts": "Replace the old host's key for the mail domain in your "
+    "known_hosts with the new host's key (verified by the tool's own connection).",
 }
 
 
@@ -61,7 +71,7 @@ NEEDS = {
     "install": ("new_host", "relay_dir"),
     "fix-ownership": ("new_host",),
     "verify": ("old_host", "new_host"),
-    "switch-dns": ("old_host", "new_host"),
+    "switch-dns": ("old_host", "new_host", "relay_dir"),
     "enable-mail": ("new_host", "relay_dir"),
 }
 USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
@@ -71,6 +81,12 @@ FAB_HOST_ROLE = {
 }
 # What migrate hands to its chained steps through the config.
 MIGRATE_CONFIG_KEYS = (
+    "nameservers",
+    "dns_timeout",
+    "new_addresses",
+    "dns_wait",
+    "wait_caches",
+    "update_known_hosts",
     "old_host",
     "new_host",
     "relay_dir",
@@ -104,9 +120,31 @@ def _settings(c, role: str | None, needs=(), cmdeploy: bool = False, **flags) ->
         settings.need(*needs)
         if cmdeploy:
             check_cmdeploy(settings)
+        if "old_host" in needs:
+            pin_old_host(settings)
     except SettingsError as e:
         raise _fail(e) from None
     return settings
+
+
+def pin_old_host(settings: Settings) -> None:
+    """Turn the default old host (the mail domain) into the address DNS gives now.
+
+    Asked of the authoritative servers, once: after the switch the name points at
+    the new host. A ``Host`` entry for the domain in the ssh config is kept as is.
+    """
+    if not settings.old_host_from_domain or settings.dry:
+        return
+    domain = settings.mail_domain or ""
+    if connect(settings, domain).host != domain:
+        return
+    try:
+        address = dnscheck.resolve_host(domain, dnscheck.parse_nameservers(settings.nameservers))
+    except MigrateError as e:
+        raise SettingsError(f"cannot find the old host by DNS: {e}; give --old-host") from None
+    print(f"old host: {domain} points at {address} (asked its authoritative nameservers)")
+    settings.old_host = address
+    settings.old_host_from_domain = False
 
 
 def _check_journal_hosts(name: str, settings: Settings, journal: Journal | None) -> None:
@@ -131,7 +169,7 @@ def _after_failure(c, name: str, settings: Settings, journal: Journal | None) ->
     mail_off = journal.done("disable-mail") or name == "disable-mail"
     if not (config_section(c).get("migrating") and mail_off):
         return journal.where_things_stand()
-    if journal.done("switch-dns"):
+    if journal.done("switch-dns") or journal.dns_change_confirmed():
         return (
             "Not rolling back: DNS already points at the new host. " + journal.where_things_stand()
         )
@@ -265,8 +303,42 @@ def verify(c, old_host=None, new_host=None, relay_dir=None, checksum=False):
     )
 
 
-@task(help=_help("old_host", "new_host", "relay_dir", "yes"))
-def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
+DNS_FLAGS = (
+    "nameserver",
+    "dns_timeout",
+    "new_address",
+    "no_wait",
+    "wait_caches",
+    "update_known_hosts",
+)
+
+
+def _dns_flags(nameserver, dns_timeout, new_address, no_wait, wait_caches, update_known_hosts):
+    """Command-line DNS values as resolve() takes them (None: not given)."""
+    return {
+        "nameservers": nameserver,
+        "dns_timeout": dns_timeout,
+        "new_addresses": new_address,
+        "dns_wait": False if no_wait else None,
+        "wait_caches": wait_caches or None,
+        "update_known_hosts": update_known_hosts or None,
+    }
+
+
+@task(help=_help("old_host", "new_host", "relay_dir", "yes", *DNS_FLAGS))
+def switch_dns(
+    c,
+    old_host=None,
+    new_host=None,
+    relay_dir=None,
+    yes=False,
+    nameserver=None,
+    dns_timeout=None,
+    new_address=None,
+    no_wait=False,
+    wait_caches=False,
+    update_known_hosts=False,
+):
     """Step 6, DNS: print the A/AAAA records to change and wait for your 'done'.
 
     Examples: fab -H 13.12.23.42 switch-dns --old-host 13.37.13.37 |
@@ -280,6 +352,9 @@ def switch_dns(c, old_host=None, new_host=None, relay_dir=None, yes=False):
         new_host=new_host,
         relay_dir=relay_dir,
         yes=yes or None,
+        **_dns_flags(
+            nameserver, dns_timeout, new_address, no_wait, wait_caches, update_known_hosts
+        ),
     )
 
 
@@ -294,7 +369,13 @@ def enable_mail(c, new_host=None, relay_dir=None):
 
 @task(
     help=_help(
-        "old_host", "new_host", "new_host_from_old", "relay_dir", "force", "accept_new_host_keys"
+        "old_host",
+        "new_host",
+        "new_host_from_old",
+        "relay_dir",
+        "force",
+        "accept_new_host_keys",
+        "nameserver",
     )
 )
 def preflight(
@@ -305,6 +386,7 @@ def preflight(
     relay_dir=None,
     force=False,
     accept_new_host_keys=False,
+    nameserver=None,
 ):
     """Check, changing nothing, that the migration can work: PASS/WARN/FAIL per check.
 
@@ -322,6 +404,7 @@ def preflight(
         relay_dir=relay_dir,
         force=force or None,
         accept_new_host_keys=accept_new_host_keys or None,
+        nameservers=nameserver,
     )
     print(f"preflight {s.mail_domain}: {s.old_host} → {s.new_host}", flush=True)
     runner = Runner(s)
@@ -337,6 +420,12 @@ def preflight(
             print(check.line(), flush=True)
             if check.status == "FAIL":
                 failed.append(check)
+    except (MigrateError, SettingsError) as e:
+        raise Exit(f"preflight stopped: {e}", code=1) from None
+    except Exception as e:
+        if os.environ.get("CHATMAIL_MIGRATE_DEBUG"):
+            raise
+        raise Exit(f"preflight stopped: unexpected {type(e).__name__}: {e}", code=1) from None
     finally:
         runner.close()
     seconds = time.monotonic() - started
@@ -395,6 +484,10 @@ def migrate_summary(c):
     if first and last:
         downtime = last["started_ts"] + last["seconds"] - first["started_ts"]
         print(f"  mail was down for {downtime:.1f}s (disable-mail start to enable-mail end)")
+        print(
+            f"  now raise the TTL of {journal.mail_domain}'s A/AAAA records again "
+            "(14400-86400 s): short TTLs cost every client lookups"
+        )
     print(f"  journal: {journal.path}")
 
 
@@ -421,6 +514,7 @@ def migrate_summary(c):
         "no_rollback",
         "accept_new_host_keys",
         "checksum",
+        *DNS_FLAGS,
     ),
 )
 def migrate(
@@ -435,6 +529,12 @@ def migrate(
     no_rollback=False,
     accept_new_host_keys=False,
     checksum=False,
+    nameserver=None,
+    dns_timeout=None,
+    new_address=None,
+    no_wait=False,
+    wait_caches=False,
+    update_known_hosts=False,
 ):
     """Run preflight and all seven steps in order; a rerun resumes where it stopped.
 
@@ -457,6 +557,9 @@ def migrate(
         rollback=not no_rollback,
         accept_new_host_keys=accept_new_host_keys or None,
         checksum=checksum or None,
+        **_dns_flags(
+            nameserver, dns_timeout, new_address, no_wait, wait_caches, update_known_hosts
+        ),
     )
     try:
         if config_section(c).get("migrating"):
@@ -471,7 +574,11 @@ def migrate(
     section = c.config.chatmail_migrate
     for key in MIGRATE_CONFIG_KEYS:
         value = getattr(s, key)
-        section[key] = str(value) if value is not None and key == "relay_dir" else value
+        if key == "relay_dir" and value is not None:
+            value = str(value)
+        elif key == "new_addresses":
+            value = ",".join(value)
+        section[key] = value
     section["migrating"] = True
     if not s.dry:
         journal.adopt_hosts(s)

@@ -59,9 +59,11 @@ QUEUE_DIRS = {"active", "bounce", "corrupt", "defer", "deferred", "flush", "hold
 SPOOL_RUNTIME = {"etc", "lib", "usr", "dev", "pid", "public", "private"}
 
 
-def listing_command(paths: list[str], checksum: bool) -> str:
+def listing_command(paths: list[str], checksum: bool, display: bool = False) -> str:
+    """The listing command (``display``: with the script's name instead of its text)."""
     quoted = " ".join(shlex.quote(p) for p in paths)
-    return f"python3 -c {shlex.quote(LISTING_PY)} {int(checksum)} {quoted}"
+    script = "<verify's listing script>" if display else shlex.quote(LISTING_PY)
+    return f"python3 -c {script} {int(checksum)} {quoted}"
 
 
 def parse_listing(data: bytes) -> dict[str, dict]:

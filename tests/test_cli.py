@@ -61,7 +61,9 @@ def cli_env(tmp_path: Path, relay: Path, ssh_config: Path | None = None) -> dict
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATMAIL", "CMDEPLOY"))}
     env.update(XDG_STATE_HOME=str(tmp_path / "state"), CHATMAIL_RELAY_DIR=str(relay),
-               CMDEPLOY=standin_command())  # fmt: skip
+               CMDEPLOY=standin_command(),
+               # Never the system's resolver in tests: a closed port on loopback.
+               CHATMAIL_MIGRATE_NAMESERVERS="127.0.0.1:9")  # fmt: skip
     if ssh_config:
         env["CHATMAIL_MIGRATE_SSH_CONFIG"] = str(ssh_config)
     return env

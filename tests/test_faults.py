@@ -21,7 +21,7 @@ from .helpers import (
 )
 from .test_migrate import MAIL_ON, assert_migrated, journal
 
-MIGRATE = ["migrate", "--new-host", "new", "--yes"]
+MIGRATE = ["migrate", "--new-host", "new", "--yes", "--no-wait"]
 # Big enough that the copy over a throttled link lasts seconds.
 SIZEABLE = SeedParams(accounts=20, messages=10, size=25_000)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 from chatmail_migrate.commands import COPY_PATHS
 from chatmail_migrate.journal import STEPS
-from chatmail_migrate.lab import Lab, SeedParams
+from chatmail_migrate.lab import Lab, SeedParams, nameserver
 
-from .helpers import compare_trees, listing, mail_services, run_tool
+from .helpers import compare_trees, listing, mail_services, run_tool, run_tool_with_fault
 
 MAIL_ON = {"postfix": "active enabled", "dovecot": "active enabled"}
 MAIL_OFF = {"postfix": "inactive disabled", "dovecot": "inactive disabled"}
@@ -47,16 +49,30 @@ def assert_migrated(lab: Lab, old_listing: dict) -> None:
 def test_invoke_migrate_whole_relay(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=40, messages=6, new_users="different"))
     before = listing(lab, "old")
-    # No --old-host: it defaults to mail_domain, which the lab's ssh config maps to old.
-    result = run_tool(lab, "invoke", "migrate", "--new-host", "new", "--yes", state_dir=tmp_path)
-    assert result.returncode == 0, result.stderr
+
+    # No --old-host: the mail domain, looked up at the lab's authoritative nameservers.
+    # The "operator" changes the A record while switch-dns waits for it.
+    def change_dns(proc):
+        time.sleep(2)
+        assert proc.poll() is None, "switch-dns must wait until the record changes"
+        nameserver.update(lab, a=[lab.address("new")])
+
+    code, output = run_tool_with_fault(
+        lab, ["migrate", "--new-host", "new", "--yes"], state_dir=tmp_path,
+        when="waiting for DNS", fault=change_dns,
+    )  # fmt: skip
+    assert code == 0, output
+    result = subprocess.CompletedProcess([], code, output, output)
+    assert f"old host: {lab.domain} points at {lab.address('old')}" in output
+    assert "all 2 nameservers answer the new values" in output
     for number, step in enumerate(STEPS, 1):
         assert f"[{number}/7] {step} done in" in result.stdout
     assert "mail was down for" in result.stdout
     assert_migrated(lab, before)
     steps = journal(tmp_path, lab)["steps"]
     assert list(steps) == STEPS
-    assert journal(tmp_path, lab)["old_host"] == lab.domain
+    assert journal(tmp_path, lab)["old_host"] == lab.address("old")
+    assert "DKIM record opendkim._domainkey" in output and "CAA accounturi matches" in output
 
 
 def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):
@@ -71,7 +87,7 @@ def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):
         ["-H", new, "install"],
         ["-H", new, "fix-ownership"],
         ["-H", old, "verify", "--new-host", new, "--checksum"],
-        ["-H", new, "switch-dns", "--old-host", old, "--yes"],
+        ["-H", new, "switch-dns", "--old-host", old, "--yes", "--no-wait"],
         ["-H", new, "enable-mail"],
     ):
         result = run_tool(lab, "fab", *args, state_dir=tmp_path)
@@ -108,7 +124,7 @@ def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
     assert "last failure: install" in status.stdout
 
     # The rerun goes through fab -H: the old host is the -H host, as for any step.
-    rerun = run_tool(lab, "fab", "-H", "old", "migrate", "--new-host", "new", "--yes",
+    rerun = run_tool(lab, "fab", "-H", "old", "migrate", "--new-host", "new", "--yes", "--no-wait",
                      state_dir=tmp_path)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming at install" in rerun.stdout

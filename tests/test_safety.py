@@ -157,12 +157,12 @@ def test_new_host_holding_mailboxes_needs_force(seeded_lab: Lab, tmp_path: Path)
 def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=8, messages=3))
     before = listing(lab, "old")
-    done = run_tool(lab, "invoke", "migrate", "--new-host", "new", "--yes", "--checksum",
-                    state_dir=tmp_path)  # fmt: skip
+    migrate = ["migrate", "--new-host", "new", "--yes", "--no-wait", "--checksum"]
+    done = run_tool(lab, "invoke", *migrate, state_dir=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "content (sha256)" in done.stdout
     assert_migrated(lab, before)
-    args = ["verify", "--new-host", "new"]  # the old host: mail_domain, as the journal has it
+    args = ["verify", "--new-host", "new"]  # the old host: the journal's
     assert run_tool(lab, "invoke", *args, state_dir=tmp_path).returncode == 0
     # Same size, same mtime, other bytes: only --checksum sees it.
     path = lab.ssh("new", "find /var/lib/acme/certs -name cert | head -n1").stdout.strip()
@@ -177,7 +177,7 @@ def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
     assert f"{path}: content" in checked.stderr
     assert "1 difference (1 content)" in checked.stderr
 
-    back = run_tool(lab, "fab", "-H", lab.domain, "rollback", state_dir=tmp_path)
+    back = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)  # the journal's old host
     assert back.returncode == 0, back.stderr
     assert "DNS was switched to the new host: point it back at the old host too" in back.stdout
     assert mail_services(lab, "old") == MAIL_ON

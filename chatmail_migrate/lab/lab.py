@@ -116,7 +116,16 @@ class Lab:
             "CMDEPLOY": standin_command(),
             "CHATMAIL_LAB_SSH_CONFIG": str(self.ssh_config),
             "CHATMAIL_MIGRATE_SSH_CONFIG": str(self.ssh_config),
+            # The lab's own authoritative nameservers (ns1, ns2 on spare).
+            "CHATMAIL_MIGRATE_NAMESERVERS": self.nameservers(),
         }
+
+    def nameservers(self) -> str:
+        """ns1 is spare's address, ns2 the next one (see nameserver.py)."""
+        if "spare" not in self.hosts:
+            return ""
+        prefix, last = self.address("spare").rsplit(".", 1)
+        return f"{prefix}.{last},{prefix}.{int(last) + 1}"
 
     # -- running commands on hosts ----------------------------------------
     def ssh(
@@ -350,9 +359,6 @@ class Lab:
         known = []
         for host in self.hosts.values():
             aliases = [host.name, host.address]
-            if host.name == "old":
-                # Stands in for DNS: the mail domain names the old relay.
-                aliases.append(self.domain)
             lines.append(
                 f"Host {' '.join(aliases)}\n"
                 f"    HostName {host.address}\n"
@@ -366,7 +372,14 @@ class Lab:
                 "    LogLevel ERROR\n"
             )
             pub = Path(host.root, "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
-            known.append(f"{','.join(aliases)} {pub[0]} {pub[1]}\n")
+            # As on an operator's machine that logged into the relay by its name.
+            names = [*aliases, self.domain] if host.name == "old" else aliases
+            known.append(f"{','.join(names)} {pub[0]} {pub[1]}\n")
+        # Any other name (the mail domain, say) is checked against the lab's file too,
+        # never against the known_hosts of whoever runs the lab.
+        lines.append(
+            f"Host *\n    UserKnownHostsFile {self.known_hosts}\n    StrictHostKeyChecking yes\n"
+        )
         self.ssh_config.write_text("\n".join(lines))
         self.known_hosts.write_text("".join(known))
 

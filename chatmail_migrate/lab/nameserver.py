@@ -20,13 +20,7 @@ HOST = "spare"
 
 def ns_addresses(lab: Lab) -> dict[str, str]:
     """ns1 is spare's address; ns2 the next one, added to spare's interface."""
-    base = lab.address(HOST)
-    prefix, last = base.rsplit(".", 1)
-    return {"ns1": base, "ns2": f"{prefix}.{int(last) + 1}"}
-
-
-def nameservers_setting(lab: Lab) -> str:
-    return ",".join(ns_addresses(lab).values())
+    return dict(zip(INSTANCES, lab.nameservers().split(","), strict=True))
 
 
 def _state_path(lab: Lab):

@@ -37,10 +37,12 @@ PACKAGES = [
     "dovecot-lmtpd",
     "opendkim",
     "opendkim-tools",
+    # spare serves the lab's zone (two instances: ns1, ns2)
+    "nsd",
 ]
 
 # Bump when the post-build customisation below changes, so old caches are not reused.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 
 DEFAULT_CACHE_DIR = Path("/var/cache/chatmail-migrate")
 
@@ -147,6 +149,8 @@ def _customise(root: Path) -> None:
         link = root / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
+    # Only spare serves DNS, with its own instances (nameserver.py).
+    (root / "etc/systemd/system/multi-user.target.wants/nsd.service").unlink(missing_ok=True)
     (root / "etc/chatmail-lab-rootfs").write_text(
         "Lab host root file system built by chatmail-migrate's lab. Not a real relay.\n"
     )

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import nameserver
 from .cmdeploy_standin import (
     activate_script,
     checkout_version,
@@ -31,6 +32,22 @@ class SeedParams:
     # "none": a bare new host, users not created yet.
     new_users: str = "different"
     seed: int = 1
+    dns_ttl: int = 300
+
+
+def serve_relay_zone(lab: Lab, ttl: int) -> None:
+    """Publish the relay in the lab's DNS as its operator would have: A to old, the
+    DKIM key's TXT record and a CAA record naming the relay's ACME account."""
+    facts = lab.ssh(
+        "old",
+        "openssl pkey -in /etc/dkimkeys/opendkim.private -pubout -outform DER | base64 -w0; echo; "
+        "cat /var/lib/acme/accounts/*/*/url",
+    ).stdout.split()
+    nameserver.start(
+        lab,
+        {"a": [lab.address("old")], "ttl": ttl, "dkim": f"v=DKIM1; k=rsa; p={facts[0]}",
+         "accounturi": facts[1]},
+    )  # fmt: skip
 
 
 def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
@@ -70,5 +87,6 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
     if p.new_users == "different":
         commands += user_commands(list(reversed(relay_users(p.version))))
     lab.ssh("new", " && ".join(commands))
+    serve_relay_zone(lab, p.dns_ttl)
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary

@@ -1,0 +1,125 @@
+"""DNS against the lab's real authoritative nameservers (NSD on spare: ns1, ns2)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatmail_migrate.lab import Lab, SeedParams, nameserver, seed_relay
+
+from .helpers import run_tool, run_tool_with_fault
+
+SWITCH = ["switch-dns", "--old-host", "old", "--new-host", "new", "--yes"]
+
+
+@pytest.fixture(scope="module")
+def dns_lab(lab_available, tmp_path_factory) -> Iterator[Lab]:
+    """A seeded lab whose new host already holds old's data (DKIM key, ACME account)."""
+    stale = Lab.load("cmdns")
+    if stale:
+        stale.down()
+    lab = Lab(name="cmdns")
+    try:
+        lab.up()
+        seed_relay(lab, SeedParams(accounts=3, messages=1))
+        state = tmp_path_factory.mktemp("state")
+        steps = (
+            ["copy-data", "--old-host", "old", "--new-host", "new"],
+            ["install", "--new-host", "new"],
+            ["fix-ownership", "--new-host", "new"],
+        )
+        for step in steps:
+            assert run_tool(lab, "invoke", *step, state_dir=state).returncode == 0
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture
+def dns(dns_lab: Lab) -> Iterator[Lab]:
+    """Each test starts with both nameservers pointing at old, TTL 300."""
+    original = {k: v for k, v in nameserver.records_of(dns_lab).items() if k != "serial"}
+    yield dns_lab
+    nameserver.update(dns_lab, **original)
+
+
+def test_preflight_warns_about_a_long_ttl(dns: Lab, tmp_path: Path):
+    nameserver.update(dns, ttl=3600)
+    result = run_tool(dns, "invoke", "preflight", "--new-host", "new", "--force",
+                      state_dir=tmp_path)  # fmt: skip
+    assert f"PASS  DNS: {dns.domain} → {dns.address('old')} at 2 nameservers of lab.example." in (
+        result.stdout
+    )
+    assert "WARN  DNS TTL: 3600 s: after the switch, resolvers may keep sending clients to the " \
+        "old host for up to 60 min (3600 s)" in result.stdout  # fmt: skip
+
+
+def test_wait_ends_when_every_nameserver_has_changed_and_not_before(dns: Lab, tmp_path: Path):
+    new = dns.address("new")
+
+    def operator(proc):
+        time.sleep(2)
+        assert proc.poll() is None, "switch-dns must wait while the records are unchanged"
+        nameserver.update(dns, instances=("ns1",), a=[new])
+        time.sleep(4)
+        assert proc.poll() is None, "one lagging nameserver must keep the wait going"
+        nameserver.update(dns, instances=("ns2",), a=[new])
+
+    code, output = run_tool_with_fault(dns, SWITCH, state_dir=tmp_path, when="waiting for DNS",
+                                       fault=operator)  # fmt: skip
+    assert code == 0, output
+    assert "ns1.lab.example:✓ ns2.lab.example:…" in output
+    assert "all 2 nameservers answer the new values" in output
+    assert f"{dns.domain}.           A     {dns.address('old')}" in output
+    assert "resolvers may hand out the old address until" in output
+
+
+def test_wait_times_out_with_the_lagging_servers_named(dns: Lab, tmp_path: Path):
+    nameserver.update(dns, instances=("ns1",), a=[dns.address("new")])
+    result = run_tool(dns, "invoke", *SWITCH, "--dns-timeout", "4", state_dir=tmp_path)
+    assert result.returncode == 1
+    assert "ns2.lab.example (" in result.stderr and "still does not answer" in result.stderr
+    assert "ns1.lab.example (" not in result.stderr.split("still")[0]
+
+
+def test_unreachable_nameserver_is_a_clear_failure(dns: Lab, tmp_path: Path):
+    result = run_tool(dns, "invoke", "preflight", "--new-host", "new", "--force",
+                      "--old-host", "old", "--nameserver", dns.address("new"),
+                      state_dir=tmp_path)  # fmt: skip
+    assert result.returncode != 0
+    # Nothing listens there: dnspython hears no ICMP on its unconnected socket, so it
+    # is a timeout (a refusing server would be "cannot be asked").
+    assert f"FAIL  DNS: nameserver {dns.address('new')} did not answer in 3s" in result.stdout
+
+
+def test_dkim_record_not_matching_the_new_key_is_caught(dns: Lab, tmp_path: Path):
+    bogus = "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAbogus"
+    nameserver.update(dns, a=[dns.address("new")], dkim=bogus)
+    result = run_tool(dns, "invoke", *SWITCH, state_dir=tmp_path)
+    assert result.returncode == 1
+    assert "DKIM: opendkim._domainkey.relay.lab.example publishes p=MIIBIjANBgkqhkiG9w0BAQEFAAOC" \
+        "AQ8AMIIBCgKCAQEAbogus but the new host's /etc/dkimkeys/opendkim.private has p=MIIB" in (
+        result.stderr)  # fmt: skip
+
+
+def test_known_hosts_entry_for_the_domain_is_replaced_on_request(dns: Lab, tmp_path: Path):
+    known = tmp_path / "known_hosts"
+    known.write_text(dns.known_hosts.read_text())
+    config = tmp_path / "ssh_config"
+    config.write_text(dns.ssh_config.read_text().replace(str(dns.known_hosts), str(known)))
+    nameserver.update(dns, a=[dns.address("new")])
+    env = {"CHATMAIL_MIGRATE_SSH_CONFIG": str(config)}
+    advised = run_tool(dns, "invoke", *SWITCH, state_dir=tmp_path, **env)
+    assert advised.returncode == 0, advised.stderr
+    assert "still holds the old host's key for relay.lab.example" in advised.stdout
+    assert known.read_text() == dns.known_hosts.read_text()
+    done = run_tool(dns, "invoke", *SWITCH, "--update-known-hosts", state_dir=tmp_path, **env)
+    assert done.returncode == 0, done.stderr
+    new_key = dns.ssh("new", "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
+    lines = known.read_text().splitlines()
+    assert f"{dns.domain} ssh-ed25519 {new_key}" in lines
+    old_line = next(line for line in lines if line.startswith("old,"))
+    assert dns.domain not in old_line, "the old host keeps its own names, not the domain"
