@@ -18,6 +18,15 @@ MAIL_SERVICES = ("postfix", "dovecot")
 META_DIR = "/var/lib/chatmail-migrate/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
 COPY_PID_FILE = "/run/chatmail-migrate-copy.pid"
+RECEIVE_PID_FILE = "/run/chatmail-migrate-receive.pid"
+# On the new host, before receiving: a tar still receiving from an attempt whose
+# connection died (the new host cannot always tell) would write into this copy.
+STOP_STALE_RECEIVER = (
+    f"if [ -s {RECEIVE_PID_FILE} ]; then p=$(cat {RECEIVE_PID_FILE}); "
+    'if grep -qa -- --extract "/proc/$p/cmdline" 2>/dev/null; then kill -TERM "$p"; '
+    'for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done; '
+    'kill -KILL "$p" 2>/dev/null; fi; fi'
+)
 
 # pax keeps sub-second mtimes, ACLs and xattrs; sockets in the spool are skipped quietly.
 TAR_CREATE = (
@@ -105,7 +114,10 @@ def copy_script(
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in paths)
     absolute = " ".join(shlex.quote(p) for p in paths)
     ssh = ssh_to_new(host, port, user, '"$kh"')
-    extract = f"rm -rf {absolute} && {TAR_EXTRACT}" if replace else TAR_EXTRACT
+    extract = "; ".join(
+        [STOP_STALE_RECEIVER, *([f"rm -rf {absolute}"] if replace else []),
+         f"echo $$ > {RECEIVE_PID_FILE}", f"exec {TAR_EXTRACT}"]
+    )  # fmt: skip
     lines = [
         "set -euo pipefail",
         # The pid lets the tool stop this copy (and its whole process group) if interrupted.

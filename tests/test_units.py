@@ -125,6 +125,13 @@ def test_copy_script_is_checked_end_to_end_and_pins_the_key():
     assert "-p 2222 root@10.0.0.2" in script
     assert "'chatmail-migrate-new-host ssh-ed25519 AAAAkey'" in script
     assert "home/vmail/mail var/lib/acme etc/dkimkeys run/echobot" in script
+    # A receiver left over from a dead attempt is stopped before this one writes.
+    assert script.index("chatmail-migrate-receive.pid") < script.index("exec tar --extract")
+    assert "rm -rf" not in script.split("|")[1].split("exec")[0]
+    replacing = commands.copy_script(
+        ["/home/vmail/mail"], host="h", port=22, user="root", host_key_line="k", replace=True
+    )
+    assert "rm -rf /home/vmail/mail; echo $$" in replacing
 
 
 def test_service_problems():
