@@ -50,7 +50,7 @@ def main() -> None:
                                                 size=args.size))  # fmt: skip
             with tempfile.TemporaryDirectory() as state:
                 pre = timed(lab, state, "preflight", "--new-host", "new")
-                timed(lab, state, "migrate", "--new-host", "new", "--yes")
+                timed(lab, state, "migrate", "--new-host", "new", "--yes", "--no-wait")
                 ver = timed(lab, state, "verify", "--new-host", "new")
                 ver_sum = timed(lab, state, "verify", "--new-host", "new", "--checksum")
             rows.append((accounts, seeded["mail_files"], seeded["mail_bytes"], pre, ver, ver_sum))
