@@ -123,3 +123,14 @@ def test_known_hosts_entry_for_the_domain_is_replaced_on_request(dns: Lab, tmp_p
     assert f"{dns.domain} ssh-ed25519 {new_key}" in lines
     old_line = next(line for line in lines if line.startswith("old,"))
     assert dns.domain not in old_line, "the old host keeps its own names, not the domain"
+
+
+def test_lab_dns_task_switches_the_record(dns: Lab, tmp_path: Path):
+    from chatmail_migrate import dnscheck
+
+    result = run_tool(dns, "invoke", "lab.dns", "--name", dns.name, "--point-at", "new",
+                      "--ttl", "600", state_dir=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    servers = dnscheck.parse_nameservers(dns.nameservers())
+    for answers in dnscheck.address_records(dns.domain, servers).values():
+        assert (answers["A"].values, answers["A"].ttl) == ([dns.address("new")], 600)

@@ -6,6 +6,7 @@ import shlex
 
 from invoke import Collection, Exit, task
 
+from . import nameserver
 from .lab import DEFAULT_NAME, Lab, LabError
 from .seed import NEW_HOST_USERS, SeedParams, seed_relay
 
@@ -121,4 +122,28 @@ def env(c, name=DEFAULT_NAME):
         print(f"export {key}={shlex.quote(value)}")
 
 
-ns = Collection("lab", up, seed, down, status, env)
+@task(
+    help={
+        "name": NAME_HELP,
+        "point_at": "Lab host the relay's A record names: old or new (as an operator "
+        "switching DNS would).",
+        "ttl": "TTL of the relay's records in seconds (default: unchanged).",
+    }
+)
+def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
+    """Change the relay's records on the lab's nameservers (ns1 and ns2 on spare).
+
+    Example, in a second terminal while migrate waits at switch-dns:
+    invoke lab.dns --point-at new
+    """
+    lab = _load(name)
+    if point_at not in lab.hosts:
+        raise Exit(f"lab.dns: --point-at must name a lab host ({', '.join(lab.hosts)})", code=1)
+    changes = {"a": [lab.address(point_at)]}
+    if ttl is not None:
+        changes["ttl"] = int(ttl)
+    nameserver.update(lab, **changes)
+    print(f"lab {lab.name}: {lab.domain} A {lab.address(point_at)} ({point_at}) on ns1 and ns2")
+
+
+ns = Collection("lab", up, seed, down, status, env, dns)
