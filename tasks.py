@@ -10,6 +10,7 @@ from invoke import task
 
 from chatmail_migrate.collection import migration_collection
 from chatmail_migrate.lab.tasks import ns as lab
+from chatmail_migrate.lab.tasks import rehearse
 
 
 @task(
@@ -32,5 +33,6 @@ def fmt(c):
 
 ns = migration_collection()
 ns.add_collection(lab)
+ns.add_task(rehearse)
 ns.add_task(test)
 ns.add_task(fmt, name="format")

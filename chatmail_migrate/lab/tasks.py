@@ -8,6 +8,7 @@ from invoke import Collection, Exit, task
 
 from . import nameserver
 from .lab import DEFAULT_NAME, Lab, LabError
+from .rehearse import rehearse as run_rehearsal
 from .seed import NEW_HOST_USERS, SeedParams, seed_relay
 
 NAME_HELP = f"Lab name (1-8 letters/digits; default {DEFAULT_NAME}); two labs may run side by side."
@@ -144,6 +145,36 @@ def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
         changes["ttl"] = int(ttl)
     nameserver.update(lab, **changes)
     print(f"lab {lab.name}: {lab.domain} A {lab.address(point_at)} ({point_at}) on ns1 and ns2")
+
+
+@task(
+    help={
+        "keep": "Leave the lab up afterwards, to look around (prints how to log in).",
+        **{k: v for k, v in SEED_HELP.items()},
+    }
+)
+def rehearse(
+    c,
+    accounts=200,
+    messages=10,
+    size=4096,
+    relay_version="1.7.0",
+    new_users="different",
+    keep=False,
+):
+    """Rehearse a whole migration on the lab: up, seed, migrate, verify, summary, down.
+
+    Needs root on a Debian-family machine. Example: invoke rehearse --accounts 1000 --keep
+    """
+    params = SeedParams(
+        accounts=accounts, messages=messages, size=size, version=relay_version, new_users=new_users
+    )
+    try:
+        code = run_rehearsal(params, keep=keep)
+    except (LabError, ValueError) as e:
+        raise Exit(f"rehearse: {e}", code=1) from None
+    if code:
+        raise Exit(code=code)
 
 
 ns = Collection("lab", up, seed, down, status, env, dns)

@@ -1,0 +1,5 @@
+"""``python -m chatmail_migrate``: the console script, for when it is not on PATH."""
+
+from .main import program
+
+program.run()

@@ -1,0 +1,87 @@
+"""A whole migration rehearsed on the lab: the real ``migrate`` code path, with the
+cmdeploy stand-in, the lab's nameservers, and the rehearsal playing the operator who
+switches DNS when step 6 asks for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import nameserver
+from .lab import Lab, LabError
+from .seed import SeedParams, seed_relay
+
+TOOL = [sys.executable, "-m", "chatmail_migrate"]
+
+
+def _run(lab: Lab, env: dict, *args: str, on_line=None) -> int:
+    """Run the tool as an operator would, its output streaming through."""
+    proc = subprocess.Popen(
+        [*TOOL, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if on_line:
+            on_line(line)
+    return proc.wait()
+
+
+def rehearse(params: SeedParams, *, name: str = "rehearse", keep: bool = False) -> int:
+    if os.geteuid() != 0:
+        raise LabError("rehearse needs root (it boots the lab): run it as root")
+    started = time.monotonic()
+    stale = Lab.load(name)
+    if stale:
+        stale.down()
+    lab = Lab(name=name)
+    code = 1
+    try:
+        lab.up()
+        seeded = seed_relay(lab, params)
+        print(
+            f"rehearse: old holds relay {params.version} for {lab.domain}: {params.accounts} "
+            f"accounts, {seeded['mail_files']} files, {seeded['mail_bytes'] / 1e6:.1f} MB"
+        )
+        state = tempfile.mkdtemp(prefix="chatmail-rehearse-")
+        env = {**os.environ, **lab.env(), "XDG_STATE_HOME": state}
+        switched = []
+
+        def operator(line: str) -> None:
+            if "waiting for DNS" in line and not switched:
+                switched.append(True)
+                nameserver.update(lab, a=[lab.address("new")])
+                print(f"rehearse: (as the operator) {lab.domain} A → {lab.address('new')}")
+
+        code = _run(lab, env, "migrate", "--new-host", "new", "--yes", on_line=operator)
+        if code == 0:
+            code = _run(lab, env, "verify", "--new-host", "new", "--checksum")
+        journal = json.loads(Path(state, "chatmail-migrate", f"{lab.domain}.json").read_text())
+        steps = journal.get("steps", {})
+        if "disable-mail" in steps and "enable-mail" in steps:
+            first, last = steps["disable-mail"], steps["enable-mail"]
+            down = last["started_ts"] + last["seconds"] - first["started_ts"]
+            print(f"rehearse: mail was down for {down:.1f}s")
+        print(
+            f"rehearse: {'PASSED' if code == 0 else 'FAILED'} in "
+            f"{time.monotonic() - started:.0f}s; journal {state}"
+        )
+    finally:
+        if keep:
+            print(
+                f"rehearse: lab {lab.name} kept: ssh -F {lab.ssh_config} old (or new, spare); "
+                f'eval "$(invoke lab.env --name {lab.name})"; invoke lab.down --name {lab.name}'
+            )
+        else:
+            lab.down()
+    return code
