@@ -32,8 +32,8 @@ HELP = {
     "restart": "Forget the journal of this relay and start the migration from step 1.",
     "force": "Replace mailboxes the new host already holds for this domain (preflight "
     "refuses otherwise).",
-    "no_rollback": "When a step fails before DNS is switched, leave mail off on the old host "
-    "instead of re-enabling it (to resume at the failed step).",
+    "rollback": "When a step fails before DNS is switched, re-enable mail on the old host "
+    "(default); --no-rollback leaves it off, to resume at the failed step.",
     "accept_new_host_keys": "Trust host keys not yet in known_hosts and record them there "
     "(changed keys are always refused).",
     "checksum": "Also compare file contents (sha256) on both hosts: slower, thorough.",
@@ -42,7 +42,7 @@ HELP = {
     "dns_timeout": "Seconds to wait for every nameserver to answer the new address (default 3600).",
     "new_address": "The new host's public address(es), when they are not on its own "
     "interfaces (NAT). Example: --new-address 13.12.23.42,2001:db8::42",
-    "no_wait": "Do not wait for the nameservers to answer the new address.",
+    "wait": "Wait for every nameserver to answer the new address (default); --no-wait does not.",
     "wait_caches": "After the switch, also wait until resolver caches can no longer hold "
     "the old address (the old TTL).",
     "update_known_hosts": "Replace the old host's key for the mail domain in your "
@@ -307,19 +307,19 @@ DNS_FLAGS = (
     "nameserver",
     "dns_timeout",
     "new_address",
-    "no_wait",
+    "wait",
     "wait_caches",
     "update_known_hosts",
 )
 
 
-def _dns_flags(nameserver, dns_timeout, new_address, no_wait, wait_caches, update_known_hosts):
+def _dns_flags(nameserver, dns_timeout, new_address, wait, wait_caches, update_known_hosts):
     """Command-line DNS values as resolve() takes them (None: not given)."""
     return {
         "nameservers": nameserver,
         "dns_timeout": dns_timeout,
         "new_addresses": new_address,
-        "dns_wait": False if no_wait else None,
+        "dns_wait": False if not wait else None,
         "wait_caches": wait_caches or None,
         "update_known_hosts": update_known_hosts or None,
     }
@@ -335,7 +335,7 @@ def switch_dns(
     nameserver=None,
     dns_timeout=None,
     new_address=None,
-    no_wait=False,
+    wait=True,
     wait_caches=False,
     update_known_hosts=False,
 ):
@@ -352,9 +352,7 @@ def switch_dns(
         new_host=new_host,
         relay_dir=relay_dir,
         yes=yes or None,
-        **_dns_flags(
-            nameserver, dns_timeout, new_address, no_wait, wait_caches, update_known_hosts
-        ),
+        **_dns_flags(nameserver, dns_timeout, new_address, wait, wait_caches, update_known_hosts),
     )
 
 
@@ -511,7 +509,7 @@ def migrate_summary(c):
         "yes",
         "restart",
         "force",
-        "no_rollback",
+        "rollback",
         "accept_new_host_keys",
         "checksum",
         *DNS_FLAGS,
@@ -526,13 +524,13 @@ def migrate(
     yes=False,
     restart=False,
     force=False,
-    no_rollback=False,
+    rollback=True,
     accept_new_host_keys=False,
     checksum=False,
     nameserver=None,
     dns_timeout=None,
     new_address=None,
-    no_wait=False,
+    wait=True,
     wait_caches=False,
     update_known_hosts=False,
 ):
@@ -554,12 +552,10 @@ def migrate(
         new_host_from_old=new_host_from_old,
         yes=yes or None,
         force=force or None,
-        rollback=not no_rollback,
+        rollback=None if rollback else False,
         accept_new_host_keys=accept_new_host_keys or None,
         checksum=checksum or None,
-        **_dns_flags(
-            nameserver, dns_timeout, new_address, no_wait, wait_caches, update_known_hosts
-        ),
+        **_dns_flags(nameserver, dns_timeout, new_address, wait, wait_caches, update_known_hosts),
     )
     try:
         if config_section(c).get("migrating"):
