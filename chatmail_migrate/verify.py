@@ -156,10 +156,18 @@ def compare(old: dict[str, dict], new: dict[str, dict], *, owners: bool = True) 
     for path, item in new.items():
         if path not in old and not skipped(path, item):
             report.differences.append(("extra", f"only on new: {path}"))
-    for part in sorted({q[0] for q in queues["old"] | queues["new"]}):
-        mine = sum(n for q, n in queues["old"].items() if q[0] == part)
-        same = sum((queues["old"] & queues["new"]).get(q, 0) for q in queues["old"] if q[0] == part)
-        theirs = sum(n for q, n in queues["new"].items() if q[0] == part)
+    common = queues["old"] & queues["new"]
+
+    def per_queue(counter: Counter) -> Counter:
+        totals: Counter = Counter()
+        for q, n in counter.items():
+            totals[q[0]] += n
+        return totals
+
+    parts = sorted({q[0] for q in queues["old"] | queues["new"]})
+    old_n, new_n, same_n = per_queue(queues["old"]), per_queue(queues["new"]), per_queue(common)
+    for part in parts:
+        mine, theirs, same = old_n[part], new_n[part], same_n[part]
         report.files += mine
         if same != mine or mine != theirs:
             report.differences.append(

@@ -235,3 +235,18 @@ def test_teardown_after_half_failed_up(lab_available, monkeypatch):
     assert booted == ["old"]
     assert lab.hosts["old"].pid  # something really was started, and then removed
     assert all(v == [] for v in _lab_traces(lab).values()), _lab_traces(lab)
+
+
+def test_remote_helpers_that_replace_patchwork(seeded_lab: Lab, monkeypatch):
+    from chatmail_migrate.remote import Runner, existing_paths, have_program, path_exists
+    from chatmail_migrate.settings import Settings
+
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(seeded_lab.agent_sock))
+    runner = Runner(Settings(old_host="old", ssh_config=str(seeded_lab.ssh_config)))
+    try:
+        assert path_exists(runner, "old", "/home/vmail/mail")
+        assert not path_exists(runner, "old", "/no/such/path")
+        assert have_program(runner, "old", "tar") and not have_program(runner, "old", "no-such")
+        assert existing_paths(runner, "old", ["/etc/dkimkeys", "/nope"]) == ["/etc/dkimkeys"]
+    finally:
+        runner.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, Context
 
-from chatmail_migrate import commands, steps
+from chatmail_migrate import commands, steps, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.journal import STEPS, Journal
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
@@ -190,3 +190,26 @@ def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch):
         debian_mirror(tmp_path)
     (tmp_path / "sources.list").write_text("deb http://other.invalid/debian bookworm main\n")
     assert debian_mirror(tmp_path) == "http://other.invalid/debian"
+
+
+def test_verify_compares_queues_by_content_and_skips_sockets():
+    def entry(path, kind="f", size=10, mtime=1, digest="a"):
+        return {"p": path, "t": kind, "m": 0o600, "s": size, "mt": mtime, "u": "postfix",
+                "g": "postfix", "h": digest}  # fmt: skip
+
+    old = {e["p"]: e for e in [
+        entry("/var/spool/postfix/deferred/A/A1B2"),
+        entry("/var/spool/postfix/public/pickup", kind="s"),
+        entry("/home/vmail/mail/x/cur/m1", digest="m"),
+    ]}  # fmt: skip
+    renamed = {e["p"]: e for e in [
+        entry("/var/spool/postfix/deferred/C/C3D4"),
+        entry("/home/vmail/mail/x/cur/m1", digest="m"),
+    ]}  # fmt: skip
+    assert verify.compare(old, renamed).ok
+    changed = dict(renamed)
+    changed["/var/spool/postfix/deferred/C/C3D4"] = entry("/var/spool/postfix/deferred/C/C3D4",
+                                                          digest="b")  # fmt: skip
+    changed["/home/vmail/mail/x/cur/m1"] = entry("/home/vmail/mail/x/cur/m1", size=11, digest="m")
+    report = verify.compare(old, changed)
+    assert report.by_kind() == {"queue": 1, "size": 1}

@@ -150,7 +150,7 @@ def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
 @task(
     help={
         "keep": "Leave the lab up afterwards, to look around (prints how to log in).",
-        **{k: v for k, v in SEED_HELP.items()},
+        **SEED_HELP,
     }
 )
 def rehearse(
