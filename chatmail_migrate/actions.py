@@ -12,9 +12,19 @@ import sys
 import time
 
 from . import commands, dnscheck, known_hosts, verify
-from .cmdeploy import cmdeploy_run
+from .cmdeploy import ACTIVATE_STAGES, PREPARE_STAGES, cmdeploy_run, stages_supported
 from .journal import Journal
-from .remote import MigrateError, Runner, connect, existing_paths, fingerprint, known_hosts_files
+from .progress import CopyProgress
+from .remote import (
+    MigrateError,
+    Runner,
+    connect,
+    existing_paths,
+    fingerprint,
+    have_program,
+    known_hosts_files,
+    path_exists,
+)
 from .settings import Settings
 
 
@@ -34,52 +44,67 @@ def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | N
     expect_mail_services(runner, "old", running=False)
 
 
-def copy_data_old_to_new(
-    settings: Settings, runner: Runner, journal: Journal | None = None
-) -> None:
+def _need_agent(settings: Settings, step: str) -> None:
     if not settings.dry and not os.environ.get("SSH_AUTH_SOCK"):
         raise MigrateError(
-            "copy-data needs an ssh-agent (SSH_AUTH_SOCK) holding a key the new host accepts: "
+            f"{step} needs an ssh-agent (SSH_AUTH_SOCK) holding a key the new host accepts: "
             "run ssh-agent and ssh-add first"
         )
-    paths = commands.COPY_PATHS
-    if not settings.dry:
-        paths = existing_paths(runner, "old", commands.COPY_PATHS)
-        for path in commands.COPY_PATHS:
-            if path not in paths:
-                print(f"  skipping {path}: not on the old host")
-        if "/home/vmail/mail" not in paths:
+
+
+def _compression(settings: Settings, runner: Runner) -> str | None:
+    """zstd when both hosts have it, else ssh's own zlib; None unless asked for."""
+    if not settings.compress:
+        return None
+    if settings.dry or (
+        have_program(runner, "old", "zstd") and have_program(runner, "new", "zstd")
+    ):
+        print("  compressing on the wire with zstd (--compress)")
+        return "zstd"
+    print("  compressing on the wire with ssh -C (--compress; zstd is missing on a host)")
+    return "ssh"
+
+
+def _need_rsync(settings: Settings, runner: Runner, step: str) -> None:
+    if settings.dry:
+        return
+    for role in ("old", "new"):
+        if not have_program(runner, role, "rsync"):
             raise MigrateError(
-                f"the old host {settings.old_host} has no /home/vmail/mail: is it a chatmail relay?"
+                f"{step} needs rsync on both hosts, and the {role} host {runner.host(role)} "
+                "has none: apt install rsync there"
             )
+
+
+def _copy_target(settings: Settings, runner: Runner) -> dict:
+    """Where the old host sends to, and the key it must see there (this machine's view)."""
     host, port, user = runner.address("new")
     if settings.new_host_from_old:
         host = settings.new_host_from_old
     # Pin the key this machine's own connection to the new host sees.
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
-    # Data from an earlier attempt (or, with --force, any) is replaced, never merged.
-    replace = settings.force or bool(journal and journal.copy_attempted(settings.new_host))
-    if replace:
-        print(f"  replacing what an earlier attempt left on {settings.new_host}")
-    if journal and not settings.dry:
-        journal.record_start("copy-data", settings.new_host)
-    script = commands.copy_script(
-        paths, host=host, port=port, user=user, host_key_line=key_line, replace=replace
-    )
-    # Invoke waits for a remote command to end even after ^C, and without a pty the
-    # remote side never hears of it: so on ^C, stop the copy on old ourselves.
+    return {"host": host, "port": port, "user": user, "host_key_line": key_line}
+
+
+def _run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
+    """Run a copy script on old with the agent forwarded, showing its progress.
+
+    Invoke waits for a remote command to end even after ^C, and without a pty the
+    remote side never hears of it: so on ^C, stop the copy on old ourselves.
+    """
     interrupted = []
 
     def on_interrupt(signum, frame):
         if interrupted:
             raise KeyboardInterrupt  # a second ^C: stop waiting
         interrupted.append(signum)
-        print("  interrupted: stopping the copy on the old host", flush=True)
+        print("\n  interrupted: stopping the copy on the old host", flush=True)
         stop_copy_on_old(settings)
 
+    progress = CopyProgress(interval=settings.progress_interval)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        runner.run_script("old", script, forward_agent=True)
+        runner.stream("old", script, progress.feed, forward_agent=True)
     except MigrateError:
         if interrupted:
             raise KeyboardInterrupt from None
@@ -88,6 +113,61 @@ def copy_data_old_to_new(
         signal.signal(signal.SIGINT, previous)
     if interrupted:
         raise KeyboardInterrupt
+    return progress.summaries
+
+
+def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
+    """Mirror the mailbox tree to new while old still serves mail; repeatable."""
+    _need_agent(settings, "presync")
+    if not settings.dry and not path_exists(runner, "old", commands.MAILBOX_TREE):
+        raise MigrateError(
+            f"the old host {settings.old_host} has no {commands.MAILBOX_TREE}: "
+            "is it a chatmail relay?"
+        )
+    _need_rsync(settings, runner, "presync")
+    compress = _compression(settings, runner)
+    if journal and not settings.dry:
+        journal.record_start("presync", settings.new_host)
+    script = commands.presync_script(**_copy_target(settings, runner), compress=compress)
+    summaries = _run_copy(settings, runner, script)
+    if journal and not settings.dry:
+        journal.note("presync-done", host=settings.new_host, copies=summaries)
+
+
+def copy_data_old_to_new(
+    settings: Settings, runner: Runner, journal: Journal | None = None
+) -> None:
+    _need_agent(settings, "copy-data")
+    paths = commands.COPY_PATHS
+    if not settings.dry:
+        paths = existing_paths(runner, "old", commands.COPY_PATHS)
+        for path in commands.COPY_PATHS:
+            if path not in paths:
+                print(f"  skipping {path}: not on the old host")
+        if commands.MAILBOX_TREE not in paths:
+            raise MigrateError(
+                f"the old host {settings.old_host} has no {commands.MAILBOX_TREE}: "
+                "is it a chatmail relay?"
+            )
+    # After a pre-sync to this host, rsync sends only what changed since.
+    sync = bool(journal and journal.presynced(settings.new_host))
+    if sync:
+        _need_rsync(settings, runner, "copy-data after a presync")
+        print("  mailboxes were pre-synced: rsync sends what changed and mirrors deletions")
+    # Data from an earlier attempt (or, with --force, any) is replaced, never merged.
+    replace = settings.force or bool(journal and journal.copy_attempted(settings.new_host))
+    if replace and not sync:
+        print(f"  replacing what an earlier attempt left on {settings.new_host}")
+    compress = _compression(settings, runner)
+    target = _copy_target(settings, runner)
+    if journal and not settings.dry:
+        journal.record_start("copy-data", settings.new_host)
+    script = commands.copy_script(
+        paths, **target, replace=replace, sync_mailboxes=sync, compress=compress
+    )
+    summaries = _run_copy(settings, runner, script)
+    if journal and not settings.dry:
+        journal.note("copied", host=settings.new_host, copies=summaries)
 
 
 def stop_copy_on_old(settings: Settings) -> None:
@@ -104,8 +184,25 @@ def stop_copy_on_old(settings: Settings) -> None:
 
 
 def install_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
-    cmdeploy_run(settings, settings.new_host, disable_mail=True)
-    expect_mail_services(runner, "new", running=False)
+    """Deploy the relay on new with mail off: only install and configure where staged."""
+    staged, why = stages_supported(settings)
+    if not staged:
+        cmdeploy_run(settings, settings.new_host, disable_mail=True)
+        expect_mail_services(runner, "new", running=False)
+        return
+    print(f"  cmdeploy runs in stages ({why}): install and configure now, activate last")
+    cmdeploy_run(settings, settings.new_host, disable_mail=True, stages=PREPARE_STAGES)
+    # Nothing on new may take mail before activate: the copied queue lands here later.
+    result = runner.run("new", commands.service_state_command(), hide=True)
+    if settings.dry:
+        return
+    states = commands.parse_service_states(result.stdout)
+    running = [s for s in commands.MAIL_SERVICES if states.get(s, ("",))[0] == "active"]
+    if running:
+        runner.run("new", f"systemctl stop {' '.join(running)}")
+        print(f"  stopped {', '.join(running)} on new until the activate stage")
+    else:
+        print("  new host: postfix and dovecot are not running (activate starts them)")
 
 
 def fix_ownership_on_new(
@@ -297,7 +394,9 @@ def offer_known_hosts_update(settings: Settings, runner: Runner) -> None:
 
 
 def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
-    cmdeploy_run(settings, settings.new_host, disable_mail=False)
+    staged, _ = stages_supported(settings)
+    stages = ACTIVATE_STAGES if staged and journal and journal.done("install") else None
+    cmdeploy_run(settings, settings.new_host, disable_mail=False, stages=stages)
     expect_mail_services(runner, "new", running=True)
 
 

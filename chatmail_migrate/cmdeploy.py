@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shlex
 import subprocess
+from pathlib import Path
 
 from .remote import MigrateError
 from .settings import Settings, check_cmdeploy
@@ -20,6 +22,46 @@ def cmdeploy_host(host: str) -> str:
     if host.count(":") == 1:
         host = host.partition(":")[0]
     return host
+
+
+# Since relay 1.8 cmdeploy runs in stages (install, configure, activate), chosen by
+# CMDEPLOY_STAGES; older ones ignore the variable and always deploy everything.
+STAGES_SINCE = (1, 8)
+PREPARE_STAGES = "install,configure"
+ACTIVATE_STAGES = "activate"
+
+
+def relay_release(relay_dir: Path) -> str | None:
+    """The relay release of the checkout (its latest tag, as upstream tags releases)."""
+    result = subprocess.run(
+        ["git", "-C", str(relay_dir), "describe", "--tags", "--abbrev=0"],
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
+def stages_supported(settings: Settings) -> tuple[bool, str]:
+    """Whether this relay's cmdeploy honours CMDEPLOY_STAGES, and how that was decided."""
+    if settings.cmdeploy_stages in ("yes", "no"):
+        return settings.cmdeploy_stages == "yes", f"cmdeploy_stages = {settings.cmdeploy_stages}"
+    if not settings.relay_dir:
+        return False, "no relay checkout"
+    source = settings.relay_dir / "cmdeploy" / "src"
+    if source.is_dir():
+        for path in source.rglob("*.py"):
+            if "CMDEPLOY_STAGES" in path.read_text(errors="replace"):
+                return True, f"{path.relative_to(settings.relay_dir)} reads CMDEPLOY_STAGES"
+    release = relay_release(settings.relay_dir)
+    if release is None:
+        return False, "relay release unknown (no git tag in the checkout)"
+    if _version(release) >= STAGES_SINCE:
+        return True, f"relay {release}"
+    return False, f"relay {release} (before 1.8)"
 
 
 def cmdeploy_run(

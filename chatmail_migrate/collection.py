@@ -9,6 +9,7 @@ from .settings import DEFAULTS
 def migration_collection() -> Collection:
     """A fresh collection (callers may add their own tasks to it)."""
     ns = Collection(
+        steps.presync,
         steps.disable_mail,
         steps.copy_data,
         steps.install,

@@ -23,7 +23,7 @@ RECEIVE_PID_FILE = "/run/chatmail-migrate-receive.pid"
 # connection died (the new host cannot always tell) would write into this copy.
 STOP_STALE_RECEIVER = (
     f"if [ -s {RECEIVE_PID_FILE} ]; then p=$(cat {RECEIVE_PID_FILE}); "
-    'if grep -qa -- --extract "/proc/$p/cmdline" 2>/dev/null; then kill -TERM "$p"; '
+    'if grep -qaE -- "--extract|--server" "/proc/$p/cmdline" 2>/dev/null; then kill -TERM "$p"; '
     'for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done; '
     'kill -KILL "$p" 2>/dev/null; fi; fi'
 )
@@ -85,22 +85,118 @@ def service_problems(states: dict[str, tuple[str, str]], want_running: bool) -> 
     return problems
 
 
-def ssh_to_new(host: str, port: int, user: str, known_hosts_word: str) -> str:
-    """The ssh the old host runs to reach the new one: batch mode, key pinned.
+def ssh_options(port: int, known_hosts_word: str) -> str:
+    """The options of the ssh the old host runs to reach the new one: batch, key pinned.
 
     ``known_hosts_word`` is a shell word (e.g. ``"$kh"``), expanded on the old host.
     """
     return (
         # Keepalives: a link that stays silent for 15 s fails the copy instead of hanging.
-        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes "
+        "-o BatchMode=yes -o StrictHostKeyChecking=yes "
         "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=15 "
         f"-o UserKnownHostsFile={known_hosts_word} -o GlobalKnownHostsFile=/dev/null "
-        f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)} {shlex.quote(f'{user}@{host}')}"
+        f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)}"
     )
 
 
+def ssh_to_new(host: str, port: int, user: str, known_hosts_word: str) -> str:
+    """The ssh command line the old host runs to reach the new one."""
+    return f"ssh {ssh_options(port, known_hosts_word)} {shlex.quote(f'{user}@{host}')}"
+
+
+MAILBOX_TREE = "/home/vmail/mail"
+# Lines the copy scripts print for the tool's progress display (see progress.py).
+PROGRESS_TAG = "@chatmail-migrate"
+
+# Runs beside a copier on the old host and reports, every second, what it has read
+# (/proc/PID/io) and how many entries it has passed (its index file), on fd 3.
+# It writes nothing to the pipe, so the copy ends when the copier does.
+REPORTER = (
+    'report() { while kill -0 "$1" 2>/dev/null; do '
+    "b=$(awk '/^rchar/ {print $2}' \"/proc/$1/io\" 2>/dev/null || true); "
+    'f=$(wc -l < "$2" 2>/dev/null || echo 0); '
+    f'echo "{PROGRESS_TAG} progress $3 ${{b:-0}} ${{f:-0}}" >&3; sleep 1 3>&-; done; }}'
+)
+
+
+def measure_command(phase: str, paths: list[str]) -> str:
+    """Print the bytes (regular files) and entries under ``paths``: the progress total."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return (
+        # A live relay renames files while find runs: what vanished is no error here.
+        f"{{ find {quoted} -printf '%y %s\\n' 2>/dev/null || true; }} | "
+        'awk \'{n++; if ($1 == "f") b += $2} '
+        f'END {{printf "{PROGRESS_TAG} total {phase} %d %d\\n", b, n}}\' >&3'
+    )
+
+
+def rsync_mailboxes(
+    *, host: str, port: int, user: str, compress: str | None, live: bool = False
+) -> list[str]:
+    """Lines of bash: mirror the mailbox tree to new with rsync, deletions included.
+
+    Only changed files travel; ``--delete`` is confined to the mailbox tree by the
+    trailing slashes, so nothing outside it is ever removed on new. ``live``: the
+    relay still serves, so files vanishing under rsync (its exit 24) are expected.
+    """
+    wait = 'wait "$t"'
+    if live:
+        wait = 'wait "$t" || { rc=$?; [ "$rc" = 24 ] || exit "$rc"; }'
+    # --modify-window=-1: compare mtimes to the nanosecond, or a file changed within the
+    # second of the pre-sync, at the same size, would be taken as unchanged.
+    flags = (
+        "--archive --hard-links --acls --xattrs --delete --mkpath --modify-window=-1 "
+        "--out-format='%i %l %n'"
+    )
+    if compress == "zstd":
+        flags += " --compress --compress-choice=zstd"
+    elif compress:
+        flags += " --compress"
+    receive = f"{STOP_STALE_RECEIVER}; echo $$ > {RECEIVE_PID_FILE}; exec rsync"
+    target = shlex.quote(f"{user}@{host}:{MAILBOX_TREE}/")
+    return [
+        measure_command("rsync", [MAILBOX_TREE]),
+        ': > "$idx"',
+        f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh")}" '
+        f'--rsync-path={shlex.quote(receive)} {MAILBOX_TREE}/ {target} > "$idx" & t=$!; '
+        'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
+        f"awk '{{n++; if (substr($1, 2, 1) == \"f\") b += $2}} END {{printf \"{PROGRESS_TAG} done rsync %d %d\\n\", n, b}}' "
+        '"$idx" >&3',
+    ]
+
+
+def _script_head(host_key_line: str) -> list[str]:
+    return [
+        "set -euo pipefail",
+        "exec 3>&1",
+        # The pid lets the tool stop this copy (and its whole process group) if interrupted.
+        f"echo $$ > {COPY_PID_FILE}",
+        f'kh=$(mktemp); meta=$(mktemp -d); idx="$meta/index"; '
+        f'trap \'rm -rf "$kh" "$meta" {COPY_PID_FILE}\' EXIT',
+        f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
+        REPORTER,
+    ]
+
+
+def presync_script(
+    *, host: str, port: int, user: str, host_key_line: str, compress: str | None = None
+) -> str:
+    """Mirror the mailbox tree to new while the old relay still serves (repeatable)."""
+    lines = _script_head(host_key_line)
+    lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress, live=True)
+    return "\n".join(lines)
+
+
 def copy_script(
-    paths: list[str], *, host: str, port: int, user: str, host_key_line: str, replace: bool = False
+    paths: list[str],
+    *,
+    host: str,
+    port: int,
+    user: str,
+    host_key_line: str,
+    replace: bool = False,
+    sync_mailboxes: bool = False,
+    compress: str | None = None,
 ) -> str:
     """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
 
@@ -110,27 +206,45 @@ def copy_script(
     the ACLs and every copied file's owner and group names, applied by fix-ownership.
     With ``replace``, the new host's copies of the trees (from an earlier attempt)
     are removed first, so nothing deleted on old since then survives on new.
+    With ``sync_mailboxes`` (after a pre-sync), the mailbox tree is mirrored by rsync
+    instead, which sends only what changed and removes what old no longer has.
+    ``compress`` is "zstd" (both hosts have it), "ssh" (ssh's zlib) or None.
     """
-    relative = " ".join(shlex.quote(p.lstrip("/")) for p in paths)
+    lines = _script_head(host_key_line)
+    tar_paths = [p for p in paths if not (sync_mailboxes and p == MAILBOX_TREE)]
+    if sync_mailboxes and MAILBOX_TREE in paths:
+        lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress)
+    relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
     absolute = " ".join(shlex.quote(p) for p in paths)
     ssh = ssh_to_new(host, port, user, '"$kh"')
-    extract = "; ".join(
-        [STOP_STALE_RECEIVER, *([f"rm -rf {absolute}"] if replace else []),
-         f"echo $$ > {RECEIVE_PID_FILE}", f"exec {TAR_EXTRACT}"]
-    )  # fmt: skip
-    lines = [
-        "set -euo pipefail",
-        # The pid lets the tool stop this copy (and its whole process group) if interrupted.
-        f"echo $$ > {COPY_PID_FILE}",
-        f'kh=$(mktemp); meta=$(mktemp -d); trap \'rm -rf "$kh" "$meta" {COPY_PID_FILE}\' EXIT',
-        f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
-        f"{TAR_CREATE} {relative} | {ssh} {shlex.quote(extract)}",
+    receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
+    zstd = ""
+    if compress == "zstd":
+        zstd = " | zstd --quiet -1 -T0"
+        receive_tar = f"zstd --quiet --decompress --stdout | sh -c {shlex.quote(receive_tar)}"
+    elif compress:
+        ssh = ssh.replace("ssh ", "ssh -C ", 1)
+    removals = [f"rm -rf {' '.join(shlex.quote(p) for p in tar_paths)}"] if replace else []
+    receive = "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
+    if tar_paths:
+        lines += [
+            measure_command("copy", tar_paths),
+            f'{{ {TAR_CREATE} --verbose --index-file="$idx" {relative} & t=$!; '
+            f'report "$t" "$idx" copy >/dev/null & wait "$t"; }}{zstd} | '
+            f"{ssh} {shlex.quote(receive)}",
+            f'echo "{PROGRESS_TAG} done copy $(wc -l < "$idx")" >&3',
+        ]
+    lines.append(
         "if command -v getfacl >/dev/null; then "
-        f'getfacl --absolute-names --skip-base --recursive {absolute} > "$meta/acls"; fi',
-    ]
+        f'getfacl --absolute-names --skip-base --recursive {absolute} > "$meta/acls"; fi'
+    )
     lines.append(f"find {absolute} -printf '%u:%g\\0%p\\0' > \"$meta/owners\"")
-    receive = f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
-    lines.append(f'tar --create --file=- -C "$meta" . | {ssh} {shlex.quote(receive)}')
+    meta_receive = (
+        f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
+    )
+    lines.append(
+        f'tar --create --file=- -C "$meta" --exclude=./index . | {ssh} {shlex.quote(meta_receive)}'
+    )
     return "\n".join(lines)
 
 

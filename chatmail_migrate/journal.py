@@ -24,6 +24,18 @@ STEPS = [
 ]
 
 
+def plan(*, presync: bool, staged: bool) -> list[str]:
+    """The order of migrate's steps.
+
+    With ``presync`` the mailboxes are copied while the relay still serves; with a
+    staged cmdeploy (relay >= 1.8) the new host is installed before mail goes down,
+    and enable-mail runs only the activate stage. Otherwise: the seed's order.
+    """
+    order = [s for s in STEPS if not (staged and s == "install")]
+    before = (["presync"] if presync else []) + (["install"] if staged else [])
+    return before + order
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S%z")
 
@@ -36,6 +48,8 @@ class Journal:
     new_host: str | None = None
     created: str = field(default_factory=now)
     steps: dict[str, dict] = field(default_factory=dict)
+    # The order migrate runs the steps in (see plan()); the seed's order by default.
+    plan: list[str] = field(default_factory=lambda: list(STEPS))
     events: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -67,10 +81,10 @@ class Journal:
         return "finished" in self.steps.get(step, {})
 
     def done_steps(self) -> list[str]:
-        return [s for s in STEPS if self.done(s)]
+        return [s for s in self.plan if self.done(s)]
 
     def next_step(self) -> str | None:
-        return next((s for s in STEPS if not self.done(s)), None)
+        return next((s for s in self.plan if not self.done(s)), None)
 
     def record(self, step: str, started: float, seconds: float) -> None:
         self.steps[step] = {
@@ -89,10 +103,16 @@ class Journal:
     def copy_attempted(self, new_host: str | None) -> bool:
         """Whether a copy to ``new_host`` was started before (its trees hold our data)."""
         return any(
-            e.get("step") == "copy-data"
+            e.get("step") in ("copy-data", "presync")
             and e.get("event") == "started"
             and e.get("host") == new_host
             for e in self.events
+        )
+
+    def presynced(self, new_host: str | None) -> bool:
+        """Whether a pre-sync to ``new_host`` finished: rsync can mirror onto its copy."""
+        return any(
+            e.get("event") == "presync-done" and e.get("host") == new_host for e in self.events
         )
 
     def record_rollback(self) -> None:

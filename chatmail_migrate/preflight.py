@@ -43,7 +43,7 @@ def facts_command(domain: str) -> str:
             "echo '== os'; . /etc/os-release 2>/dev/null; echo \"${ID:-unknown} ${VERSION_ID:-?}\"",
             "echo '== chatmail-version'; head -n1 /etc/chatmail-version 2>/dev/null",
             "echo '== addresses'; ip -o address show scope global | awk '{print $4}' | cut -d/ -f1",
-            "echo '== programs'; for p in tar rsync getfacl setfacl python3 ssh; do "
+            "echo '== programs'; for p in tar rsync zstd getfacl setfacl python3 ssh; do "
             'command -v "$p" >/dev/null && echo "$p"; done',
             f"echo '== mailboxes'; if [ -d {mailboxes} ]; then echo dir; "
             f"find {mailboxes} -mindepth 1 -maxdepth 1 -name '*@*' | wc -l; fi",
@@ -166,7 +166,10 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     else:
         yield Check("FAIL", "new runs Debian 12", f"{os_id} {os_version}: chatmail needs Debian")
 
-    for role, need in (("old", ("tar", "ssh")), ("new", ("tar",))):
+    rsync = (
+        ("rsync",) if settings.presync or (journal and journal.presynced(settings.new_host)) else ()
+    )
+    for role, need in (("old", ("tar", "ssh", *rsync)), ("new", ("tar", *rsync))):
         have = facts[role].get("programs", [])
         missing = [p for p in need if p not in have]
         if missing:
@@ -177,6 +180,8 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
             yield Check("PASS", f"programs on {role}", ", ".join(need) + " present")
     if "getfacl" not in old.get("programs", []):
         yield Check("WARN", "ACLs", "no getfacl on old: ACLs (echobot's password) are not carried")
+    if settings.compress and not all("zstd" in facts[r].get("programs", []) for r in facts):
+        yield Check("WARN", "zstd", "not on both hosts: --compress falls back to ssh -C (zlib)")
     if "python3" not in new.get("programs", []):
         yield Check("WARN", "python3 on new", "fix-ownership needs it; the install step brings it")
 
@@ -206,6 +211,12 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     if held[:1] == ["dir"] and count != "0":
         if journal and journal.done("copy-data"):
             yield Check("PASS", "new holds no mailboxes", "copied by this migration (journal)")
+        elif journal and journal.presynced(settings.new_host):
+            yield Check(
+                "PASS",
+                "new holds no mailboxes",
+                f"{count} pre-synced by this migration (journal): the final sync mirrors old",
+            )
         elif journal and journal.copy_attempted(settings.new_host):
             yield Check(
                 "WARN",

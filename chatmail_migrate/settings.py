@@ -45,6 +45,13 @@ DEFAULTS: dict = {
         "dns_wait": True,
         "wait_caches": False,
         "update_known_hosts": False,
+        # migrate: copy the mailboxes while the old relay still serves, then sync the rest.
+        "presync": False,
+        "compress": False,  # compress the copy on the wire (zstd when both hosts have it)
+        # Prepare the new host before the downtime (CMDEPLOY_STAGES, relay >= 1.8):
+        # "auto" asks the relay checkout, "yes"/"no" decide.
+        "cmdeploy_stages": "auto",
+        "progress_interval": 10,  # seconds between progress lines when not on a terminal
     }
 }
 
@@ -88,6 +95,10 @@ class Settings:
     dns_wait: bool = True
     wait_caches: bool = False
     update_known_hosts: bool = False
+    presync: bool = False
+    compress: bool = False
+    cmdeploy_stages: str = "auto"
+    progress_interval: float = 10
     # True when old_host is the mail domain by default, to be looked up in DNS.
     old_host_from_domain: bool = False
     dry: bool = False
@@ -197,6 +208,8 @@ def resolve(
     dns_wait: bool | None = None,
     wait_caches: bool | None = None,
     update_known_hosts: bool | None = None,
+    presync: bool | None = None,
+    compress: bool | None = None,
 ) -> Settings:
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
@@ -244,6 +257,10 @@ def resolve(
         dns_wait=bool(dns_wait if dns_wait is not None else cfg.get("dns_wait", True)),
         wait_caches=bool(wait_caches or cfg.get("wait_caches")),
         update_known_hosts=bool(update_known_hosts or cfg.get("update_known_hosts")),
+        presync=bool(presync or cfg.get("presync")),
+        compress=bool(compress or cfg.get("compress")),
+        cmdeploy_stages=str(cfg.get("cmdeploy_stages") or "auto").lower(),
+        progress_interval=float(cfg.get("progress_interval") or 10),
         dry=dry,
         connect_kwargs=dict(getattr(c.config, "connect_kwargs", None) or {}),
     )
@@ -254,6 +271,10 @@ def resolve(
                 f"{name.replace('_', ' ')} {value!r} is not a host name or address; "
                 "give HOST, USER@HOST or HOST:PORT (or an alias from your ssh config)"
             )
+    if settings.cmdeploy_stages not in ("auto", "yes", "no"):
+        raise SettingsError(
+            f"cmdeploy_stages is {settings.cmdeploy_stages!r}; set it to auto, yes or no"
+        )
     if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
         raise SettingsError(
             f"ssh config {settings.ssh_config} does not exist; fix {ENV_SSH_CONFIG}"

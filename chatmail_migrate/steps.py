@@ -16,7 +16,8 @@ from invoke import Exit, task
 
 from . import actions, dnscheck
 from . import preflight as checks
-from .journal import STEPS, Journal
+from .cmdeploy import stages_supported
+from .journal import STEPS, Journal, plan
 from .remote import MigrateError, Runner, connect
 from .settings import Settings, SettingsError, check_cmdeploy, config_section, resolve
 
@@ -45,6 +46,10 @@ HELP = {
     "wait": "Wait for every nameserver to answer the new address (default); --no-wait does not.",
     "wait_caches": "After the switch, also wait until resolver caches can no longer hold "
     "the old address (the old TTL).",
+    "presync": "Copy the mailboxes while the old relay still serves, so the copy during the "
+    "downtime sends only what changed since (rsync, deletions mirrored).",
+    "compress": "Compress the copy on the wire (zstd when both hosts have it, else ssh -C): "
+    "for slow links only.",
     "update_known_hosts": "Replace the old host's key for the mail domain in your "
     "known_hosts with the new host's key (verified by the tool's own connection).",
 }
@@ -56,6 +61,7 @@ def _help(*names: str) -> dict[str, str]:
 
 # Which host each step works on, for its announcement.
 ROLES = {
+    "presync": "old → new",
     "disable-mail": "old",
     "copy-data": "old → new",
     "install": "new",
@@ -66,6 +72,7 @@ ROLES = {
 }
 # What each step needs, checked before it touches anything or writes the journal.
 NEEDS = {
+    "presync": ("old_host", "new_host", "relay_dir"),
     "disable-mail": ("old_host", "relay_dir"),
     "copy-data": ("old_host", "new_host"),
     "install": ("new_host", "relay_dir"),
@@ -77,7 +84,8 @@ NEEDS = {
 USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
 # Which host ``fab -H`` names for each step: the step's own host.
 FAB_HOST_ROLE = {
-    name: "old" if name in ("disable-mail", "copy-data", "verify") else "new" for name in STEPS
+    name: "old" if name in ("presync", "disable-mail", "copy-data", "verify") else "new"
+    for name in ["presync", *STEPS]
 }
 # What migrate hands to its chained steps through the config.
 MIGRATE_CONFIG_KEYS = (
@@ -96,6 +104,9 @@ MIGRATE_CONFIG_KEYS = (
     "rollback",
     "accept_new_host_keys",
     "checksum",
+    "presync",
+    "compress",
+    "cmdeploy_stages",
 )
 
 
@@ -197,12 +208,16 @@ def run_step(c, name: str, action: Callable[..., None], **flags) -> None:
     """Run one step: check its settings, skip it when the journal says done (under
     migrate), announce, time and record it, and on failure say exactly where things
     stand. ``flags`` are the task's command-line values."""
-    number = f"[{STEPS.index(name) + 1}/{len(STEPS)}]"
     settings = _settings(c, FAB_HOST_ROLE[name], NEEDS[name], name in USES_CMDEPLOY, **flags)
     journal = Journal.for_settings(settings)
+    order = journal.plan if journal else STEPS
+    number = f"[{order.index(name) + 1}/{len(order)}]" if name in order else f"[{name}]"
     _check_journal_hosts(name, settings, journal)
-    if journal and config_section(c).get("migrating") and journal.done(name) and not settings.dry:
-        print(f"{number} {name}: done {journal.steps[name]['finished']} (journal), skipping")
+    # A pre-sync is worth repeating, until the downtime has begun.
+    done = journal and journal.done("disable-mail" if name == "presync" else name)
+    if done and config_section(c).get("migrating") and not settings.dry:
+        when = journal.steps.get(name, {}).get("finished", "before the downtime")
+        print(f"{number} {name}: done {when} (journal), skipping")
         return
     print(f"{number} {name} {_where(name, settings)}", flush=True)
     runner = Runner(settings)
@@ -245,10 +260,42 @@ def disable_mail(c, old_host=None, relay_dir=None):
     run_step(c, "disable-mail", actions.disable_mail_on_old, old_host=old_host, relay_dir=relay_dir)
 
 
-@task(help=_help("old_host", "new_host", "new_host_from_old", "relay_dir", "force"))
-def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir=None, force=False):
+@task(help=_help("old_host", "new_host", "new_host_from_old", "relay_dir", "compress"))
+def presync(
+    c, old_host=None, new_host=None, new_host_from_old=None, relay_dir=None, compress=False
+):
+    """Before step 1, OLD → NEW: rsync the mailboxes while the old relay still serves.
+
+    Repeat it until little changes; copy-data then sends only the difference and
+    mirrors deletions. Runs on old with your agent forwarded for that command only.
+    Examples: fab -H 13.37.13.37 presync --new-host 13.12.23.42 |
+    invoke presync --old-host 13.37.13.37 --new-host 13.12.23.42
+    """
+    run_step(
+        c,
+        "presync",
+        actions.presync_old_to_new,
+        old_host=old_host,
+        new_host=new_host,
+        new_host_from_old=new_host_from_old,
+        relay_dir=relay_dir,
+        compress=compress or None,
+    )
+
+
+@task(help=_help("old_host", "new_host", "new_host_from_old", "relay_dir", "force", "compress"))
+def copy_data(
+    c,
+    old_host=None,
+    new_host=None,
+    new_host_from_old=None,
+    relay_dir=None,
+    force=False,
+    compress=False,
+):
     """Step 2, OLD → NEW: tar pipe of mailboxes, TLS, DKIM, echobot, mail queue.
 
+    After a presync the mailboxes go by rsync (changes only, deletions mirrored).
     Runs on the old host with your agent forwarded for that command only.
     Examples: fab -H 13.37.13.37 copy-data --new-host 13.12.23.42 |
     invoke copy-data --old-host 13.37.13.37 --new-host 13.12.23.42
@@ -262,12 +309,15 @@ def copy_data(c, old_host=None, new_host=None, new_host_from_old=None, relay_dir
         new_host_from_old=new_host_from_old,
         relay_dir=relay_dir,
         force=force,
+        compress=compress or None,
     )
 
 
 @task(help=_help("new_host", "relay_dir"))
 def install(c, new_host=None, relay_dir=None):
     """Step 3, NEW host: cmdeploy run --disable-mail; check postfix/dovecot stay off.
+
+    Relay >= 1.8: only CMDEPLOY_STAGES=install,configure (migrate runs it before step 1).
 
     Examples: fab -H 13.12.23.42 install | invoke install --new-host 13.12.23.42
     """
@@ -359,6 +409,8 @@ def switch_dns(
 @task(help=_help("new_host", "relay_dir"))
 def enable_mail(c, new_host=None, relay_dir=None):
     """Step 7, NEW host: cmdeploy run; check postfix/dovecot are active and enabled.
+
+    Relay >= 1.8, after a staged install: only CMDEPLOY_STAGES=activate.
 
     Examples: fab -H 13.12.23.42 enable-mail | invoke enable-mail --new-host 13.12.23.42
     """
@@ -460,9 +512,8 @@ def rollback(c, old_host=None, relay_dir=None):
     print("rollback done: mail runs on the old host; a new migrate starts over")
 
 
-@task
-def migrate_summary(c):
-    """Last link of ``migrate``: the table of steps, durations and mail downtime."""
+def migrate_summary(c) -> None:
+    """Last part of ``migrate``: the table of steps, durations and mail downtime."""
     try:
         s = resolve(c)
     except SettingsError as e:
@@ -474,10 +525,10 @@ def migrate_summary(c):
     if journal is None:
         return
     print(f"migration of {journal.mail_domain}: {journal.old_host} → {journal.new_host}")
-    for number, name in enumerate(STEPS, 1):
+    for number, name in enumerate(journal.plan, 1):
         step = journal.steps.get(name, {})
         seconds = f"{step['seconds']:8.1f}s" if "seconds" in step else "  (not done)"
-        print(f"  [{number}/{len(STEPS)}] {name:14} {seconds}")
+        print(f"  [{number}/{len(journal.plan)}] {name:14} {seconds}")
     first, last = journal.steps.get("disable-mail"), journal.steps.get("enable-mail")
     if first and last:
         downtime = last["started_ts"] + last["seconds"] - first["started_ts"]
@@ -489,23 +540,27 @@ def migrate_summary(c):
     print(f"  journal: {journal.path}")
 
 
+# What migrate runs for each step of its plan (journal.plan).
+STEP_TASKS = {
+    "presync": presync,
+    "disable-mail": disable_mail,
+    "copy-data": copy_data,
+    "install": install,
+    "fix-ownership": fix_ownership,
+    "verify": verify,
+    "switch-dns": switch_dns,
+    "enable-mail": enable_mail,
+}
+
+
 @task(
-    post=[
-        preflight,
-        disable_mail,
-        copy_data,
-        install,
-        fix_ownership,
-        verify,
-        switch_dns,
-        enable_mail,
-        migrate_summary,
-    ],
     help=_help(
         "old_host",
         "new_host",
         "relay_dir",
         "new_host_from_old",
+        "presync",
+        "compress",
         "yes",
         "restart",
         "force",
@@ -521,6 +576,8 @@ def migrate(
     new_host=None,
     relay_dir=None,
     new_host_from_old=None,
+    presync=False,
+    compress=False,
     yes=False,
     restart=False,
     force=False,
@@ -534,13 +591,13 @@ def migrate(
     wait_caches=False,
     update_known_hosts=False,
 ):
-    """Run preflight and all seven steps in order; a rerun resumes where it stopped.
+    """Run preflight and all steps in order; a rerun resumes where it stopped.
 
+    Relay >= 1.8: the new host is installed before mail goes down, activated last.
     Examples: invoke migrate --new-host 13.12.23.42 |
+    invoke migrate --new-host 13.12.23.42 --presync |
     fab -H 13.37.13.37 migrate --new-host 13.12.23.42 | invoke --dry migrate --new-host NEW
     """
-    # The steps run after this body as Invoke post-tasks, which get no arguments:
-    # everything they need is resolved here and handed over through the config.
     s = _settings(
         c,
         "old",
@@ -550,6 +607,8 @@ def migrate(
         new_host=new_host,
         relay_dir=relay_dir,
         new_host_from_old=new_host_from_old,
+        presync=presync or None,
+        compress=compress or None,
         yes=yes or None,
         force=force or None,
         rollback=None if rollback else False,
@@ -567,6 +626,15 @@ def migrate(
         journal.check_hosts(s)
     except SettingsError as e:
         raise _fail(e) from None
+    staged, why = stages_supported(s)
+    s.cmdeploy_stages = "yes" if staged else "no"
+    wanted = plan(presync=s.presync, staged=staged)
+    if journal.done_steps() and journal.plan != wanted:
+        print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
+    else:
+        journal.plan = wanted
+    # The steps are tasks of their own, which read their settings from the config:
+    # everything resolved here is handed over through it.
     section = c.config.chatmail_migrate
     for key in MIGRATE_CONFIG_KEYS:
         value = getattr(s, key)
@@ -581,11 +649,17 @@ def migrate(
         journal.save()
     print(f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}" + (" (dry run)" if s.dry else ""))
     print(f"journal: {journal.path}")
+    if staged:
+        print(f"cmdeploy stages ({why}): install on new before mail goes down, activate last")
     if journal.done_steps() and not s.dry:
         print(
             f"resuming at {journal.next_step()}: already done {', '.join(journal.done_steps())} "
             "(--restart starts over)"
         )
+    preflight(c)
+    for name in journal.plan:
+        STEP_TASKS[name](c)
+    migrate_summary(c)
 
 
 @task(help=_help("relay_dir"))
@@ -609,10 +683,10 @@ def status(c, relay_dir=None):
         return
     for journal in journals:
         print(f"{journal.mail_domain}: {journal.old_host} → {journal.new_host} ({journal.path})")
-        for number, name in enumerate(STEPS, 1):
+        for number, name in enumerate(journal.plan, 1):
             step = journal.steps.get(name)
             state = f"done {step['finished']} in {step['seconds']}s" if step else "not done"
-            print(f"  [{number}/{len(STEPS)}] {name:14} {state}")
+            print(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
         failures = [e for e in journal.events if e.get("event") == "failed"]
         if failures and journal.next_step():
             last = failures[-1]

@@ -10,7 +10,7 @@ from invoke import Config, Context
 
 from chatmail_migrate import commands, steps, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
-from chatmail_migrate.journal import STEPS, Journal
+from chatmail_migrate.journal import STEPS, Journal, plan
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
 from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve
@@ -157,10 +157,16 @@ def test_postfix_check_renames_are_expected():
     assert commands.postfix_check_problems(lines) == lines[2:]
 
 
-def test_migrate_chains_the_steps_in_documented_order():
-    names = [t.name for t in steps.migrate.post]
-    assert names == ["preflight"] + [s.replace("-", "_") for s in STEPS] + ["migrate_summary"]
-    assert steps.migrate.pre == []
+def test_migrate_plans_the_steps_in_documented_order():
+    assert plan(presync=False, staged=False) == STEPS
+    assert plan(presync=True, staged=False) == ["presync", *STEPS]
+    # relay >= 1.8: install before the downtime, the rest in the seed's order
+    assert plan(presync=True, staged=True) == [
+        "presync", "install", "disable-mail", "copy-data", "fix-ownership", "verify",
+        "switch-dns", "enable-mail",
+    ]  # fmt: skip
+    assert set(steps.STEP_TASKS) == {"presync", *STEPS}
+    assert steps.migrate.post == [] and steps.migrate.pre == []
 
 
 def test_journal_resume_and_standing(relay: Path):
@@ -213,3 +219,42 @@ def test_verify_compares_queues_by_content_and_skips_sockets():
     changed["/home/vmail/mail/x/cur/m1"] = entry("/home/vmail/mail/x/cur/m1", size=11, digest="m")
     report = verify.compare(old, changed)
     assert report.by_kind() == {"queue": 1, "size": 1}
+
+
+def test_copy_progress_bar_on_terminal_and_lines_otherwise():
+    import io
+
+    from chatmail_migrate.progress import CopyProgress
+
+    clock = iter([0.0, 1.0, 2.0, 5.0, 12.0, 13.0]).__next__
+    plain = io.StringIO()
+    p = CopyProgress(out=plain, tty=False, interval=10, clock=clock)
+    for line in (
+        "@chatmail-migrate total copy 1000000 100",
+        "@chatmail-migrate progress copy 100000 10",  # t=1: no line yet (every 10 s)
+        "@chatmail-migrate progress copy 200000 20",  # t=2
+        "@chatmail-migrate progress copy 500000 50",  # t=5
+        "@chatmail-migrate progress copy 900000 90",  # t=12: a line, with rate and ETA
+        "@chatmail-migrate done copy 100",  # t=13
+    ):
+        assert p.feed(line)
+    assert not p.feed("tar: something else")
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "  copy (tar): 1.0 MB in 100 entries (measured on the old host)"
+    assert lines[1] == ("  copy (tar): 900.0 kB of 1.0 MB, 90 of 100 entries, 75.0 kB/s, ETA 0:01")
+    assert lines[2] == "  copy (tar): done, 1.0 MB, 100 entries in 13.0s (76.9 kB/s)"
+    assert "\r" not in plain.getvalue()
+    assert p.summaries == [
+        {"phase": "copy", "entries": 100, "bytes_total": 1000000, "bytes_sent": 1000000,
+         "seconds": 13.0}
+    ]  # fmt: skip
+
+    term = io.StringIO()
+    t = CopyProgress(out=term, tty=True, clock=iter([0.0, 2.0, 4.0]).__next__)
+    t.feed("@chatmail-migrate total rsync 4000 4")
+    t.feed("@chatmail-migrate progress rsync 2000 2")
+    t.feed("@chatmail-migrate done rsync 3 2500")
+    drawn = term.getvalue()
+    assert "\r\x1b[K  [############------------]  50% mailboxes (rsync): 2.0 kB of 4.0 kB" in drawn
+    assert "ETA 0:02 or less" in drawn
+    assert "done, 3 entries updated (of 4), 2.5 kB of 4.0 kB in 4.0s" in drawn

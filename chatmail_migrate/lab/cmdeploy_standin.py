@@ -13,7 +13,10 @@ what the real one does to users and services:
 - honours ``CMDEPLOY_STAGES`` (install, configure, activate) for relay >= 1.8.
 
 For fault tests, ``CHATMAIL_LAB_CMDEPLOY_FAIL=before|after[@HOST]`` makes it fail
-before touching the host or after doing its work.
+before touching the host or after doing its work. For pre-sync tests and the
+benchmark, ``CHATMAIL_LAB_BEFORE_DISABLE_MAIL`` is shell run on the host
+``CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST`` just before ``--disable-mail`` stops the
+mail there: the last mail a live relay takes.
 """
 
 from __future__ import annotations
@@ -135,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     script = ""
+    hook_host = os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST")
+    if (
+        args.disable_mail
+        and hook_host == host
+        and os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL")
+    ):
+        script += os.environ["CHATMAIL_LAB_BEFORE_DISABLE_MAIL"].rstrip() + "\n"
     if "install" in stages:
         script += install_script(domain, version, githash)
     if "activate" in stages:

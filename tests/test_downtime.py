@@ -1,0 +1,125 @@
+"""Short downtime: pre-sync while the relay serves, staged cmdeploy, progress, --compress."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+from pathlib import Path
+
+from chatmail_migrate.lab import Lab, SeedParams
+
+from .helpers import BIN, REPO, compare_trees, listing, mail_services, run_tool, tool_env
+from .test_migrate import MAIL_OFF, MAIL_ON, assert_migrated, journal
+
+MAILDIR = "/home/vmail/mail/relay.lab.example"
+
+# The relay keeps serving between pre-sync and disable-mail: a message arrives in
+# one account, a message is deleted in another, and a whole account expires.
+LAST_MAIL = f"""
+set -e
+cd {MAILDIR}
+set -- $(ls -d *@* | sort)
+printf 'late mail\\n' > "$1/new/1800000000.late.old:2,"
+chown vmail:vmail "$1/new/1800000000.late.old:2,"
+rm "$(ls -d "$2"/cur/* | head -1)"
+rm -r "$3"
+echo "$1 $2 $3" > /root/last-mail
+"""
+
+
+def test_presync_staged_relay_mirrors_changes_made_before_the_downtime(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=12, messages=4, version="1.10.0"))
+    result = run_tool(
+        lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new", "--presync",
+        "--yes", "--no-wait", state_dir=tmp_path,
+        CHATMAIL_LAB_BEFORE_DISABLE_MAIL=LAST_MAIL, CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST="old",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # Relay 1.10 deploys in stages: the new host is prepared before mail goes down.
+    order = ["presync", "install", "disable-mail", "copy-data", "fix-ownership", "verify",
+             "switch-dns", "enable-mail"]  # fmt: skip
+    positions = [out.index(f"[{n}/8] {step} done in") for n, step in enumerate(order, 1)]
+    assert positions == sorted(positions)
+    assert "CMDEPLOY_STAGES=install,configure" in out and "CMDEPLOY_STAGES=activate" in out
+    assert journal(tmp_path, lab)["plan"] == order
+    # Not on a terminal: plain progress lines, with what the final sync sent.
+    assert "mailboxes (rsync): at most" in out and "mailboxes (rsync): done" in out
+    assert "mirrors deletions" in out and "copy (tar): done" in out
+
+    added, trimmed, expired = lab.ssh("old", "cat /root/last-mail").stdout.split()
+    new_side = lab.ssh("new", f"cd {MAILDIR} && ls -d *@* && ls {trimmed}/cur | wc -l").stdout
+    assert expired not in new_side, "an account deleted on old before the downtime came back"
+    assert added in new_side
+    assert lab.ssh("new", f"cat '{MAILDIR}/{added}/new/1800000000.late.old:2,'").stdout == (
+        "late mail\n"
+    )
+    assert compare_trees(listing(lab, "old"), listing(lab, "new")) == []
+    verify = run_tool(lab, "invoke", "verify", "--old-host", "old", "--new-host", "new",
+                      "--checksum", state_dir=tmp_path)  # fmt: skip
+    assert verify.returncode == 0 and "no differences" in verify.stdout
+    assert mail_services(lab, "new") == MAIL_ON and mail_services(lab, "old") == MAIL_OFF
+    # No echobot in relay 1.10: nothing to copy there, and nothing left orphaned.
+    assert "skipping /var/lib/echobot: not on the old host" in out
+    assert lab.ssh("new", f"stat -c %U:%G {MAILDIR}/{added}/new").stdout.strip() == "vmail:vmail"
+
+
+def test_presync_by_hand_then_file_deleted_on_old_is_gone_on_new(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=6, messages=3))
+    args = ["--old-host", "old", "--new-host", "new"]
+    for _ in range(2):  # repeatable: the second pass finds nothing to send
+        first = run_tool(lab, "invoke", "presync", *args, state_dir=tmp_path)
+        assert first.returncode == 0, first.stderr
+    assert "done, 0 entries updated" in first.stdout
+    victim = lab.ssh("old", f"ls -d {MAILDIR}/*/cur/* | head -1").stdout.strip()
+    assert lab.ssh("new", f"test -e '{victim}' && echo there").stdout == "there\n"
+    lab.ssh("old", f"rm '{victim}'")
+    result = run_tool(lab, "invoke", "migrate", *args, "--yes", "--no-wait", state_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "[2/7] copy-data done" in result.stdout  # relay 1.7: the seed's order, no stages
+    assert "CMDEPLOY_STAGES" not in result.stdout
+    assert lab.ssh("new", f"test -e '{victim}' || echo gone").stdout == "gone\n"
+    assert_migrated(lab, listing(lab, "old"))
+
+
+def _run_on_terminal(lab: Lab, state_dir: Path, *args: str) -> tuple[int, str]:
+    """Run the tool with its output on a pseudo-terminal, as an operator sees it."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [str(BIN / "invoke"), *args], cwd=REPO, env=tool_env(lab, state_dir),
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the tool closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    output = b"".join(chunks).decode(errors="replace")
+    print(output)
+    return proc.wait(timeout=60), output
+
+
+def test_progress_bar_on_a_terminal_and_compress_gives_the_same_result(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=20, messages=5, new_users="different"))
+    before = listing(lab, "old")
+    code, output = _run_on_terminal(
+        lab, tmp_path, "migrate", "--old-host", "old", "--new-host", "new", "--compress",
+        "--yes", "--no-wait",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "compressing on the wire with zstd" in output
+    assert "zstd --quiet -1" in output
+    # On a terminal the progress is a bar redrawn in place.
+    assert "\r\x1b[K  [" in output and "copy (tar): done" in output
+    assert_migrated(lab, before)
+    copies = [e for e in journal(tmp_path, lab)["events"] if e.get("event") == "copied"]
+    assert copies and copies[-1]["copies"][0]["phase"] == "copy"
+    assert json.dumps(copies)  # journaled for the report
