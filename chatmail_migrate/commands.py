@@ -160,8 +160,9 @@ def rsync_mailboxes(
         f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh")}" '
         f'--rsync-path={shlex.quote(receive)} {MAILBOX_TREE}/ {target} > "$idx" & t=$!; '
         'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
-        f"awk '{{n++; if (substr($1, 2, 1) == \"f\") b += $2}} END {{printf \"{PROGRESS_TAG} done rsync %d %d\\n\", n, b}}' "
-        '"$idx" >&3',
+        # Entries rsync listed (%i %l %n), and the bytes of the files among them.
+        "awk '{n++; if (substr($1, 2, 1) == \"f\") b += $2} "
+        f'END {{printf "{PROGRESS_TAG} done rsync %d %d\\n", n, b}}\' "$idx" >&3',
     ]
 
 
