@@ -14,7 +14,10 @@ from chatmail_migrate.lab.tasks import rehearse
 
 
 @task(
-    help={"k": "Only tests matching this pytest -k expression.", "x": "Stop at the first failure."}
+    help={
+        "k": "Only tests matching this pytest -k expression. Example: -k presync",
+        "x": "Stop at the first failure. Example: -x",
+    }
 )
 def test(c, k=None, x=False):
     """Lint, then run the whole test suite (lab tests need root: see README)."""

@@ -144,6 +144,8 @@ def copy_data_old_to_new(
         for path in commands.COPY_PATHS:
             if path not in paths:
                 print(f"  skipping {path}: not on the old host")
+                if journal:
+                    journal.note("skipped", path=path, reason="not on the old host")
         if commands.MAILBOX_TREE not in paths:
             raise MigrateError(
                 f"the old host {settings.old_host} has no {commands.MAILBOX_TREE}: "
@@ -315,7 +317,10 @@ def switch_dns_records(settings: Settings, runner: Runner, journal: Journal | No
     until = time.strftime("%H:%M:%S", time.localtime(expiry))
     print(f"  resolvers may hand out the old address until {until} (now + old TTL {old_ttl}s)")
     if journal:
-        journal.note("dns-switched", caches_expire=expiry)
+        journal.note(
+            "dns-switched", caches_expire=expiry, waited=settings.dns_wait,
+            records={t: v for t, v in want.items()},
+        )  # fmt: skip
     check_published_keys(settings, runner, servers[0])
     offer_known_hosts_update(settings, runner)
     if settings.wait_caches and old_ttl:
@@ -413,6 +418,11 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     what = "type, size, mode, mtime, symlink target, owner and group"
     what += ", content (sha256)" if settings.checksum else " (--checksum adds content)"
     print(f"  compared {what}")
+    if journal:
+        journal.note(
+            "verified", ok=report.ok, checksum=settings.checksum,
+            summary=report.summary().splitlines()[0],
+        )  # fmt: skip
     if not report.ok:
         raise MigrateError("verify: " + report.summary())
     print(f"  {report.summary()}")

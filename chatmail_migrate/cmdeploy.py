@@ -7,8 +7,10 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
+from . import audit
 from .remote import MigrateError
 from .settings import Settings, check_cmdeploy
 
@@ -93,10 +95,16 @@ def cmdeploy_run(
     except OSError as e:
         raise MigrateError(f"cannot start cmdeploy `{shlex.join(args)}`: {e}") from None
     assert proc.stdout is not None
-    for line in proc.stdout:
-        print(f"  cmdeploy| {line}", end="", flush=True)
-        tail.append(line.rstrip())
-    code = proc.wait()
+    started, clock = time.time(), time.monotonic()
+    try:
+        for line in proc.stdout:
+            print(f"  cmdeploy| {line}", end="", flush=True)
+            tail.append(line.rstrip())
+        code = proc.wait()
+    finally:
+        where = f"[local {settings.relay_dir}]"
+        seconds = time.monotonic() - clock
+        audit.record(settings, where, prefix + shlex.join(args), started, seconds, proc.poll() or 0)
     if code != 0:
         raise MigrateError(
             f"`{prefix}{shlex.join(args)}` exited {code}; last output: " + " / ".join(tail)

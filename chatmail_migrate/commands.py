@@ -161,7 +161,7 @@ def rsync_mailboxes(
         f'--rsync-path={shlex.quote(receive)} {MAILBOX_TREE}/ {target} > "$idx" & t=$!; '
         'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
         # Entries rsync listed (%i %l %n), and the bytes of the files among them.
-        "awk '{n++; if (substr($1, 2, 1) == \"f\") b += $2} "
+        'awk \'{n++; if (substr($1, 2, 1) == "f") b += $2} '
         f'END {{printf "{PROGRESS_TAG} done rsync %d %d\\n", n, b}}\' "$idx" >&3',
     ]
 

@@ -59,7 +59,12 @@ class Journal:
             return None
         path = settings.journal_dir / f"{settings.mail_domain}.json"
         if path.exists():
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as e:
+                raise SettingsError(
+                    f"journal {path} is not valid JSON ({e}): fix it, or move it away to start anew"
+                ) from None
             return cls(path=path, **data)
         return cls(path=path, mail_domain=settings.mail_domain)
 
@@ -180,3 +185,65 @@ class Journal:
         if nxt:
             parts.append(f"Rerun the same migrate command to resume at {nxt}.")
         return " ".join(parts)
+
+
+def report(journal: Journal, log: Path | None) -> str:
+    """The final report of a migration, from its journal: plain text, no secrets."""
+    lines = [
+        f"chatmail-migrate report for {journal.mail_domain}",
+        f"old host: {journal.old_host}   new host: {journal.new_host}   written: {now()}",
+        "",
+        "steps:",
+    ]
+    for number, name in enumerate(journal.plan, 1):
+        step = journal.steps.get(name)
+        state = f"done in {step['seconds']:.1f}s ({step['finished']})" if step else "not done"
+        lines.append(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
+    first, last = journal.steps.get("disable-mail"), journal.steps.get("enable-mail")
+    if first and last:
+        down = last["started_ts"] + last["seconds"] - first["started_ts"]
+        lines.append(f"mail downtime: {down:.1f}s (disable-mail start to enable-mail end)")
+    elif first:
+        lines.append("mail downtime: mail is still DOWN (enable-mail not done)")
+    else:
+        lines.append("mail downtime: none yet (disable-mail not done)")
+
+    def last_event(kind: str) -> dict | None:
+        return next((e for e in reversed(journal.events) if e.get("event") == kind), None)
+
+    for kind, title in (("presync-done", "pre-sync"), ("copied", "copy")):
+        event = last_event(kind)
+        for copy in (event or {}).get("copies", []):
+            lines.append(
+                f"{title} ({copy['phase']}): {copy['entries']} entries, "
+                f"{copy.get('bytes_sent', 0) / 1e6:.1f} MB sent of "
+                f"{copy['bytes_total'] / 1e6:.1f} MB, {copy['seconds']}s"
+            )
+    skipped = {e["path"]: e["reason"] for e in journal.events if e.get("event") == "skipped"}
+    for path, reason in skipped.items():
+        lines.append(f"skipped: {path} ({reason})")
+    verified = last_event("verified")
+    if verified:
+        kind = "with --checksum" if verified.get("checksum") else "metadata"
+        verdict = "passed" if verified["ok"] else "FAILED"
+        lines.append(f"verify ({kind}): {verdict}: {verified['summary']}")
+    else:
+        lines.append("verify: not run")
+    dns = last_event("dns-switched")
+    if dns:
+        records = ", ".join(f"{t} {' '.join(v)}" for t, v in dns.get("records", {}).items())
+        waited = "every nameserver answered" if dns.get("waited") else "not waited for (--no-wait)"
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dns["caches_expire"]))
+        lines.append(f"DNS: switched to {records}; {waited}; caches may hold the old until {until}")
+    elif last_event("dns-change-confirmed"):
+        lines.append("DNS: change confirmed, but not every nameserver answered it yet")
+    else:
+        lines.append("DNS: still points at the old host")
+    failures = [e for e in journal.events if e.get("event") == "failed"]
+    if failures and journal.next_step():
+        lines.append(f"last failure: {failures[-1]['step']}: {failures[-1]['message']}")
+    lines.append(f"where things stand: {journal.where_things_stand()}")
+    lines.append(f"journal: {journal.path}")
+    if log:
+        lines.append(f"command log: {log}")
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ import select
 import shlex
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import paramiko
 import paramiko.agent
 from invoke.exceptions import UnexpectedExit
 
+from . import audit
 from .settings import Settings
 
 # paramiko reports transport errors from its own thread as logged tracebacks; the
@@ -205,17 +207,25 @@ class Runner:
         if self.dry:
             return Result("", "", 0)
         conn = self.connection(role, forward_agent=forward_agent)
+        started, clock = time.time(), time.monotonic()
         try:
             r = conn.run(command, hide=hide, warn=warn, in_stream=False)
         except UnexpectedExit as e:
+            self._audit(role, command, started, clock, e.result.exited, forward_agent)
             tail = (e.result.stderr or e.result.stdout).strip().splitlines()[-5:]
             raise MigrateError(
                 f"on {role} host {self.host(role)}: `{_short(command)}` exited "
                 f"{e.result.exited}" + (f": {' / '.join(tail)}" if tail else "")
             ) from None
         except (OSError, paramiko.SSHException) as e:
+            self._audit(role, command, started, clock, -1, forward_agent)
             raise MigrateError(f"lost connection to {role} host {self.host(role)}: {e}") from None
+        self._audit(role, command, started, clock, r.exited, forward_agent)
         return Result(r.stdout, r.stderr, r.exited)
+
+    def _audit(self, role, command, started, clock, code, forward_agent=False) -> None:
+        where = f"[{role}: {self.host(role)}]" + (" (agent forwarded)" if forward_agent else "")
+        audit.record(self.settings, where, command, started, time.monotonic() - clock, code)
 
     def run_script(self, role: str, script: str, **kwargs) -> Result:
         """Run a multi-line bash script; echoed as written, not as one quoted line."""
@@ -236,13 +246,16 @@ class Runner:
         if self.dry:
             return b""
         client = self.connection(role).client
+        started, clock = time.time(), time.monotonic()
         try:
             _, stdout, stderr = client.exec_command(command)
             data = stdout.read()
             code = stdout.channel.recv_exit_status()
             errors = stderr.read().decode(errors="replace").strip()
         except (OSError, paramiko.SSHException) as e:
+            self._audit(role, display or command, started, clock, -1)
             raise MigrateError(f"lost connection to {role} host {self.host(role)}: {e}") from None
+        self._audit(role, display or command, started, clock, code)
         if code != 0:
             raise MigrateError(
                 f"on {role} host {self.host(role)}: `{_short(command)}` exited {code}: "
@@ -270,6 +283,8 @@ class Runner:
         command = "bash -c " + shlex.quote(script)
         transport = self.connection(role).client.get_transport()
         errors: list[str] = []
+        started, clock = time.time(), time.monotonic()
+        code = -1
         try:
             channel = transport.open_session()
             if forward_agent:
@@ -312,6 +327,8 @@ class Runner:
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise MigrateError(f"lost connection to {role} host {self.host(role)}: {e}") from None
+        finally:
+            self._audit(role, f"bash <<'EOF'\n{script}\nEOF", started, clock, code, forward_agent)
         if code != 0:
             tail = [e for e in errors if e.strip()][-3:]
             raise MigrateError(

@@ -8,16 +8,17 @@ rolls back while DNS still points at the old host.
 
 from __future__ import annotations
 
-import os
+import sys
 import time
 from collections.abc import Callable
 
-from invoke import Exit, task
+from invoke import Exit
 
-from . import actions, dnscheck
+from . import actions, audit, dnscheck
 from . import preflight as checks
+from .cli import debugging, paint, task
 from .cmdeploy import stages_supported
-from .journal import STEPS, Journal, plan
+from .journal import STEPS, Journal, plan, report
 from .remote import MigrateError, Runner, connect
 from .settings import Settings, SettingsError, check_cmdeploy, config_section, resolve
 
@@ -29,29 +30,40 @@ HELP = {
     "$CHATMAIL_RELAY_DIR or the current directory. Example: --relay-dir ~/relay",
     "new_host_from_old": "Address the OLD host uses to reach the new one, when it differs "
     "from yours (e.g. a private network). Example: --new-host-from-old 10.0.0.2",
-    "yes": "Do not wait for confirmation that DNS was changed (unattended runs).",
-    "restart": "Forget the journal of this relay and start the migration from step 1.",
+    "yes": "Do not wait for confirmation that DNS was changed (unattended runs). Example: --yes",
+    "restart": "Forget the journal of this relay and start the migration from step 1. "
+    "Example: --restart",
     "force": "Replace mailboxes the new host already holds for this domain (preflight "
-    "refuses otherwise).",
+    "refuses otherwise). "
+    "Example: --force",
     "rollback": "When a step fails before DNS is switched, re-enable mail on the old host "
-    "(default); --no-rollback leaves it off, to resume at the failed step.",
+    "(default); --no-rollback leaves it off, to resume at the failed step. "
+    "Example: --no-rollback",
     "accept_new_host_keys": "Trust host keys not yet in known_hosts and record them there "
-    "(changed keys are always refused).",
-    "checksum": "Also compare file contents (sha256) on both hosts: slower, thorough.",
+    "(changed keys are always refused). "
+    "Example: --accept-new-host-keys",
+    "checksum": "Also compare file contents (sha256) on both hosts: slower, thorough. "
+    "Example: --checksum",
     "nameserver": "Authoritative nameservers to ask, ADDR[:PORT],... (split horizon, tests); "
     "default: found through your resolver. Example: --nameserver 192.0.2.53",
-    "dns_timeout": "Seconds to wait for every nameserver to answer the new address (default 3600).",
+    "dns_timeout": "Seconds to wait for every nameserver to answer the new address (default 3600). "
+    "Example: --dns-timeout 600",
     "new_address": "The new host's public address(es), when they are not on its own "
     "interfaces (NAT). Example: --new-address 13.12.23.42,2001:db8::42",
-    "wait": "Wait for every nameserver to answer the new address (default); --no-wait does not.",
+    "wait": "Wait for every nameserver to answer the new address (default); --no-wait does not. "
+    "Example: --no-wait",
     "wait_caches": "After the switch, also wait until resolver caches can no longer hold "
-    "the old address (the old TTL).",
+    "the old address (the old TTL). "
+    "Example: --wait-caches",
     "presync": "Copy the mailboxes while the old relay still serves, so the copy during the "
-    "downtime sends only what changed since (rsync, deletions mirrored).",
+    "downtime sends only what changed since (rsync, deletions mirrored). "
+    "Example: --presync",
     "compress": "Compress the copy on the wire (zstd when both hosts have it, else ssh -C): "
-    "for slow links only.",
+    "for slow links only. "
+    "Example: --compress",
     "update_known_hosts": "Replace the old host's key for the mail domain in your "
-    "known_hosts with the new host's key (verified by the tool's own connection).",
+    "known_hosts with the new host's key (verified by the tool's own connection). "
+    "Example: --update-known-hosts",
 }
 
 
@@ -219,13 +231,14 @@ def run_step(c, name: str, action: Callable[..., None], **flags) -> None:
         when = journal.steps.get(name, {}).get("finished", "before the downtime")
         print(f"{number} {name}: done {when} (journal), skipping")
         return
-    print(f"{number} {name} {_where(name, settings)}", flush=True)
+    print(paint(f"{number} {name} {_where(name, settings)}", "bold"), flush=True)
+    audit.note(settings, f"{number} {name} {_where(name, settings)}: started")
     runner = Runner(settings)
     started, clock = time.time(), time.monotonic()
     try:
         action(settings, runner, journal)
     except (Exception, KeyboardInterrupt) as e:
-        if os.environ.get("CHATMAIL_MIGRATE_DEBUG") and not isinstance(e, KeyboardInterrupt):
+        if debugging() and not isinstance(e, KeyboardInterrupt):
             raise
         runner.close()
         if isinstance(e, KeyboardInterrupt):
@@ -233,22 +246,23 @@ def run_step(c, name: str, action: Callable[..., None], **flags) -> None:
         elif isinstance(e, (MigrateError, SettingsError)):
             message, code = str(e), 1
         else:
-            message = f"unexpected {type(e).__name__}: {e} (CHATMAIL_MIGRATE_DEBUG=1 tells more)"
+            message = f"unexpected {type(e).__name__}: {e} (--debug shows the traceback)"
             code = 1
         if journal and not settings.dry:
             journal.record_failure(name, message)
         stand = _after_failure(c, name, settings, journal)
         seconds = time.monotonic() - clock
-        raise Exit(
-            f"{number} {name} FAILED after {seconds:.1f}s: {message}\n{stand}", code
-        ) from None
+        audit.note(settings, f"{number} {name} FAILED after {seconds:.1f}s: {message}")
+        failed = paint(f"{number} {name} FAILED", "red", sys.stderr)
+        raise Exit(f"{failed} after {seconds:.1f}s: {message}\n{stand}", code) from None
     finally:
         runner.close()
     seconds = time.monotonic() - clock
     if journal and not settings.dry:
         journal.adopt_hosts(settings)
         journal.record(name, started, seconds)
-    print(f"{number} {name} done in {seconds:.1f}s", flush=True)
+    audit.note(settings, f"{number} {name} done in {seconds:.1f}s")
+    print(f"{number} {name} {paint('done', 'green')} in {seconds:.1f}s", flush=True)
 
 
 @task(help=_help("old_host", "relay_dir"))
@@ -467,13 +481,15 @@ def preflight(
             return
         failed = []
         for check in checks.run_checks(s, runner, force=s.force, journal=Journal.for_settings(s)):
-            print(check.line(), flush=True)
+            colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[check.status]
+            print(paint(f"{check.status:4}", colour) + check.line()[4:], flush=True)
+            audit.note(s, f"preflight {check.line()}")
             if check.status == "FAIL":
                 failed.append(check)
     except (MigrateError, SettingsError) as e:
         raise Exit(f"preflight stopped: {e}", code=1) from None
     except Exception as e:
-        if os.environ.get("CHATMAIL_MIGRATE_DEBUG"):
+        if debugging():
             raise
         raise Exit(f"preflight stopped: unexpected {type(e).__name__}: {e}", code=1) from None
     finally:
@@ -649,6 +665,9 @@ def migrate(
         journal.save()
     print(f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}" + (" (dry run)" if s.dry else ""))
     print(f"journal: {journal.path}")
+    if not s.dry:
+        print(f"command log: {audit.log_path(s)}; report at the end: {audit.report_path(s)}")
+        audit.note(s, f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}, plan {journal.plan}")
     if staged:
         print(f"cmdeploy stages ({why}): install on new before mail goes down, activate last")
     if journal.done_steps() and not s.dry:
@@ -656,10 +675,24 @@ def migrate(
             f"resuming at {journal.next_step()}: already done {', '.join(journal.done_steps())} "
             "(--restart starts over)"
         )
-    preflight(c)
-    for name in journal.plan:
-        STEP_TASKS[name](c)
-    migrate_summary(c)
+    try:
+        preflight(c)
+        for name in journal.plan:
+            STEP_TASKS[name](c)
+        migrate_summary(c)
+    finally:
+        if not s.dry:
+            write_report(s)
+
+
+def write_report(settings: Settings) -> None:
+    """Write the final report from the journal, and say where it and the log are."""
+    journal = Journal.for_settings(settings)
+    path = audit.report_path(settings)
+    if journal is None or path is None or not journal.path.exists():
+        return
+    path.write_text(report(journal, audit.log_path(settings)))
+    print(f"report: {path}\ncommand log: {audit.log_path(settings)}", flush=True)
 
 
 @task(help=_help("relay_dir"))
@@ -692,3 +725,7 @@ def status(c, relay_dir=None):
             last = failures[-1]
             print(f"  last failure: {last['step']} at {last['time']}: {last['message']}")
         print(f"  {journal.where_things_stand()}")
+        s.mail_domain = journal.mail_domain
+        for label, path in (("command log", audit.log_path(s)), ("report", audit.report_path(s))):
+            if path and path.exists():
+                print(f"  {label}: {path}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -17,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MIGRATION_TASKS = sorted(
     ["disable-mail", "copy-data", "install", "fix-ownership", "verify", "switch-dns",
-     "enable-mail", "preflight", "rollback", "migrate", "status"]
+     "enable-mail", "preflight", "presync", "rollback", "migrate", "status"]
 )  # fmt: skip
 
 
@@ -189,3 +191,76 @@ def test_unreachable_hosts_and_failing_cmdeploy_fail_preflight(tmp_path: Path, r
     assert len(result.stderr.strip().splitlines()) == 1
     assert "[1/7]" not in out, "nothing may run after a failed preflight"
     silent.close()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path):
+    relay = tmp_path / "relay"
+    relay.mkdir()
+    (relay / "chatmail.ini").write_text("[params]\nmail_domain = c.example\n")
+    journal = tmp_path / "state" / "chatmail-migrate" / "c.example.json"
+    journal.parent.mkdir(parents=True)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    env.pop("CHATMAIL_MIGRATE_DEBUG", None)
+
+    journal.write_text("{not json")
+    broken = run("invoke", "status", "--relay-dir", str(relay), env=env)
+    assert broken.returncode == 2
+    assert broken.stderr.strip().splitlines() == [
+        f"error: journal {journal} is not valid JSON (Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1)): fix it, or move it away to start anew"
+    ]
+
+    journal.write_text("[]")  # valid JSON, not a journal: nothing the tool expects
+    plain = run("invoke", "status", "--relay-dir", str(relay), env=env)
+    assert plain.returncode == 1
+    lines = plain.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected ")
+    assert "--debug shows the traceback" in lines[0]
+    debug = run("invoke", "--debug", "status", "--relay-dir", str(relay), env=env)
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch):
+    from chatmail_migrate.cli import paint
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert paint("PASS", "green", Terminal()) == "\033[32mPASS\033[0m"
+    assert paint("PASS", "green", io.StringIO()) == "PASS"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert paint("PASS", "green", Terminal()) == "PASS"
+
+
+def test_shell_completion_knows_the_tasks():
+    for tool in ("invoke", "fab"):
+        script = run(tool, "--print-completion-script", "bash")
+        assert script.returncode == 0 and "complete -F" in script.stdout
+    completed = run("invoke", "--complete", "--", "invoke", "pre")
+    assert {"preflight", "presync"} <= set(completed.stdout.split())
+    completed = run("fab", "--complete", "--", "fab", "mig")
+    assert "migrate" in completed.stdout.split()
+
+
+def test_every_flag_of_every_task_is_explained_with_an_example():
+    from invoke import Collection
+
+    from chatmail_migrate.collection import migration_collection
+    from chatmail_migrate.lab.tasks import ns as lab_collection
+    from chatmail_migrate.lab.tasks import rehearse
+
+    def tasks(collection: Collection):
+        yield from collection.tasks.values()
+        for sub in collection.collections.values():
+            yield from tasks(sub)
+
+    checked = 0
+    for collection in (migration_collection(), lab_collection, Collection(rehearse)):
+        for t in tasks(collection):
+            for arg in t.get_arguments():
+                assert "Example:" in (arg.help or ""), f"{t.name} --{arg.name}"
+                checked += 1
+    assert checked > 60

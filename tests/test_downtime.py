@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,6 +65,36 @@ def test_presync_staged_relay_mirrors_changes_made_before_the_downtime(make_lab,
     # No echobot in relay 1.10: nothing to copy there, and nothing left orphaned.
     assert "skipping /var/lib/echobot: not on the old host" in out
     assert lab.ssh("new", f"stat -c %U:%G {MAILDIR}/{added}/new").stdout.strip() == "vmail:vmail"
+    assert_log_and_report(lab, tmp_path, out)
+
+
+def assert_log_and_report(lab: Lab, state_dir: Path, out: str) -> None:
+    """Every command is in the log, with host, time, duration and exit; the report adds up."""
+    log = state_dir / "chatmail-migrate" / f"{lab.domain}.log"
+    report = state_dir / "chatmail-migrate" / f"{lab.domain}-report.txt"
+    assert f"command log: {log}" in out and f"report: {report}" in out
+    text = log.read_text()
+    new = lab.address("new")
+    assert "[old: old] (agent forwarded) exit=0" in text  # the copy, with its script
+    assert "    | rsync --archive" in text.replace("{ rsync", "rsync")
+    assert "[new: new] exit=0" in text
+    assert f"[local {lab.relay_dir}] exit=0" in text and "CMDEPLOY_STAGES=activate" in text
+    for line in text.splitlines():
+        if not line.startswith("    |"):
+            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (--|\[.*\] .*exit=-?\d+ "
+                            r"\d+\.\d\ds \$)", line), line  # fmt: skip
+    # No secrets: no key material, no password hashes, no agent socket.
+    for secret in ("PRIVATE KEY", "$6$", "{SHA512-CRYPT}", str(lab.agent_sock), "SSH_AUTH_SOCK"):
+        assert secret not in text and secret not in report.read_text()
+    key = lab.ssh("new", "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
+    assert key not in text  # host keys pinned in the copy script are shortened
+    summary = report.read_text()
+    assert "mail downtime: " in summary and "verify (metadata): passed" in summary
+    assert f"DNS: switched to A {new}" in summary
+    assert "copy (rsync):" in summary and "pre-sync (rsync):" in summary
+    assert "skipped: /var/lib/echobot (not on the old host)" in summary
+    status = run_tool(lab, "invoke", "status", state_dir=state_dir)
+    assert f"command log: {log}" in status.stdout and f"report: {report}" in status.stdout
 
 
 def test_presync_by_hand_then_file_deleted_on_old_is_gone_on_new(make_lab, tmp_path: Path):

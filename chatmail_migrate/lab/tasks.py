@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import shlex
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
+from ..cli import task
 from . import nameserver
 from .lab import DEFAULT_NAME, Lab, LabError
 from .rehearse import rehearse as run_rehearsal
 from .seed import NEW_HOST_USERS, SeedParams, seed_relay
 
-NAME_HELP = f"Lab name (1-8 letters/digits; default {DEFAULT_NAME}); two labs may run side by side."
+NAME_HELP = (
+    f"Lab name (1-8 letters/digits; default {DEFAULT_NAME}); two labs may run side by side. "
+    "Example: --name lab2"
+)
 SEED_HELP = {
-    "accounts": "Number of mail accounts to create on old (default 20).",
-    "messages": "Messages per account (default 10).",
-    "size": "Size of each message in bytes (default 4096).",
-    "relay_version": "Relay release the lab pretends to run, e.g. 1.7.0 (default) or 1.10.0.",
-    "new_users": f"Relay users on new: {' or '.join(NEW_HOST_USERS)} (default different UIDs).",
+    "accounts": "Number of mail accounts to create on old (default 20). Example: --accounts 200",
+    "messages": "Messages per account (default 10). Example: --messages 25",
+    "size": "Size of each message in bytes (default 4096). Example: --size 21504",
+    "relay_version": "Relay release the lab pretends to run: 1.7.0 (default) or later. "
+    "Example: --relay-version 1.10.0",
+    "new_users": f"Relay users on new: {' or '.join(NEW_HOST_USERS)} (default different UIDs). "
+    "Example: --new-users none",
 }
 
 
@@ -48,7 +54,7 @@ def _print_usage(lab: Lab) -> None:
 @task(
     help={
         "name": NAME_HELP,
-        "seed": "Also seed old as a relay (see lab.seed for the sizes).",
+        "seed": "Also seed old as a relay (see lab.seed for the sizes). Example: --seed",
         **SEED_HELP,
     }
 )
@@ -127,8 +133,8 @@ def env(c, name=DEFAULT_NAME):
     help={
         "name": NAME_HELP,
         "point_at": "Lab host the relay's A record names: old or new (as an operator "
-        "switching DNS would).",
-        "ttl": "TTL of the relay's records in seconds (default: unchanged).",
+        "switching DNS would). Example: --point-at new",
+        "ttl": "TTL of the relay's records in seconds (default: unchanged). Example: --ttl 300",
     }
 )
 def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
@@ -149,7 +155,8 @@ def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
 
 @task(
     help={
-        "keep": "Leave the lab up afterwards, to look around (prints how to log in).",
+        "keep": "Leave the lab up afterwards to look around (prints how to log in). "
+        "Example: --keep",
         **SEED_HELP,
     }
 )
