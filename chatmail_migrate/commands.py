@@ -143,11 +143,10 @@ def rsync_mailboxes(
     if live:
         wait = 'wait "$t" || { rc=$?; [ "$rc" = 24 ] || exit "$rc"; }'
     # --modify-window=-1: compare mtimes to the nanosecond, or a file changed within the
-    # second of the pre-sync, at the same size, would be taken as unchanged.
-    flags = (
-        "--archive --hard-links --acls --xattrs --delete --mkpath --modify-window=-1 "
-        "--out-format='%i %l %n'"
-    )
+    # second of the pre-sync, at the same size, would be taken as unchanged. No --acls
+    # or --xattrs: they double rsync's time on a large tree, the relay keeps none in
+    # mailboxes, and copy-data carries every ACL beside the data anyway.
+    flags = "--archive --hard-links --delete --mkpath --modify-window=-1 --out-format='%i %l %n'"
     if compress == "zstd":
         flags += " --compress --compress-choice=zstd"
     elif compress:
@@ -155,13 +154,13 @@ def rsync_mailboxes(
     receive = f"{STOP_STALE_RECEIVER}; echo $$ > {RECEIVE_PID_FILE}; exec rsync"
     target = shlex.quote(f"{user}@{host}:{MAILBOX_TREE}/")
     return [
-        measure_command("rsync", [MAILBOX_TREE]),
+        f"( {measure_command('rsync', [MAILBOX_TREE])} ) & m=$!",
         ': > "$idx"',
         f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh")}" '
         f'--rsync-path={shlex.quote(receive)} {MAILBOX_TREE}/ {target} > "$idx" & t=$!; '
         'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
         # Entries rsync listed (%i %l %n), and the bytes of the files among them.
-        'awk \'{n++; if (substr($1, 2, 1) == "f") b += $2} '
+        'wait "$m"; awk \'{n++; if (substr($1, 2, 1) == "f") b += $2} '
         f'END {{printf "{PROGRESS_TAG} done rsync %d %d\\n", n, b}}\' "$idx" >&3',
     ]
 
@@ -212,11 +211,20 @@ def copy_script(
     ``compress`` is "zstd" (both hosts have it), "ssh" (ssh's zlib) or None.
     """
     lines = _script_head(host_key_line)
+    absolute = " ".join(shlex.quote(p) for p in paths)
+    # Read while the copy runs (mail is off, the trees do not change): every file's
+    # numeric owner and group, old's id-to-name maps (names only, no hashes), the ACLs.
+    lines.append(
+        "{ if command -v getfacl >/dev/null; then getfacl --absolute-names --skip-base "
+        f'--recursive {absolute} > "$meta/acls"; fi; '
+        f"find {absolute} -printf '%U:%G\\0%p\\0' > \"$meta/owners\"; "
+        'getent passwd | cut -d: -f1,3 > "$meta/users"; '
+        'getent group | cut -d: -f1,3 > "$meta/groups"; } & lists=$!'
+    )
     tar_paths = [p for p in paths if not (sync_mailboxes and p == MAILBOX_TREE)]
     if sync_mailboxes and MAILBOX_TREE in paths:
         lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress)
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
-    absolute = " ".join(shlex.quote(p) for p in paths)
     ssh = ssh_to_new(host, port, user, '"$kh"')
     receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
     zstd = ""
@@ -229,17 +237,13 @@ def copy_script(
     receive = "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
     if tar_paths:
         lines += [
-            measure_command("copy", tar_paths),
+            f"( {measure_command('copy', tar_paths)} ) & m=$!",
             f'{{ {TAR_CREATE} --verbose --index-file="$idx" {relative} & t=$!; '
             f'report "$t" "$idx" copy >/dev/null & wait "$t"; }}{zstd} | '
             f"{ssh} {shlex.quote(receive)}",
-            f'echo "{PROGRESS_TAG} done copy $(wc -l < "$idx")" >&3',
+            f'wait "$m"; echo "{PROGRESS_TAG} done copy $(wc -l < "$idx")" >&3',
         ]
-    lines.append(
-        "if command -v getfacl >/dev/null; then "
-        f'getfacl --absolute-names --skip-base --recursive {absolute} > "$meta/acls"; fi'
-    )
-    lines.append(f"find {absolute} -printf '%u:%g\\0%p\\0' > \"$meta/owners\"")
+    lines.append('wait "$lists"')
     meta_receive = (
         f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
     )
@@ -283,12 +287,22 @@ def fix_ownership_script(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-# Give each copied file the owner and group *names* it had on the old host. Names
-# unknown there (bare numbers) or here are left as they are, and listed by the check.
+# Give each copied file the owner and group *names* it had on the old host: the list
+# holds old's numeric ids, mapped through old's id-to-name maps. Ids without a name
+# there, or names unknown here, are left as they are (and listed by the check).
 OWNERS_PY = """
 import functools, grp, os, pwd, sys
-uid = functools.cache(lambda n: -1 if n.isdigit() else pwd.getpwnam(n).pw_uid)
-gid = functools.cache(lambda n: -1 if n.isdigit() else grp.getgrnam(n).gr_gid)
+meta = os.path.dirname(sys.argv[1])
+def names(f):
+    pairs = (l.rsplit(":", 1) for l in open(os.path.join(meta, f)).read().splitlines() if ":" in l)
+    return {i: n for n, i in pairs}
+users, groups = names("users"), names("groups")
+@functools.cache
+def uid(i):
+    return pwd.getpwnam(users[i]).pw_uid if i in users else -1
+@functools.cache
+def gid(i):
+    return grp.getgrnam(groups[i]).gr_gid if i in groups else -1
 items = open(sys.argv[1], "rb").read().split(b"\\0")
 for owner, path in zip(items[0::2], items[1::2]):
     user, _, group = owner.decode().partition(":")

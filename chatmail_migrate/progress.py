@@ -57,23 +57,31 @@ class CopyProgress:
         except (IndexError, ValueError):
             return True
         if kind == "total" and len(numbers) == 2:
-            self.start(phase, *numbers)
+            self.start(phase)
+            self.measured(*numbers)
         elif kind == "progress" and len(numbers) == 2:
+            self.start(phase)
             self.update(*numbers)
         elif kind == "done" and numbers:
+            self.start(phase)
             self.finish(*numbers[:2])
         return True
 
-    def start(self, phase: str, total_bytes: int, total_files: int) -> None:
-        self.phase, self.total_bytes, self.total_files = phase, total_bytes, total_files
+    def start(self, phase: str) -> None:
+        """A phase's first line (its total is measured beside the copy, so any line)."""
+        if phase == self.phase:
+            return
+        self.phase, self.total_bytes, self.total_files = phase, 0, 0
         self.bytes = self.files = 0
         self.started = self.last_line = self.clock()
-        label = LABELS.get(phase, phase)
-        bound = " at most" if phase == "rsync" else ""
+
+    def measured(self, total_bytes: int, total_files: int) -> None:
+        self.total_bytes, self.total_files = total_bytes, total_files
+        label = LABELS.get(self.phase, self.phase)
+        bound = " at most" if self.phase == "rsync" else ""
         self._line(
             f"{label}:{bound} {human_bytes(total_bytes)} in {total_files:,} entries "
-            "(measured on the old host)",
-            final=True,
+            "(measured on the old host)"
         )
 
     def update(self, done_bytes: int, done_files: int) -> None:
@@ -107,12 +115,17 @@ class CopyProgress:
         else:
             what = f"{human_bytes(self.total_bytes)}, {files:,} entries"
         rate = human_bytes(self.bytes / elapsed)
-        self._line(f"{label}: done, {what} in {elapsed:.1f}s ({rate}/s)", final=True)
+        self._line(f"{label}: done, {what} in {elapsed:.1f}s ({rate}/s)")
+        self.phase = ""
 
     def _figures(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-6)
         rate = self.bytes / elapsed
         label = LABELS.get(self.phase, self.phase)
+        if not self.total_bytes:  # not measured yet
+            return (
+                f"{label}: {human_bytes(self.bytes)}, {self.files:,} entries, {human_bytes(rate)}/s"
+            )
         text = (
             f"{label}: {human_bytes(self.bytes)} of {human_bytes(self.total_bytes)}, "
             f"{self.files:,} of {self.total_files:,} entries, {human_bytes(rate)}/s"
@@ -129,6 +142,6 @@ class CopyProgress:
         print(f"\r\033[K  [{bar}] {part:4.0%} {self._figures(now)}", end="", file=self.out)
         self.out.flush()
 
-    def _line(self, text: str, final: bool = False) -> None:
+    def _line(self, text: str) -> None:
         prefix = "\r\033[K" if self.tty else ""
         print(f"{prefix}  {text}", file=self.out, flush=True)

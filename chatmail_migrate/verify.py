@@ -4,9 +4,11 @@ per-file round trips, then a comparison on this machine."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shlex
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 # Runs on each host with its python3 (a relay has one): one JSON line per entry,
@@ -41,13 +43,16 @@ def emit(path):
         item["l"] = os.readlink(path)
     out.write((json.dumps(item, separators=(",", ":")) + "\n").encode())
 out = gzip.GzipFile(fileobj=sys.stdout.buffer, mode="wb", compresslevel=1)
-for root in sys.argv[2:]:
-    if not os.path.lexists(root):
-        continue
-    for dirpath, dirnames, filenames in os.walk(root):
-        emit(dirpath)
-        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            emit(os.path.join(dirpath, n))
+# Pre-order with sorted names: both hosts list in the same order (that of path_key),
+# so this machine compares them as two streams, holding neither whole.
+def walk(path):
+    emit(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        for n in sorted(os.listdir(path)):
+            walk(os.path.join(path, n))
+for root in sorted(sys.argv[2:], key=lambda p: p.split("/")):
+    if os.path.lexists(root):
+        walk(root)
 out.close()
 """
 
@@ -66,13 +71,19 @@ def listing_command(paths: list[str], checksum: bool, display: bool = False) -> 
     return f"python3 -c {script} {int(checksum)} {quoted}"
 
 
-def parse_listing(data: bytes) -> dict[str, dict]:
-    entries = {}
-    for line in gzip.decompress(data).decode().splitlines() if data else []:
-        if line.startswith("{"):
-            item = json.loads(line)
-            entries[item["p"]] = item
-    return entries
+def parse_listing(data: bytes) -> Iterator[dict]:
+    """The entries of a gzip-compressed listing, one at a time, in listing order."""
+    if not data:
+        return
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as lines:
+        for line in lines:
+            if line.startswith(b"{"):
+                yield json.loads(line)
+
+
+def path_key(path: str) -> list[str]:
+    """The order listings come in: a sorted pre-order walk, i.e. by path components."""
+    return path.split("/")
 
 
 def _spool_part(path: str) -> str | None:
@@ -81,19 +92,29 @@ def _spool_part(path: str) -> str | None:
     return None
 
 
+# Differences kept for the message; all of them are counted.
+KEEP_DIFFERENCES = 200
+
+
 @dataclass
 class Report:
     files: int = 0
     bytes: int = 0
     differences: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
+    kinds: Counter = field(default_factory=Counter)
     skipped: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.differences
+        return not self.kinds
+
+    def add(self, kind: str, message: str) -> None:
+        self.kinds[kind] += 1
+        if len(self.differences) < KEEP_DIFFERENCES:
+            self.differences.append((kind, message))
 
     def by_kind(self) -> Counter:
-        return Counter(kind for kind, _ in self.differences)
+        return self.kinds
 
     def summary(self, first: int = 5) -> str:
         head = f"{self.files} files, {self.bytes / 1e6:.1f} MB compared"
@@ -103,42 +124,43 @@ class Report:
                 f"({self.skipped} sockets and Postfix runtime entries not compared)"
             )
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind().items()))
-        count = len(self.differences)
+        count = sum(self.kinds.values())
         lines = [f"{head}: {count} difference{'s' if count != 1 else ''} ({kinds})"]
         lines += [f"  {message}" for _, message in self.differences[:first]]
         return "\n".join(lines)
 
 
-def compare(old: dict[str, dict], new: dict[str, dict], *, owners: bool = True) -> Report:
-    """What differs between old's and new's trees (sockets and Postfix runtime skipped)."""
+def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) -> Report:
+    """What differs between old's and new's trees (sockets and Postfix runtime skipped).
+
+    Both listings must come in :func:`path_key` order; they are read as streams.
+    """
     report = Report()
     keys = ["t", "m", "s", "mt", "l", "h"] + (["u", "g"] if owners else [])
     labels = {"t": "type", "m": "mode", "s": "size", "mt": "mtime", "l": "target",
               "h": "content", "u": "owner", "g": "group"}  # fmt: skip
     queues: dict[str, Counter] = {"old": Counter(), "new": Counter()}
-    for side, entries in (("old", old), ("new", new)):
-        for path, item in entries.items():
-            part = _spool_part(path)
-            if part in QUEUE_DIRS and item["t"] == "f":
-                queues[side][(part, *(item.get(k) for k in keys))] += 1
 
-    def skipped(path: str, item: dict) -> bool:
-        part = _spool_part(path)
-        return (
-            item["t"] == "s" or part in SPOOL_RUNTIME or (part in QUEUE_DIRS and item["t"] == "f")
-        )
+    def skipped(item: dict) -> bool:
+        part = _spool_part(item["p"])
+        if part in QUEUE_DIRS and item["t"] == "f":
+            return True
+        return item["t"] == "s" or part in SPOOL_RUNTIME
 
-    for path, item in old.items():
-        if skipped(path, item):
-            report.skipped += item["t"] == "s" or _spool_part(path) in SPOOL_RUNTIME
-            continue
-        if item["t"] == "f":
+    def seen(side: str, item: dict) -> bool:
+        """Count a queue file (compared by content); whether the entry is compared."""
+        part = _spool_part(item["p"])
+        if part in QUEUE_DIRS and item["t"] == "f":
+            queues[side][(part, *(item.get(k) for k in keys))] += 1
+        if side == "old" and skipped(item):
+            report.skipped += item["t"] == "s" or part in SPOOL_RUNTIME
+        elif side == "old" and item["t"] == "f":
             report.files += 1
             report.bytes += item.get("s", 0)
-        other = new.get(path)
-        if other is None:
-            report.differences.append(("missing", f"missing on new: {path}"))
-            continue
+        return not skipped(item)
+
+    def pair(item: dict, other: dict) -> None:
+        path = item["p"]
         for key in keys:
             if key == "mt" and (item["t"] == "d" and _spool_part(path) is not None):
                 continue  # queue directories change as Postfix renames their files
@@ -146,16 +168,28 @@ def compare(old: dict[str, dict], new: dict[str, dict], *, owners: bool = True) 
                 mine, theirs = item.get(key), other.get(key)
                 if key == "m":
                     mine, theirs = oct(mine), oct(theirs or 0)
-                report.differences.append(
-                    (labels[key], f"{path}: {labels[key]} {mine} on old, {theirs} on new")
-                )
+                report.add(labels[key], f"{path}: {labels[key]} {mine} on old, {theirs} on new")
         if owners and (other.get("u", "").startswith("#") or other.get("g", "").startswith("#")):
-            report.differences.append(
-                ("numeric owner", f"{path}: owned by ids with no name on new")
-            )
-    for path, item in new.items():
-        if path not in old and not skipped(path, item):
-            report.differences.append(("extra", f"only on new: {path}"))
+            report.add("numeric owner", f"{path}: owned by ids with no name on new")
+
+    old_items, new_items = iter(old), iter(new)
+    a, b = next(old_items, None), next(new_items, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and path_key(a["p"]) < path_key(b["p"])):
+            if seen("old", a):  # type: ignore[arg-type]
+                report.add("missing", f"missing on new: {a['p']}")  # type: ignore[index]
+            a = next(old_items, None)
+        elif a is None or path_key(b["p"]) < path_key(a["p"]):
+            if seen("new", b):
+                report.add("extra", f"only on new: {b['p']}")
+            b = next(new_items, None)
+        else:
+            compared = seen("old", a)
+            seen("new", b)
+            if compared:
+                pair(a, b)
+            a, b = next(old_items, None), next(new_items, None)
+
     common = queues["old"] & queues["new"]
 
     def per_queue(counter: Counter) -> Counter:
@@ -170,10 +204,7 @@ def compare(old: dict[str, dict], new: dict[str, dict], *, owners: bool = True) 
         mine, theirs, same = old_n[part], new_n[part], same_n[part]
         report.files += mine
         if same != mine or mine != theirs:
-            report.differences.append(
-                (
-                    "queue",
-                    f"Postfix {part} queue: {mine} files on old, {theirs} on new, {same} alike",
-                )
+            report.add(
+                "queue", f"Postfix {part} queue: {mine} files on old, {theirs} on new, {same} alike"
             )
     return report

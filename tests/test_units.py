@@ -212,13 +212,22 @@ def test_verify_compares_queues_by_content_and_skips_sockets():
         entry("/var/spool/postfix/deferred/C/C3D4"),
         entry("/home/vmail/mail/x/cur/m1", digest="m"),
     ]}  # fmt: skip
-    assert verify.compare(old, renamed).ok
+
+    def listed(entries: dict) -> list[dict]:  # as a host lists them
+        return sorted(entries.values(), key=lambda e: verify.path_key(e["p"]))
+
+    assert verify.compare(listed(old), listed(renamed)).ok
     changed = dict(renamed)
     changed["/var/spool/postfix/deferred/C/C3D4"] = entry("/var/spool/postfix/deferred/C/C3D4",
                                                           digest="b")  # fmt: skip
     changed["/home/vmail/mail/x/cur/m1"] = entry("/home/vmail/mail/x/cur/m1", size=11, digest="m")
-    report = verify.compare(old, changed)
+    report = verify.compare(listed(old), listed(changed))
     assert report.by_kind() == {"queue": 1, "size": 1}
+    # Only on one side, wherever it falls in the order: missing or extra.
+    gone = {p: e for p, e in renamed.items() if "/cur/" not in p}
+    extra = {**renamed, "/home/vmail/mail/x/new/m9": entry("/home/vmail/mail/x/new/m9")}
+    assert verify.compare(listed(old), listed(gone)).by_kind() == {"missing": 1}
+    assert verify.compare(listed(old), listed(extra)).by_kind() == {"extra": 1}
 
 
 def test_copy_progress_bar_on_terminal_and_lines_otherwise():
