@@ -214,7 +214,8 @@ def resolve(
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
     env = os.environ
-    cli_host = connection_host(c)
+    # Under migrate the hosts are already resolved (from -H too) and in the config.
+    cli_host = None if cfg.get("migrating") else connection_host(c)
     if role == "old" and cli_host and not old_host:
         old_host = cli_host
     if role == "new" and cli_host and not new_host:

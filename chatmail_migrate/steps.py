@@ -452,7 +452,7 @@ def preflight(
     accept_new_host_keys=False,
     nameserver=None,
 ):
-    """Check, changing nothing, that the migration can work: PASS/WARN/FAIL per check.
+    """OLD and NEW, changing nothing: can the migration work? PASS/WARN/FAIL per check.
 
     Examples: fab -H 13.37.13.37 preflight --new-host 13.12.23.42 |
     invoke preflight --new-host 13.12.23.42
@@ -607,7 +607,7 @@ def migrate(
     wait_caches=False,
     update_known_hosts=False,
 ):
-    """Run preflight and all steps in order; a rerun resumes where it stopped.
+    """OLD → NEW: preflight, then every step in order; a rerun resumes where it stopped.
 
     Relay >= 1.8: the new host is installed before mail goes down, activated last.
     Examples: invoke migrate --new-host 13.12.23.42 |
@@ -697,7 +697,7 @@ def write_report(settings: Settings) -> None:
 
 @task(help=_help("relay_dir"))
 def status(c, relay_dir=None):
-    """Where the migration of this relay stands (from the journal on this machine).
+    """This machine only: where the migration stands (journal, command log, report).
 
     Example: invoke status --relay-dir ~/relay
     """

@@ -243,6 +243,8 @@ def test_shell_completion_knows_the_tasks():
     assert {"preflight", "presync"} <= set(completed.stdout.split())
     completed = run("fab", "--complete", "--", "fab", "mig")
     assert "migrate" in completed.stdout.split()
+    completed = run("chatmail-migrate", "--complete", "--", "chatmail-migrate", "re")
+    assert {"rollback"} <= set(completed.stdout.split())
 
 
 def test_every_flag_of_every_task_is_explained_with_an_example():

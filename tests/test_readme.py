@@ -1,0 +1,193 @@
+"""Every ``$`` command in README.rst, run as written against the lab, so the README cannot rot.
+
+The example addresses become lab hosts (13.37.13.37 → old, 13.12.23.42 → new);
+nothing is ever sent to them. Commands are taken from the README itself: change
+it, and these tests run the new text.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import time
+from pathlib import Path
+
+from chatmail_migrate.lab import Lab, SeedParams, nameserver
+
+from .helpers import BIN, REPO, compare_trees, listing, mail_services
+from .test_migrate import MAIL_ON
+
+README = REPO / "README.rst"
+EXAMPLE_OLD, EXAMPLE_NEW = "13.37.13.37", "13.12.23.42"
+
+
+def console_blocks() -> list[tuple[str, list[str]]]:
+    """(section title, commands) of each ``code-block:: console``, in README order."""
+    lines = README.read_text().splitlines()
+    blocks, section = [], ""
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and re.fullmatch(r"-{3,}", lines[i + 1]) and line.strip():
+            section = line.strip()
+        if line.strip() == ".. code-block:: console":
+            commands = []
+            for body in lines[i + 1 :]:
+                if body.strip() and not body.startswith(" " * (len(line) - len(line.lstrip()) + 1)):
+                    break
+                if body.strip().startswith("$ "):
+                    commands.append(body.strip()[2:])
+            blocks.append((section, commands))
+    return blocks
+
+
+def commands_of(section: str) -> list[list[str]]:
+    return [commands for title, commands in console_blocks() if title == section]
+
+
+def as_lab(command: str, lab: Lab) -> str:
+    return command.replace(EXAMPLE_OLD, lab.address("old")).replace(EXAMPLE_NEW, lab.address("new"))
+
+
+def shell(command: str, *, env: dict, cwd: Path = REPO, timeout: int = 900):
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    print(f"$ {command} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def base_env(state_dir: Path, lab: Lab | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATMAIL", "CMDEPLOY"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", XDG_STATE_HOME=str(state_dir))
+    # Never the system's resolver in tests: the lab's nameservers, or a closed port.
+    env["CHATMAIL_MIGRATE_NAMESERVERS"] = "127.0.0.1:9"
+    if lab:
+        env.update(lab.env())
+    return env
+
+
+def test_readme_commands_are_all_run_here():
+    handled = {"Set-up", "Try it: a rehearsal", "The day of the move", "Tasks",
+               "Tests and benchmarks"}  # fmt: skip
+    blocks = console_blocks()
+    assert {title for title, _ in blocks} == handled
+    assert sum(len(c) for _, c in blocks) >= 35
+    assert all(commands for _, commands in blocks)
+
+
+def test_setup_and_completion(tmp_path: Path):
+    (setup, completion) = commands_of("Set-up")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert setup == ["./bootstrap"] and "./bootstrap" in ci  # CI runs it on a fresh machine
+    for line in completion:
+        program = line.split("/")[-1].split()[0]
+        result = shell(f"set -e; {line}; complete -p {program}", env=base_env(tmp_path))
+        assert result.returncode == 0 and f"-F _complete_{program} {program}" in result.stdout
+
+
+def test_tests_and_benchmarks(lab_available, tmp_path: Path):
+    (tests,), (downtime, preflight_verify) = commands_of("Tests and benchmarks")
+    assert tests == ".venv/bin/invoke test"
+    assert tests in (REPO / ".ci" / "run").read_text()  # this very run
+    result = shell(downtime, env=base_env(tmp_path), timeout=1200)
+    assert result.returncode == 0, result.stderr
+    assert "A: seed's procedure by hand" in result.stdout
+    assert "target tool peak memory < 100 MB:" in result.stdout
+    result = shell(preflight_verify, env=base_env(tmp_path), timeout=1200)
+    assert result.returncode == 0, result.stderr
+    assert "preflight" in result.stdout and "--checksum" in result.stdout
+
+
+def test_rehearsal_and_driving_the_lab(lab_available, tmp_path: Path):
+    (rehearse,), lab_block = commands_of("Try it: a rehearsal")
+    result = shell(rehearse, env=base_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "rehearse: PASSED" in result.stdout and "mail was down for" in result.stdout
+    stale = Lab.load("cmlab")
+    if stale:
+        stale.down()
+    try:
+        result = shell("set -e\n" + "\n".join(lab_block), env=base_env(tmp_path))
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        assert "[1/8] presync done" in out and "CMDEPLOY_STAGES=activate" in out
+        assert "[8/8] enable-mail        done" in out  # status, from the journal
+    finally:
+        stale = Lab.load("cmlab")
+        if stale:
+            stale.down()
+
+
+def _interactive(command: str, *, env: dict, cwd: Path, answer) -> tuple[int, str]:
+    """Run ``command`` on a terminal; ``answer(output)`` returns what to type, or None."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=follower,
+                            stdout=follower, stderr=follower)  # fmt: skip
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            output += data
+            reply = answer(output.decode(errors="replace"))
+            if reply:
+                os.write(leader, reply.encode())
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    text = output.decode(errors="replace")
+    print(f"$ {command}\n{text}")
+    return proc.wait(timeout=60), text
+
+
+def test_day_of_the_move(make_lab, tmp_path: Path):
+    (preflight,), (migrate, status) = commands_of("The day of the move")
+    lab = make_lab(seed=SeedParams(accounts=30, messages=5, version="1.10.0"))
+    before = listing(lab, "old")
+    env = base_env(tmp_path, lab)
+    env.pop("CHATMAIL_RELAY_DIR")  # the operator works from the relay checkout
+    result = shell(as_lab(preflight, lab), env=env, cwd=lab.relay_dir)
+    assert result.returncode == 0, result.stdout
+    assert "PASS  DNS TTL" in result.stdout and "FAIL" not in result.stdout
+
+    typed = []
+
+    def operator(output: str) -> str | None:
+        if "Type 'done'" in output and not typed:
+            nameserver.update(lab, a=[lab.address("new")])  # the operator changes DNS
+            typed.append(True)
+            return "done\n"
+        return None
+
+    code, out = _interactive(as_lab(migrate, lab), env=env, cwd=lab.relay_dir, answer=operator)
+    assert code == 0, out
+    assert typed and "all 2 nameservers answer the new values" in out
+    assert "\x1b[32mPASS\x1b[0m" in out  # colour on a terminal
+    assert compare_trees(before, listing(lab, "new")) == []
+    assert mail_services(lab, "new") == MAIL_ON
+    result = shell(as_lab(status, lab), env=env, cwd=lab.relay_dir)
+    assert result.returncode == 0 and "report:" in result.stdout
+
+
+def test_tasks_by_hand(make_lab, tmp_path: Path):
+    (commands,) = commands_of("Tasks")
+    lab = make_lab(seed=SeedParams(accounts=8, messages=3))
+    before = listing(lab, "old")
+    env = base_env(tmp_path, lab)
+    for command in commands:
+        if "switch-dns" in command:
+            nameserver.update(lab, a=[lab.address("new")])  # changed before --yes
+        result = shell(as_lab(command, lab), env=env)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+    assert compare_trees(before, listing(lab, "new")) == []
+    assert mail_services(lab, "new") == MAIL_ON
