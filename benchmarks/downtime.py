@@ -183,8 +183,9 @@ def main() -> None:
 
     a_copy = results["A"]["copy"]
     rows = [("physical: read trees on old", f"{ref['read_s']:.1f}", "", "",
-             f"{ref['read_Bps'] / 2**20:.0f}", "", "")]  # fmt: skip
-    rows.append(("physical: raw ssh old->new", "", "", "", f"{ref['ssh_Bps'] / 2**20:.0f}", "", ""))
+             f"{ref['read_Bps'] / 2**20:.0f}", "", "", "")]  # fmt: skip
+    rows.append(("physical: raw ssh old->new", "", "", "", f"{ref['ssh_Bps'] / 2**20:.0f}", "",
+                 "", ""))  # fmt: skip
     for name, label in (("A", "A: seed's procedure by hand"), ("B", "B: migrate"),
                         ("C", "C: migrate --presync")):  # fmt: skip
         r = results[name]
@@ -193,10 +194,11 @@ def main() -> None:
             label, f"{r['copy']:.1f}", f"{r['downtime']:.1f}", ratio(r["copy"], a_copy),
             f"{rate / 2**20:.0f}" if rate else "-",
             ratio(rate, ref["ssh_Bps"]) if rate else "-",
+            ratio(rate, ref["read_Bps"]) if rate else "-",
             f"{r['peak_kib'] / 1024:.0f}" if "peak_kib" in r else "-",
         ))  # fmt: skip
-    head = ("run", "copy s", "down s", "copy/A", "MiB/s", "of ssh", "tool MiB")
-    fmt = "{:30} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8}"
+    head = ("run", "copy s", "down s", "copy/A", "MiB/s", "of ssh", "of read", "tool MiB")
+    fmt = "{:30} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>8}"
     print(fmt.format(*head))
     for row in rows:
         print(fmt.format(*row))
@@ -206,6 +208,9 @@ def main() -> None:
         "B copy <= 1.05 x A": results["B"]["copy"] <= 1.05 * a_copy,
         "C copy in downtime <= 0.15 x A": results["C"]["copy"] <= 0.15 * a_copy,
         "B throughput >= 80% of raw ssh": size / results["B"]["copy"] >= 0.8 * ref["ssh_Bps"],
+        # Not a target of the issue: the copy cannot outrun reading the trees on old.
+        "(B throughput >= 80% of reading the trees)": size / results["B"]["copy"]
+        >= 0.8 * ref["read_Bps"],
         "tool peak memory < 100 MB": max(results[n]["peak_kib"] for n in "BC") < 100 * 1000,
     }
     for target, met in targets.items():
