@@ -85,12 +85,17 @@ def service_problems(states: dict[str, tuple[str, str]], want_running: bool) -> 
     return problems
 
 
-def ssh_options(port: int, known_hosts_word: str) -> str:
+def ssh_options(port: int, known_hosts_word: str, control_word: str | None = None) -> str:
     """The options of the ssh the old host runs to reach the new one: batch, key pinned.
 
     ``known_hosts_word`` is a shell word (e.g. ``"$kh"``), expanded on the old host.
+    ``control_word`` names a control socket: the copy's several ssh sessions (rsync,
+    tar, metadata) then share one connection, and one handshake.
     """
-    return (
+    control = ""
+    if control_word:
+        control = f"-o ControlMaster=auto -o ControlPath={control_word} -o ControlPersist=60 "
+    return control + (
         # Keepalives: a link that stays silent for 15 s fails the copy instead of hanging.
         "-o BatchMode=yes -o StrictHostKeyChecking=yes "
         "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=15 "
@@ -99,9 +104,12 @@ def ssh_options(port: int, known_hosts_word: str) -> str:
     )
 
 
-def ssh_to_new(host: str, port: int, user: str, known_hosts_word: str) -> str:
+def ssh_to_new(
+    host: str, port: int, user: str, known_hosts_word: str, control_word: str | None = None
+) -> str:
     """The ssh command line the old host runs to reach the new one."""
-    return f"ssh {ssh_options(port, known_hosts_word)} {shlex.quote(f'{user}@{host}')}"
+    options = ssh_options(port, known_hosts_word, control_word)
+    return f"ssh {options} {shlex.quote(f'{user}@{host}')}"
 
 
 MAILBOX_TREE = "/home/vmail/mail"
@@ -156,7 +164,7 @@ def rsync_mailboxes(
     return [
         f"( {measure_command('rsync', [MAILBOX_TREE])} ) & m=$!",
         ': > "$idx"',
-        f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh")}" '
+        f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh", "$cm")}" '
         f'--rsync-path={shlex.quote(receive)} {MAILBOX_TREE}/ {target} > "$idx" & t=$!; '
         'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
         # Entries rsync listed (%i %l %n), and the bytes of the files among them.
@@ -171,8 +179,10 @@ def _script_head(host_key_line: str) -> list[str]:
         "exec 3>&1",
         # The pid lets the tool stop this copy (and its whole process group) if interrupted.
         f"echo $$ > {COPY_PID_FILE}",
-        f'kh=$(mktemp); meta=$(mktemp -d); idx="$meta/index"; '
-        f'trap \'rm -rf "$kh" "$meta" {COPY_PID_FILE}\' EXIT',
+        'kh=$(mktemp); meta=$(mktemp -d); idx="$meta/index"; cm="$meta/ssh"',
+        # The shared ssh connection to new ends with the script.
+        f'trap \'ssh -o ControlPath="$cm" -O exit x 2>/dev/null; '
+        f'rm -rf "$kh" "$meta" {COPY_PID_FILE}\' EXIT',
         f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
         REPORTER,
     ]
@@ -225,7 +235,7 @@ def copy_script(
     if sync_mailboxes and MAILBOX_TREE in paths:
         lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress)
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
-    ssh = ssh_to_new(host, port, user, '"$kh"')
+    ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"')
     receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
     zstd = ""
     if compress == "zstd":
