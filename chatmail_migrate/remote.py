@@ -337,11 +337,24 @@ class Runner:
             )
 
     def host_key_line(self, role: str, alias: str) -> str:
-        """A known_hosts line naming ``alias`` with the key this machine's connection saw."""
+        """known_hosts lines naming ``alias`` with the host's keys this machine trusts.
+
+        The keys come from the known_hosts files OpenSSH would read for the host;
+        when they hold none (a key accepted with --accept-new-host-keys is recorded
+        on connecting), from this machine's own, checked, connection.
+        """
         if self.dry:
             return f"{alias} <host key of {self.host(role)}>"
-        key = self.connection(role).client.get_transport().get_remote_server_key()
-        return f"{alias} {key.get_name()} {key.get_base64()}"
+        conn = connect(self.settings, self.host(role))
+        name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
+        keys: dict[str, paramiko.PKey] = {}
+        for path in (p for files in known_hosts_files(conn) for p in files):
+            if path.is_file():
+                keys.update(paramiko.HostKeys(str(path)).lookup(name) or {})
+        if not keys:
+            key = self.connection(role).client.get_transport().get_remote_server_key()
+            keys = {key.get_name(): key}
+        return "\n".join(f"{alias} {t} {k.get_base64()}" for t, k in sorted(keys.items()))
 
     def address(self, role: str) -> tuple[str, int, str]:
         """(hostname, port, user) of ``role`` after ssh config resolution."""
