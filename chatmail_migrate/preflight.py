@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 
 import paramiko
 
-from . import commands, dnscheck
+from . import audit, commands, dnscheck
 from .commands import parse_sections
 from .journal import Journal
 from .remote import MigrateError, Runner, fingerprint
@@ -63,12 +64,19 @@ def host_facts(runner: Runner, role: str, domain: str) -> dict[str, list[str]]:
 
 def check_cmdeploy_runs(settings: Settings) -> Check:
     command = [*settings.cmdeploy, "--help"]
+    started, clock = time.time(), time.monotonic()
+    result = None
     try:
         result = subprocess.run(
             command, cwd=settings.relay_dir, capture_output=True, text=True, timeout=120
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` cannot run: {e}")
+    finally:
+        seconds = time.monotonic() - clock
+        code = result.returncode if result else -1
+        where = f"[local {settings.relay_dir}]"
+        audit.record(settings, where, shlex.join(command), started, seconds, code)
     if result.returncode != 0:
         tail = " ".join((result.stderr or result.stdout).strip().splitlines()[-1:])
         return Check(
