@@ -153,8 +153,7 @@ def copy_data_old_to_new(
             )
     # After a pre-sync to this host, rsync sends only what changed since.
     sync = bool(journal and journal.presynced(settings.new_host))
-    if sync:
-        _need_rsync(settings, runner, "copy-data after a presync")
+    if sync:  # the pre-sync found rsync on both hosts
         print("  mailboxes were pre-synced: rsync sends what changed and mirrors deletions")
     # Data from an earlier attempt (or, with --force, any) is replaced, never merged.
     replace = settings.force or bool(journal and journal.copy_attempted(settings.new_host))

@@ -236,13 +236,16 @@ def copy_script(
         lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress)
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
     ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"')
+    # The whole relay goes through a connection of its own: a shared one would pass
+    # every byte through the master ssh once more. Small copies share it.
+    bulk = ssh if sync_mailboxes else ssh_to_new(host, port, user, '"$kh"')
     receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
     zstd = ""
     if compress == "zstd":
         zstd = " | zstd --quiet -1 -T0"
         receive_tar = f"zstd --quiet --decompress --stdout | sh -c {shlex.quote(receive_tar)}"
     elif compress:
-        ssh = ssh.replace("ssh ", "ssh -C ", 1)
+        bulk = bulk.replace("ssh ", "ssh -C ", 1)
     removals = [f"rm -rf {' '.join(shlex.quote(p) for p in tar_paths)}"] if replace else []
     receive = "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
     if tar_paths:
@@ -250,7 +253,7 @@ def copy_script(
             f"( {measure_command('copy', tar_paths)} ) & m=$!",
             f'{{ {TAR_CREATE} --verbose --index-file="$idx" {relative} & t=$!; '
             f'report "$t" "$idx" copy >/dev/null & wait "$t"; }}{zstd} | '
-            f"{ssh} {shlex.quote(receive)}",
+            f"{bulk} {shlex.quote(receive)}",
             f'wait "$m"; echo "{PROGRESS_TAG} done copy $(wc -l < "$idx")" >&3',
         ]
     lines.append('wait "$lists"')
