@@ -179,10 +179,11 @@ def _script_head(host_key_line: str) -> list[str]:
         "exec 3>&1",
         # The pid lets the tool stop this copy (and its whole process group) if interrupted.
         f"echo $$ > {COPY_PID_FILE}",
-        'kh=$(mktemp); meta=$(mktemp -d); idx="$meta/index"; cm="$meta/ssh"',
+        # The control socket lies outside $meta, whose files are sent to new as they are.
+        'kh=$(mktemp); meta=$(mktemp -d); idx="$meta/index"; cm="$kh.ssh"',
         # The shared ssh connection to new ends with the script.
         f'trap \'ssh -o ControlPath="$cm" -O exit x 2>/dev/null; '
-        f'rm -rf "$kh" "$meta" {COPY_PID_FILE}\' EXIT',
+        f'rm -rf "$kh" "$cm" "$meta" {COPY_PID_FILE}\' EXIT',
         f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
         REPORTER,
     ]
