@@ -81,7 +81,7 @@ def _copy_target(settings: Settings, runner: Runner) -> dict:
     host, port, user = runner.address("new")
     if settings.new_host_from_old:
         host = settings.new_host_from_old
-    # Pin the key this machine's own connection to the new host sees.
+    # Pin the keys this machine trusts for the new host.
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
     return {"host": host, "port": port, "user": user, "host_key_line": key_line}
 
@@ -318,7 +318,7 @@ def switch_dns_records(settings: Settings, runner: Runner, journal: Journal | No
     if journal:
         journal.note(
             "dns-switched", caches_expire=expiry, waited=settings.dns_wait,
-            records={t: v for t, v in want.items()},
+            records=dict(want),
         )  # fmt: skip
     check_published_keys(settings, runner, servers[0])
     offer_known_hosts_update(settings, runner)

@@ -96,6 +96,7 @@ def cmdeploy_run(
         raise MigrateError(f"cannot start cmdeploy `{shlex.join(args)}`: {e}") from None
     assert proc.stdout is not None
     started, clock = time.time(), time.monotonic()
+    code = -1  # logged as such if reading its output fails
     try:
         for line in proc.stdout:
             print(f"  cmdeploy| {line}", end="", flush=True)
@@ -104,7 +105,7 @@ def cmdeploy_run(
     finally:
         where = f"[local {settings.relay_dir}]"
         seconds = time.monotonic() - clock
-        audit.record(settings, where, prefix + shlex.join(args), started, seconds, proc.poll() or 0)
+        audit.record(settings, where, prefix + shlex.join(args), started, seconds, code)
     if code != 0:
         raise MigrateError(
             f"`{prefix}{shlex.join(args)}` exited {code}; last output: " + " / ".join(tail)

@@ -85,30 +85,41 @@ def service_problems(states: dict[str, tuple[str, str]], want_running: bool) -> 
     return problems
 
 
-def ssh_options(port: int, known_hosts_word: str, control_word: str | None = None) -> str:
+def ssh_options(
+    port: int, known_hosts_word: str, control_word: str | None = None, compress: bool = False
+) -> str:
     """The options of the ssh the old host runs to reach the new one: batch, key pinned.
 
     ``known_hosts_word`` is a shell word (e.g. ``"$kh"``), expanded on the old host.
     ``control_word`` names a control socket: the copy's several ssh sessions (rsync,
-    tar, metadata) then share one connection, and one handshake.
+    tar, metadata) then share one connection, and one handshake. ``compress``: ssh's zlib.
     """
     control = ""
     if control_word:
         control = f"-o ControlMaster=auto -o ControlPath={control_word} -o ControlPersist=60 "
-    return control + (
-        # Keepalives: a link that stays silent for 15 s fails the copy instead of hanging.
-        "-o BatchMode=yes -o StrictHostKeyChecking=yes "
-        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=15 "
-        f"-o UserKnownHostsFile={known_hosts_word} -o GlobalKnownHostsFile=/dev/null "
-        f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)}"
+    return (
+        ("-C " if compress else "")
+        + control
+        + (
+            # Keepalives: a link that stays silent for 15 s fails the copy instead of hanging.
+            "-o BatchMode=yes -o StrictHostKeyChecking=yes "
+            "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=15 "
+            f"-o UserKnownHostsFile={known_hosts_word} -o GlobalKnownHostsFile=/dev/null "
+            f"-o HostKeyAlias={NEW_HOST_ALIAS} -p {int(port)}"
+        )
     )
 
 
 def ssh_to_new(
-    host: str, port: int, user: str, known_hosts_word: str, control_word: str | None = None
+    host: str,
+    port: int,
+    user: str,
+    known_hosts_word: str,
+    control_word: str | None = None,
+    compress: bool = False,
 ) -> str:
     """The ssh command line the old host runs to reach the new one."""
-    options = ssh_options(port, known_hosts_word, control_word)
+    options = ssh_options(port, known_hosts_word, control_word, compress)
     return f"ssh {options} {shlex.quote(f'{user}@{host}')}"
 
 
@@ -214,7 +225,8 @@ def copy_script(
     Runs on the old host with the agent forwarded. ``pipefail`` makes a failure of
     either tar or of the ssh between them fail the whole command. A second, small
     stream carries what tar cannot restore on a host whose users do not exist yet:
-    the ACLs and every copied file's owner and group names, applied by fix-ownership.
+    the ACLs, every copied file's numeric owner and group, and old's id-to-name maps,
+    applied by name by fix-ownership.
     With ``replace``, the new host's copies of the trees (from an earlier attempt)
     are removed first, so nothing deleted on old since then survives on new.
     With ``sync_mailboxes`` (after a pre-sync), the mailbox tree is mirrored by rsync
@@ -239,14 +251,14 @@ def copy_script(
     ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"')
     # The whole relay goes through a connection of its own: a shared one would pass
     # every byte through the master ssh once more. Small copies share it.
-    bulk = ssh if sync_mailboxes else ssh_to_new(host, port, user, '"$kh"')
+    bulk = (
+        ssh if sync_mailboxes else ssh_to_new(host, port, user, '"$kh"', compress=compress == "ssh")
+    )
     receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
     zstd = ""
     if compress == "zstd":
         zstd = " | zstd --quiet -1 -T0"
         receive_tar = f"zstd --quiet --decompress --stdout | sh -c {shlex.quote(receive_tar)}"
-    elif compress:
-        bulk = bulk.replace("ssh ", "ssh -C ", 1)
     removals = [f"rm -rf {' '.join(shlex.quote(p) for p in tar_paths)}"] if replace else []
     receive = "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
     if tar_paths:

@@ -312,17 +312,17 @@ class Runner:
                     for line in lines("err", channel.recv_stderr(65536)):
                         errors.append(line)
                         print(line, file=sys.stderr, flush=True)
-                if (
-                    channel.exit_status_ready()
-                    and not channel.recv_ready()
-                    and not (channel.recv_stderr_ready())
-                ):
+                ready = channel.recv_ready() or channel.recv_stderr_ready()
+                if channel.exit_status_ready() and not ready:
                     break
                 if not got:
                     select.select([channel], [], [], 0.5)
             for line in lines("out", b"", final=True):
                 if not on_line(line):
                     print(line, flush=True)
+            for line in lines("err", b"", final=True):
+                errors.append(line)
+                print(line, file=sys.stderr, flush=True)
             code = channel.recv_exit_status()
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as e:

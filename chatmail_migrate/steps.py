@@ -643,7 +643,6 @@ def migrate(
     except SettingsError as e:
         raise _fail(e) from None
     staged, why = stages_supported(s)
-    s.cmdeploy_stages = "yes" if staged else "no"
     wanted = plan(presync=s.presync, staged=staged)
     if journal.done_steps() and journal.plan != wanted:
         print(f"resuming in the order this migration began: {', '.join(journal.plan)}")

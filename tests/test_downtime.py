@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import re
@@ -76,7 +75,7 @@ def assert_log_and_report(lab: Lab, state_dir: Path, out: str) -> None:
     text = log.read_text()
     new = lab.address("new")
     assert "[old: old] (agent forwarded) exit=0" in text  # the copy, with its script
-    assert "    | rsync --archive" in text.replace("{ rsync", "rsync")
+    assert re.search(r"^    \| \{ rsync --archive", text, re.M)  # scripts in full
     assert "[new: new] exit=0" in text
     assert f"[local {lab.relay_dir}] exit=0" in text and "CMDEPLOY_STAGES=activate" in text
     for line in text.splitlines():
@@ -152,5 +151,5 @@ def test_progress_bar_on_a_terminal_and_compress_gives_the_same_result(make_lab,
     assert "\r\x1b[K  [" in output and "copy (tar): done" in output
     assert_migrated(lab, before)
     copies = [e for e in journal(tmp_path, lab)["events"] if e.get("event") == "copied"]
-    assert copies and copies[-1]["copies"][0]["phase"] == "copy"
-    assert json.dumps(copies)  # journaled for the report
+    tally = copies[-1]["copies"][0]  # journaled for the report
+    assert tally["phase"] == "copy" and tally["entries"] > 100 and tally["bytes_sent"] > 0
