@@ -9,11 +9,45 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, seed_relay
+
+from .helpers import BIN, OUR_PROGRAMS
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Run our programs only from the project's environment, never from PATH.
+
+    A test that found ``invoke`` on PATH passed wherever one happened to be installed
+    system-wide and failed on a clean machine. So: refuse to start when the project's
+    environment lacks one of them, and put a directory first on PATH whose same-named
+    programs fail loudly, so a PATH lookup breaks here exactly as on a clean machine.
+    """
+    for name in OUR_PROGRAMS:
+        program = BIN / name
+        if not program.is_file():
+            raise pytest.UsageError(f"{program} is missing: run ./bootstrap")
+        first_line = program.read_bytes().split(b"\n", 1)[0].decode(errors="replace")
+        if not first_line.startswith("#!") or Path(first_line[2:].split()[0]).parent != BIN:
+            raise pytest.UsageError(
+                f"{program} does not run {BIN}'s Python ({first_line!r}): rerun ./bootstrap"
+            )
+    trap = Path(tempfile.mkdtemp(prefix="chatmail-migrate-path-trap-"))
+    for name in OUR_PROGRAMS:
+        script = trap / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f"echo 'test error: {name} was looked up on PATH; run {BIN / name}' >&2\n"
+            "exit 127\n"
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    os.environ["PATH"] = f"{trap}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def lab_unavailable() -> str | None:

@@ -12,7 +12,10 @@ from chatmail_migrate.commands import COPY_PATHS
 from chatmail_migrate.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
+# The project's environment: every program of ours a test runs comes from here, never
+# from PATH (conftest.py makes a PATH lookup of them fail loudly).
 BIN = Path(sys.executable).parent
+OUR_PROGRAMS = ("invoke", "fab", "chatmail-migrate", "chatmail-lab-cmdeploy-standin")
 # Queue directories: postsuper renames their files to match new inode numbers,
 # so they are compared by content, not by name.
 QUEUE_DIRS = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hold",

@@ -8,15 +8,14 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from chatmail_migrate.lab.lab import standin_command
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from .helpers import BIN, REPO
+
 MIGRATION_TASKS = sorted(
     ["disable-mail", "copy-data", "install", "fix-ownership", "verify", "switch-dns",
      "enable-mail", "preflight", "presync", "rollback", "migrate", "status"]

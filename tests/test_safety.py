@@ -4,17 +4,14 @@ Every refused run must leave both hosts as they were."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams
 from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import Settings
 
-from .helpers import mail_services, run_tool, tool_env
+from .helpers import BIN, mail_services, run_tool, tool_env
 from .test_migrate import MAIL_ON, assert_migrated, listing
 
 
@@ -67,13 +64,12 @@ def test_same_machine_under_two_names_is_refused(seeded_lab: Lab, tmp_path: Path
     unchanged(seeded_lab)
 
 
-@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
 def test_unresolvable_host(seeded_lab: Lab, tmp_path: Path):
     # In a network namespace of its own with nothing but loopback, the name lookup
     # cannot leave this machine.
     env = tool_env(seeded_lab, tmp_path)
     result = subprocess.run(
-        ["unshare", "--net", str(Path(shutil.which("invoke") or "invoke")), "preflight",
+        ["unshare", "--net", str(BIN / "invoke"), "preflight",
          "--old-host", "no-such-host.invalid", "--new-host", "also-not-there.invalid"],
         cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
