@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from chatmail_migrate.commands import COPY_PATHS  # noqa: E402
 from chatmail_migrate.lab import Lab, SeedParams, seed_relay  # noqa: E402
+from chatmail_migrate.relay import DEFAULT_COPY_PATHS  # noqa: E402
 
 INVOKE = str(Path(sys.executable).parent / "invoke")
 MAILDIR = "/home/vmail/mail"
@@ -56,7 +56,7 @@ def cmdeploy(lab: Lab, host: str, *extra: str) -> None:
 def reset(lab: Lab) -> None:
     """New back to an empty host with the relay's users; mail on again on old."""
     lab.ssh("new", "systemctl disable --now postfix dovecot 2>/dev/null; rm -rf "
-            + " ".join(COPY_PATHS) + " /var/lib/chatmail-migrate")  # fmt: skip
+            + " ".join(DEFAULT_COPY_PATHS) + " /var/lib/chatmail-migrate")  # fmt: skip
     cmdeploy(lab, "old")
 
 
@@ -155,8 +155,8 @@ def main() -> None:
             version=args.relay_version,
         )  # fmt: skip
         seeded = seed_relay(lab, params)
-        paths = lab.ssh("old", "ls -d " + " ".join(COPY_PATHS) + " 2>/dev/null || true").stdout
-        paths = paths.split()
+        listed = lab.ssh("old", "ls -d " + " ".join(DEFAULT_COPY_PATHS) + " 2>/dev/null || true")
+        paths = listed.stdout.split()
         size = int(lab.ssh("old", f"du -sb --apparent-size {' '.join(paths)} | "
                            "awk '{s += $1} END {print s}'").stdout)  # fmt: skip
         print(f"seeded: {seeded['mail_files']} files, {size / 2**20:.0f} MiB in {paths}")

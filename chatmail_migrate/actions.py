@@ -5,16 +5,21 @@ The tasks in steps.py wrap these with announcements, the journal and rollback.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import sys
 import time
+from pathlib import Path
+
+import paramiko
 
 from . import commands, dnscheck, known_hosts, verify
 from .cmdeploy import ACTIVATE_STAGES, PREPARE_STAGES, cmdeploy_run, stages_supported
 from .journal import Journal
 from .progress import CopyProgress
+from .relay import MAILBOX_ROOT, copy_paths
 from .remote import (
     MigrateError,
     Runner,
@@ -116,19 +121,25 @@ def _run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
     return progress.summaries
 
 
+def _mailbox_tree(settings: Settings) -> str:
+    return settings.relay.mailbox_tree if settings.relay else MAILBOX_ROOT
+
+
 def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Mirror the mailbox tree to new while old still serves mail; repeatable."""
     _need_agent(settings, "presync")
-    if not settings.dry and not path_exists(runner, "old", commands.MAILBOX_TREE):
+    tree = _mailbox_tree(settings)
+    if not settings.dry and not path_exists(runner, "old", tree):
         raise MigrateError(
-            f"the old host {settings.old_host} has no {commands.MAILBOX_TREE}: "
-            "is it a chatmail relay?"
+            f"the old host {settings.old_host} has no {tree}: is it a chatmail relay?"
         )
     _need_rsync(settings, runner, "presync")
     compress = _compression(settings, runner)
     if journal and not settings.dry:
         journal.record_start("presync", settings.new_host)
-    script = commands.presync_script(**_copy_target(settings, runner), compress=compress)
+    script = commands.presync_script(
+        **_copy_target(settings, runner), compress=compress, mailbox_tree=tree
+    )
     summaries = _run_copy(settings, runner, script)
     if journal and not settings.dry:
         journal.note("presync-done", host=settings.new_host, copies=summaries)
@@ -138,18 +149,19 @@ def copy_data_old_to_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
     _need_agent(settings, "copy-data")
-    paths = commands.COPY_PATHS
+    tree = _mailbox_tree(settings)
+    wanted = copy_paths(settings.relay)
+    paths = wanted
     if not settings.dry:
-        paths = existing_paths(runner, "old", commands.COPY_PATHS)
-        for path in commands.COPY_PATHS:
+        paths = existing_paths(runner, "old", wanted)
+        for path in wanted:
             if path not in paths:
                 print(f"  skipping {path}: not on the old host")
                 if journal:
                     journal.note("skipped", path=path, reason="not on the old host")
-        if commands.MAILBOX_TREE not in paths:
+        if tree not in paths:
             raise MigrateError(
-                f"the old host {settings.old_host} has no {commands.MAILBOX_TREE}: "
-                "is it a chatmail relay?"
+                f"the old host {settings.old_host} has no {tree}: is it a chatmail relay?"
             )
     # After a pre-sync to this host, rsync sends only what changed since.
     sync = bool(journal and journal.presynced(settings.new_host))
@@ -164,8 +176,9 @@ def copy_data_old_to_new(
     if journal and not settings.dry:
         journal.record_start("copy-data", settings.new_host)
     script = commands.copy_script(
-        paths, **target, replace=replace, sync_mailboxes=sync, compress=compress
-    )
+        paths, **target, replace=replace, sync_mailboxes=sync, compress=compress,
+        mailbox_tree=tree,
+    )  # fmt: skip
     summaries = _run_copy(settings, runner, script)
     if journal and not settings.dry:
         journal.note("copied", host=settings.new_host, copies=summaries)
@@ -192,6 +205,8 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         expect_mail_services(runner, "new", running=False)
         return
     print(f"  cmdeploy runs in stages ({why}): install and configure now, activate last")
+    if settings.relay and settings.relay.tls_external:
+        carry_files_configure_reads(settings, runner, list(settings.relay.tls_external))
     cmdeploy_run(settings, settings.new_host, disable_mail=True, stages=PREPARE_STAGES)
     # Nothing on new may take mail before activate: the copied queue lands here later.
     result = runner.run("new", commands.service_state_command(), hide=True)
@@ -206,13 +221,28 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         print("  new host: postfix and dovecot are not running (activate starts them)")
 
 
+def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[str]) -> None:
+    """Copy what configure needs on new before it runs (1.10+: tls_external_cert_and_key;
+    configure fails when those files are missing). copy-data carries them again."""
+    _need_agent(settings, "install")
+    present = paths if settings.dry else existing_paths(runner, "old", paths)
+    if present != paths:
+        missing = ", ".join(p for p in paths if p not in present)
+        raise MigrateError(
+            f"chatmail.ini's tls_external_cert_and_key names {missing}, which the old host "
+            "does not have: put the files there or fix chatmail.ini"
+        )
+    print(f"  carrying {', '.join(paths)} to new first: configure reads them")
+    _run_copy(settings, runner, commands.copy_script(paths, **_copy_target(settings, runner)))
+
+
 def fix_ownership_on_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
-    paths = commands.COPY_PATHS
+    paths = copy_paths(settings.relay)
     if not settings.dry:
-        paths = existing_paths(runner, "new", commands.COPY_PATHS)
-    runner.run_script("new", commands.fix_ownership_script(paths))
+        paths = existing_paths(runner, "new", paths)
+    runner.run_script("new", commands.fix_ownership_script(paths, _mailbox_tree(settings)))
     result = runner.run("new", commands.ownership_check_command(paths), hide=True)
     if settings.dry:
         return
@@ -302,6 +332,7 @@ def switch_dns_records(settings: Settings, runner: Runner, journal: Journal | No
             pass
     if journal:
         journal.note("dns-change-confirmed", old_ttl=old_ttl)
+    accept_both_host_keys(settings, runner, journal)
     if not settings.dns_wait:
         print("  --no-wait: not waiting for the nameservers")
     else:
@@ -370,43 +401,172 @@ def check_published_keys(settings: Settings, runner: Runner, server) -> None:
         print("  CAA accounturi matches the new host's ACME account")
 
 
-def offer_known_hosts_update(settings: Settings, runner: Runner) -> None:
-    """Your known_hosts names the OLD host's key for the mail domain: offer the new one."""
+def _new_host_key(runner: Runner) -> paramiko.PKey:
+    return runner.connection("new").client.get_transport().get_remote_server_key()
+
+
+def _domain_known_hosts(settings: Settings) -> list[Path]:
+    """The user known_hosts files OpenSSH reads for the mail domain (ssh config honoured)."""
+    files, _ = known_hosts_files(connect(settings, settings.mail_domain or ""))
+    return files
+
+
+def accept_both_host_keys(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """While DNS changes, the mail domain may lead to either host: let ssh accept both.
+
+    Both keys were verified by the tool's own connections. Files that name the domain
+    get the new host's key beside the old one's (backed up first); with no such file,
+    the first user file gets it, as ssh would after a confirmed first login.
+    """
     domain = settings.mail_domain or ""
-    key = runner.connection("new").client.get_transport().get_remote_server_key()
-    files, _ = known_hosts_files(connect(settings, domain))
-    stale = [f for f in files if f.is_file() and known_hosts.names_other_key(f, domain, key)]
+    key = _new_host_key(runner)
+    files = _domain_known_hosts(settings)
+    naming = [f for f in files if known_hosts.names_domain(f, domain)] or files[:1]
+    changed, backups = [], []
+    for path in naming:
+        if known_hosts.names_key(path, domain, key):
+            continue
+        if path.is_file():
+            backups.append(str(known_hosts.backup(path)))
+        known_hosts.add_key(path, domain, key)
+        changed.append(str(path))
+    if changed:
+        print(
+            f"  known_hosts: {domain} is accepted with the old and the new host's key "
+            f"({fingerprint(key)}) until enable-mail ends; backup: {', '.join(backups) or 'none'}"
+        )
+    if journal and not settings.dry:
+        journal.note(
+            "known-hosts-both", host=settings.new_host, files=[str(p) for p in naming],
+            key_type=key.get_name(), key=key.get_base64(), backups=backups,
+        )  # fmt: skip
+
+
+def _known_hosts_both(journal: Journal | None, new_host: str | None) -> dict | None:
+    """The files that accept both keys for the domain, unless the move has since ended."""
+    for event in reversed(journal.events if journal else []):
+        if event.get("event") in ("known-hosts-new-only", "known-hosts-old-only", "restart"):
+            return None
+        if event.get("event") == "known-hosts-both" and event.get("host") == new_host:
+            return event
+    return None
+
+
+def keep_only_new_host_key(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """The move has ended: the mail domain names only the new host's key."""
+    both = _known_hosts_both(journal, settings.new_host)
+    if not both or settings.dry:
+        return
+    domain, key = settings.mail_domain or "", _new_host_key(runner)
+    if key.get_base64() != both["key"]:
+        raise MigrateError(
+            f"the new host {settings.new_host} shows another host key ({fingerprint(key)}) "
+            "than the one switch-dns accepted for the mail domain: check the host"
+        )
+    for path in map(Path, both["files"]):
+        known_hosts.replace_key(path, domain, key)
+    print(f"  known_hosts: {domain} now names only the new host's key ({fingerprint(key)})")
+    if journal:
+        journal.note("known-hosts-new-only", host=settings.new_host)
+
+
+def drop_new_host_key(settings: Settings, journal: Journal | None) -> None:
+    """After a rollback, the mail domain names the old host's key again, alone."""
+    both = _known_hosts_both(journal, settings.new_host or (journal.new_host if journal else None))
+    if not both or settings.dry:
+        return
+    key = paramiko.PKey.from_type_string(both["key_type"], base64.b64decode(both["key"]))
+    for path in map(Path, both["files"]):
+        if path.is_file():
+            known_hosts.remove_key(path, settings.mail_domain or "", key)
+    print(f"  known_hosts: {settings.mail_domain} no longer accepts the new host's key")
+    if journal:
+        journal.note("known-hosts-old-only", host=both["host"])
+
+
+def offer_known_hosts_update(settings: Settings, runner: Runner) -> None:
+    """Offer to end the transition now: only the new key for the mail domain."""
+    domain = settings.mail_domain or ""
+    key = _new_host_key(runner)
+    stale = [
+        f
+        for f in _domain_known_hosts(settings)
+        if f.is_file() and known_hosts.names_other_key(f, domain, key)
+    ]
     if not stale:
         return
     where = ", ".join(str(f) for f in stale)
-    if not settings.update_known_hosts and sys.stdin.isatty() and not settings.yes:
+    update = settings.update_known_hosts
+    if not update and sys.stdin.isatty() and not settings.yes:
         answer = input(
-            f"  {where} holds the old host's key for {domain}; replace it with the "
-            f"new host's ({fingerprint(key)})? [y/N] "
+            f"  {where} still holds the old host's key for {domain}; keep only the "
+            f"new host's ({fingerprint(key)}) now? [y/N] "
         )
-        settings.update_known_hosts = answer.strip().lower() in ("y", "yes")
-    if settings.update_known_hosts:
+        update = answer.strip().lower() in ("y", "yes")
+    if update:
         for path in stale:
             known_hosts.replace_key(path, domain, key)
-        print(f"  known_hosts: {domain} now names the new host's key ({fingerprint(key)})")
+        print(f"  known_hosts: {domain} now names only the new host's key ({fingerprint(key)})")
     else:
         print(
-            f"  known_hosts: {where} still holds the old host's key for {domain}, so ssh "
-            f"will warn that it changed; rerun switch-dns with --update-known-hosts to put "
-            f"the new host's key ({fingerprint(key)}) there"
+            f"  known_hosts: {where} still holds the old host's key for {domain} beside the "
+            f"new one's; enable-mail keeps only the new host's key ({fingerprint(key)}) "
+            "when it ends, or rerun switch-dns with --update-known-hosts"
         )
 
 
 def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     staged, _ = stages_supported(settings)
     stages = ACTIVATE_STAGES if staged and journal and journal.done("install") else None
+    restart_on_copied_state(runner)
     cmdeploy_run(settings, settings.new_host, disable_mail=False, stages=stages)
     expect_mail_services(runner, "new", running=True)
+    expect_milters_reachable(runner)
+    keep_only_new_host_key(settings, runner, journal)
+
+
+def restart_on_copied_state(runner: Runner) -> None:
+    """Restart what read its keys, certificates and config before the copy.
+
+    A staged activate (relay >= 1.8) only starts what is stopped: opendkim, started by
+    Debian's package in the install stage on its default config, would go on without
+    chatmail's config (its milter socket) and without the copied DKIM key; nginx would
+    keep the certificate it found at install. Services that are stopped start fresh.
+    """
+    services = " ".join(commands.RESTART_AFTER_COPY)
+    result = runner.run(
+        "new",
+        f"for s in {services}; do if systemctl is-active --quiet $s; then "
+        "systemctl restart $s && echo $s; fi; done",
+        hide=True,
+    )
+    restarted = result.stdout.split()
+    if restarted:
+        print(f"  restarted {', '.join(restarted)} on new: they read the copied state at start")
+
+
+def expect_milters_reachable(runner: Runner) -> None:
+    """Every milter socket postfix is configured with exists (opendkim signs through one)."""
+    result = runner.run("new", commands.milter_sockets_command(), hide=True)
+    if runner.dry:
+        return
+    missing = [
+        line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("missing ")
+    ]
+    found = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("ok ")]
+    if missing:
+        raise MigrateError(
+            f"postfix on new cannot reach its milter socket {', '.join(missing)}: outgoing mail "
+            "would be tempfailed or leave unsigned; check `systemctl status opendkim` and "
+            "its Socket in /etc/opendkim.conf, then rerun enable-mail"
+        )
+    if found:
+        print(f"  postfix reaches its milters: {', '.join(found)}")
 
 
 def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """List the copied trees on both hosts (one command each) and compare them."""
-    paths = commands.COPY_PATHS
+    paths = copy_paths(settings.relay)
     command = verify.listing_command(paths, settings.checksum)
     display = verify.listing_command(paths, settings.checksum, display=True)
     old_out = runner.capture("old", command, display)
@@ -431,3 +591,4 @@ def rollback_on_old(settings: Settings, runner: Runner, journal: Journal | None 
     """Re-enable mail on the old host, as the relay ran before the migration."""
     cmdeploy_run(settings, settings.old_host, disable_mail=False)
     expect_mail_services(runner, "old", running=True)
+    drop_new_host_key(settings, journal)

@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import shlex
 import subprocess
 import time
-from pathlib import Path
 
 from . import audit
+from .relay import version_tuple
 from .remote import MigrateError
-from .settings import Settings, check_cmdeploy
+from .settings import Settings, SettingsError, check_cmdeploy
 
 
 def cmdeploy_host(host: str) -> str:
-    """What ``--ssh-host`` gets: the host as typed, without ``user@`` and ``:port``.
+    """What ``--ssh-host`` gets: the host as typed, without ``user@``.
 
-    cmdeploy always logs in as root and reads the port from the ssh config.
+    cmdeploy always logs in as root and takes no port: it hands ``--ssh-host`` to
+    pyinfra and OpenSSH as a bare name, which then reach port 22 (or what the ssh
+    config says for that name). A port given here would be dropped silently, and
+    port 22 of that address may be another machine, so it is refused.
     """
-    host = host.rpartition("@")[2]
-    if host.count(":") == 1:
-        host = host.partition(":")[0]
-    return host
+    bare = host.rpartition("@")[2]
+    port = None
+    if bare.startswith("["):
+        bare, _, rest = bare[1:].partition("]")
+        port = rest.removeprefix(":") or None
+    elif bare.count(":") == 1:
+        bare, port = bare.split(":")
+    if port:
+        raise SettingsError(
+            f"{host}: cmdeploy cannot use a port; add a Host entry with HostName and "
+            f"Port {port} for it to ~/.ssh/config (both ssh and cmdeploy read it) and "
+            "give that alias instead"
+        )
+    return bare
 
 
 # Since relay 1.8 cmdeploy runs in stages (install, configure, activate), chosen by
@@ -31,20 +43,6 @@ def cmdeploy_host(host: str) -> str:
 STAGES_SINCE = (1, 8)
 PREPARE_STAGES = "install,configure"
 ACTIVATE_STAGES = "activate"
-
-
-def relay_release(relay_dir: Path) -> str | None:
-    """The relay release of the checkout (its latest tag, as upstream tags releases)."""
-    result = subprocess.run(
-        ["git", "-C", str(relay_dir), "describe", "--tags", "--abbrev=0"],
-        capture_output=True,
-        text=True,
-    )
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
 
 
 def stages_supported(settings: Settings) -> tuple[bool, str]:
@@ -58,10 +56,10 @@ def stages_supported(settings: Settings) -> tuple[bool, str]:
         for path in source.rglob("*.py"):
             if "CMDEPLOY_STAGES" in path.read_text(errors="replace"):
                 return True, f"{path.relative_to(settings.relay_dir)} reads CMDEPLOY_STAGES"
-    release = relay_release(settings.relay_dir)
+    release = settings.relay.release if settings.relay else None
     if release is None:
         return False, "relay release unknown (no git tag in the checkout)"
-    if _version(release) >= STAGES_SINCE:
+    if version_tuple(release) >= STAGES_SINCE:
         return True, f"relay {release}"
     return False, f"relay {release} (before 1.8)"
 
@@ -79,6 +77,9 @@ def cmdeploy_run(
         args.append("--disable-mail")
     args += ["--ssh-host", cmdeploy_host(host)]
     env = dict(os.environ)
+    # A CMDEPLOY_STAGES exported in the operator's shell would leak into runs meant
+    # to deploy everything (relay >= 1.8 honours it).
+    env.pop("CMDEPLOY_STAGES", None)
     prefix = ""
     if stages:
         env["CMDEPLOY_STAGES"] = stages

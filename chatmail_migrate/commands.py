@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-# What the documented procedure copies, plus the echobot's real state.
-COPY_PATHS = [
-    "/home/vmail/mail",
-    "/var/lib/acme",
-    "/etc/dkimkeys",
-    "/run/echobot",
-    "/var/lib/echobot",
-    "/var/spool/postfix",
-]
+from .relay import MAILBOX_ROOT
+
 MAIL_SERVICES = ("postfix", "dovecot")
 # Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
 META_DIR = "/var/lib/chatmail-migrate/from-old"
@@ -123,7 +116,6 @@ def ssh_to_new(
     return f"ssh {options} {shlex.quote(f'{user}@{host}')}"
 
 
-MAILBOX_TREE = "/home/vmail/mail"
 # Lines the copy scripts print for the tool's progress display (see progress.py).
 PROGRESS_TAG = "@chatmail-migrate"
 
@@ -150,7 +142,13 @@ def measure_command(phase: str, paths: list[str]) -> str:
 
 
 def rsync_mailboxes(
-    *, host: str, port: int, user: str, compress: str | None, live: bool = False
+    *,
+    host: str,
+    port: int,
+    user: str,
+    compress: str | None,
+    live: bool = False,
+    tree: str = MAILBOX_ROOT,
 ) -> list[str]:
     """Lines of bash: mirror the mailbox tree to new with rsync, deletions included.
 
@@ -171,12 +169,12 @@ def rsync_mailboxes(
     elif compress:
         flags += " --compress"
     receive = f"{STOP_STALE_RECEIVER}; echo $$ > {RECEIVE_PID_FILE}; exec rsync"
-    target = shlex.quote(f"{user}@{host}:{MAILBOX_TREE}/")
+    target = shlex.quote(f"{user}@{host}:{tree}/")
     return [
-        f"( {measure_command('rsync', [MAILBOX_TREE])} ) & m=$!",
+        f"( {measure_command('rsync', [tree])} ) & m=$!",
         ': > "$idx"',
         f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh", "$cm")}" '
-        f'--rsync-path={shlex.quote(receive)} {MAILBOX_TREE}/ {target} > "$idx" & t=$!; '
+        f'--rsync-path={shlex.quote(receive)} {shlex.quote(tree)}/ {target} > "$idx" & t=$!; '
         'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
         # Entries rsync listed (%i %l %n), and the bytes of the files among them.
         'wait "$m"; awk \'{n++; if (substr($1, 2, 1) == "f") b += $2} '
@@ -201,11 +199,19 @@ def _script_head(host_key_line: str) -> list[str]:
 
 
 def presync_script(
-    *, host: str, port: int, user: str, host_key_line: str, compress: str | None = None
+    *,
+    host: str,
+    port: int,
+    user: str,
+    host_key_line: str,
+    compress: str | None = None,
+    mailbox_tree: str = MAILBOX_ROOT,
 ) -> str:
     """Mirror the mailbox tree to new while the old relay still serves (repeatable)."""
     lines = _script_head(host_key_line)
-    lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress, live=True)
+    lines += rsync_mailboxes(
+        host=host, port=port, user=user, compress=compress, live=True, tree=mailbox_tree
+    )
     return "\n".join(lines)
 
 
@@ -219,6 +225,7 @@ def copy_script(
     replace: bool = False,
     sync_mailboxes: bool = False,
     compress: str | None = None,
+    mailbox_tree: str = MAILBOX_ROOT,
 ) -> str:
     """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
 
@@ -244,9 +251,11 @@ def copy_script(
         'getent passwd | cut -d: -f1,3 > "$meta/users"; '
         'getent group | cut -d: -f1,3 > "$meta/groups"; } & lists=$!'
     )
-    tar_paths = [p for p in paths if not (sync_mailboxes and p == MAILBOX_TREE)]
-    if sync_mailboxes and MAILBOX_TREE in paths:
-        lines += rsync_mailboxes(host=host, port=port, user=user, compress=compress)
+    tar_paths = [p for p in paths if not (sync_mailboxes and p == mailbox_tree)]
+    if sync_mailboxes and mailbox_tree in paths:
+        lines += rsync_mailboxes(
+            host=host, port=port, user=user, compress=compress, tree=mailbox_tree
+        )
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
     ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"')
     # The whole relay goes through a connection of its own: a shared one would pass
@@ -288,13 +297,14 @@ def stop_copy_command() -> str:
     )
 
 
-def fix_ownership_script(paths: list[str]) -> str:
+def fix_ownership_script(paths: list[str], mailbox_tree: str = MAILBOX_ROOT) -> str:
     """The seed's chowns (for what exists), then owners by name as on old, then ACLs.
 
     The seed's ``chown -R`` also hands files in those trees that old gave to another
     user (e.g. root's README in /etc/dkimkeys) to the tree's user, and it leaves out
     the Postfix spool; the owner list recorded on old puts every name back.
     """
+    quoted_tree = shlex.quote(mailbox_tree)
     lines = [
         "set -euo pipefail",
         'need() { id -u "$1" >/dev/null 2>&1 || { echo "user $1 does not exist on this '
@@ -303,7 +313,7 @@ def fix_ownership_script(paths: list[str]) -> str:
         "if [ -d /etc/dkimkeys ]; then need opendkim; chown -R opendkim: /etc/dkimkeys; fi",
         "if [ -e /etc/dkimkeys/opendkim.private ]; then "
         "chmod 600 /etc/dkimkeys/opendkim.private; fi",
-        "if [ -d /home/vmail/mail ]; then need vmail; chown -R vmail: /home/vmail/mail; fi",
+        f"if [ -d {quoted_tree} ]; then need vmail; chown -R vmail: {quoted_tree}; fi",
         "for d in /run/echobot /var/lib/echobot; do "
         'if [ -d "$d" ]; then need echobot; chown -R echobot: "$d"; fi; done',
     ]
@@ -378,6 +388,26 @@ def published_keys_facts_command() -> str:
         "echo '== dkim'; openssl pkey -in /etc/dkimkeys/opendkim.private -pubout -outform DER "
         "2>/dev/null | base64 -w0; echo; "
         "echo '== acme'; cat /var/lib/acme/accounts/*/*/url 2>/dev/null; true"
+    )
+
+
+# Services that read the copied keys and certificates only when they start.
+RESTART_AFTER_COPY = ("opendkim", "nginx")
+
+
+def milter_sockets_command() -> str:
+    """``ok PATH`` or ``missing PATH`` for each unix milter socket postfix uses.
+
+    Postfix (main.cf and master.cf overrides) names them relative to its spool, where
+    its smtpd runs chrooted; opendkim creates its socket a moment after it starts.
+    """
+    return (
+        "for m in $( { postconf -hx smtpd_milters non_smtpd_milters; "
+        "postconf -P 2>/dev/null | sed -n 's/.*milters = //p'; } | tr ', ' '\\n\\n' | "
+        "sed -n 's/^unix://p' | sort -u); do case $m in /*) p=$m;; "
+        '*) p="$(postconf -h queue_directory)/$m";; esac; '
+        'for i in $(seq 50); do [ -S "$p" ] && break; sleep 0.1; done; '
+        'if [ -S "$p" ]; then echo "ok $p"; else echo "missing $p"; fi; done'
     )
 
 

@@ -17,6 +17,7 @@ import paramiko
 from . import audit, commands, dnscheck
 from .commands import parse_sections
 from .journal import Journal
+from .relay import Relay, copy_paths
 from .remote import MigrateError, Runner, fingerprint
 from .settings import Settings
 
@@ -34,10 +35,21 @@ class Check:
         return f"{self.status:4}  {self.name}: {self.detail}"
 
 
-def facts_command(domain: str) -> str:
+# chatmail/docker keeps the relay's state in volumes, and chatmail.ini in the container.
+DOCKER_FACTS = (
+    "echo '== docker'; if [ -d /var/lib/docker/volumes ]; then "
+    "find /var/lib/docker/volumes -mindepth 3 -maxdepth 4 \\( -name opendkim.private "
+    "-o -name chatmail.ini \\) -print 2>/dev/null | head -n3; fi; "
+    "if command -v docker >/dev/null; then docker ps --format '{{.Names}} {{.Image}}' "
+    "2>/dev/null | grep -i chatmail | head -n3; fi; true"
+)
+
+
+def facts_command(relay: Relay | None) -> str:
     """One command that tells preflight all it needs about a host."""
-    paths = " ".join(shlex.quote(p) for p in commands.COPY_PATHS)
-    mailboxes = shlex.quote(f"/home/vmail/mail/{domain}")
+    paths = " ".join(shlex.quote(p) for p in copy_paths(relay))
+    mailboxes = shlex.quote(relay.mailbox_dir if relay else "/nonexistent")
+    external = " ".join(shlex.quote(p) for p in (relay.tls_external if relay else ()))
     return "; ".join(
         [
             "echo '== machine-id'; cat /etc/machine-id 2>/dev/null",
@@ -53,12 +65,15 @@ def facts_command(domain: str) -> str:
             "echo '== free'; for p in " + paths + "; do d=$p; "
             'while [ ! -e "$d" ]; do d=$(dirname "$d"); done; '
             'df -B1 --output=target,avail "$d" | tail -n1; done | sort -u',
+            f'echo \'== tls-external\'; for f in {external}; do test -f "$f" && echo "$f"; '
+            "done; true",
+            DOCKER_FACTS,
         ]
     )
 
 
-def host_facts(runner: Runner, role: str, domain: str) -> dict[str, list[str]]:
-    result = runner.run(role, facts_command(domain), hide=True, quiet=True, warn=True)
+def host_facts(runner: Runner, role: str, relay: Relay | None) -> dict[str, list[str]]:
+    result = runner.run(role, facts_command(relay), hide=True, quiet=True, warn=True)
     return parse_sections(result.stdout)
 
 
@@ -120,6 +135,9 @@ def _size(text: list[str]) -> int:
 def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Journal | None):
     """Yield the checks one by one, so each line appears as soon as it is known."""
     yield check_cmdeploy_runs(settings)
+    relay_check = check_relay_kind(settings.relay)
+    if relay_check:
+        yield relay_check
     agent = check_agent()
     yield agent
     domain = settings.mail_domain or ""
@@ -135,7 +153,7 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
         keys[role] = fingerprint(
             runner.connection(role).client.get_transport().get_remote_server_key()
         )
-        facts[role] = host_facts(runner, role, domain)
+        facts[role] = host_facts(runner, role, settings.relay)
         yield Check("PASS", f"ssh to {role}", f"{runner.settings.user}@{host} ({keys[role]})")
     if len(facts) < 2:
         return
@@ -151,12 +169,21 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
         yield Check("PASS", "distinct hosts", "different machine-ids and host keys")
 
     mailbox_info = old.get("mailboxes", [])
-    if mailbox_info[:1] != ["dir"]:
+    docker = old.get("docker", [])
+    if docker:
         yield Check(
             "FAIL",
             "old is a relay",
-            f"no /home/vmail/mail/{domain} on {settings.old_host}: "
-            "is it the relay of this chatmail.ini?",
+            f"{settings.old_host} runs chatmail in Docker ({docker[0]}): its state lives in "
+            "Docker volumes, not in the host paths this tool moves; move it with "
+            "chatmail/docker's volumes instead",
+        )
+    elif mailbox_info[:1] != ["dir"]:
+        mailbox_dir = settings.relay.mailbox_dir if settings.relay else domain
+        yield Check(
+            "FAIL",
+            "old is a relay",
+            f"no {mailbox_dir} on {settings.old_host}: is it the relay of this chatmail.ini?",
         )
     else:
         version = (old.get("chatmail-version") or ["unknown"])[0]
@@ -193,6 +220,8 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     if "python3" not in new.get("programs", []):
         yield Check("WARN", "python3 on new", "fix-ownership needs it; the install step brings it")
 
+    if settings.relay:
+        yield from check_relay_files(settings.relay, old, new)
     yield from check_dns(settings, old.get("addresses", []))
 
     if agent.status == "PASS":
@@ -246,6 +275,49 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
             )
     else:
         yield Check("PASS", "new holds no mailboxes", f"none for {domain}")
+
+
+def check_relay_kind(relay: Relay | None) -> Check | None:
+    """Relays this tool cannot move to another address (chatmail.ini alone tells)."""
+    if relay and relay.ip_only:
+        return Check(
+            "FAIL",
+            "relay kind",
+            f"mail_domain {relay.mail_domain} is an IP address (IP-only relay): every "
+            f"address user@[{relay.mail_domain}] names the old host, so a new host with "
+            "another address breaks them all; chatmail-migrate does not move IP-only relays",
+        )
+    return None
+
+
+def check_relay_files(relay: Relay, old: dict, new: dict):
+    """What chatmail.ini names that the new host needs: external TLS files, mtail's address."""
+    if relay.tls_external:
+        found = set(old.get("tls-external", []))
+        missing = [p for p in relay.tls_external if p not in found]
+        if missing:
+            yield Check(
+                "FAIL",
+                "external TLS files",
+                f"tls_external_cert_and_key names {', '.join(missing)}, not on old: put them "
+                "there (or fix chatmail.ini); cmdeploy's configure fails without them",
+            )
+        else:
+            yield Check(
+                "PASS", "external TLS files", f"{' and '.join(relay.tls_external)} on old: carried"
+            )
+    address = relay.mtail_address
+    if address and address not in ("127.0.0.1", "::1", "localhost"):
+        if address in new.get("addresses", []):
+            yield Check("PASS", "mtail address", f"{address} is on new")
+        else:
+            yield Check(
+                "FAIL",
+                "mtail address",
+                f"chatmail.ini sets mtail_address = {address}, which is not an address of "
+                "the new host: mtail could not listen there; add the address to new or "
+                "change mtail_address",
+            )
 
 
 def check_copy_path(settings: Settings, runner: Runner) -> Check:

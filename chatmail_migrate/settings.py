@@ -9,7 +9,6 @@ environment variables; built-in defaults.
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -17,6 +16,8 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .relay import Relay, RelayConfigError, read_relay
 
 # Defaults for the ``chatmail_migrate`` config namespace, declared once.
 DEFAULTS: dict = {
@@ -80,6 +81,8 @@ class Settings:
     relay_dir: Path | None = None
     cmdeploy: list[str] = field(default_factory=list)
     mail_domain: str | None = None
+    # What the checkout says of the relay (release, chatmail.ini); None without one.
+    relay: Relay | None = None
     ssh_config: str | None = None
     user: str = "root"
     connect_timeout: int = 10
@@ -129,16 +132,13 @@ def connection_host(c) -> str | None:
     return getattr(c, "original_host", None)
 
 
-def read_mail_domain(relay_dir: Path) -> str:
-    ini_path = relay_dir / "chatmail.ini"
-    ini = configparser.ConfigParser()
+def read_checkout(relay_dir: Path | None) -> Relay | None:
+    if not relay_dir:
+        return None
     try:
-        ini.read(ini_path)
-        return ini["params"]["mail_domain"].strip()
-    except (KeyError, configparser.Error) as e:
-        raise SettingsError(
-            f"{ini_path}: no [params] mail_domain ({e}); fix chatmail.ini"
-        ) from None
+        return read_relay(relay_dir)
+    except RelayConfigError as e:
+        raise SettingsError(str(e)) from None
 
 
 def pinned_old_host(journal_dir: Path, mail_domain: str | None) -> str | None:
@@ -221,7 +221,8 @@ def resolve(
     if role == "new" and cli_host and not new_host:
         new_host = cli_host
     rdir = resolve_relay_dir(relay_dir or cfg.get("relay_dir") or env.get(ENV_RELAY_DIR))
-    mail_domain = read_mail_domain(rdir) if rdir else None
+    relay = read_checkout(rdir)
+    mail_domain = relay.mail_domain if relay else None
     state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local/state")
     fabric_ssh = getattr(c.config, "runtime_ssh_path", None) if hasattr(c, "config") else None
     try:
@@ -239,6 +240,7 @@ def resolve(
         relay_dir=rdir,
         cmdeploy=resolve_cmdeploy(cfg.get("cmdeploy") or env.get(ENV_CMDEPLOY), rdir),
         mail_domain=mail_domain,
+        relay=relay,
         ssh_config=fabric_ssh or cfg.get("ssh_config") or env.get(ENV_SSH_CONFIG),
         user=cfg.get("user") or "root",
         connect_timeout=int(cfg.get("connect_timeout") or 10),

@@ -17,7 +17,7 @@ from invoke import Exit
 from . import actions, audit, dnscheck
 from . import preflight as checks
 from .cli import debugging, paint, task
-from .cmdeploy import stages_supported
+from .cmdeploy import cmdeploy_host, stages_supported
 from .journal import STEPS, Journal, plan, report
 from .remote import MigrateError, Runner, connect
 from .settings import Settings, SettingsError, check_cmdeploy, config_section, resolve
@@ -143,6 +143,9 @@ def _settings(c, role: str | None, needs=(), cmdeploy: bool = False, **flags) ->
         settings.need(*needs)
         if cmdeploy:
             check_cmdeploy(settings)
+            for name in ("old_host", "new_host"):
+                if name in needs:
+                    cmdeploy_host(getattr(settings, name))  # refuses a port it would drop
         if "old_host" in needs:
             pin_old_host(settings)
     except SettingsError as e:
@@ -476,7 +479,7 @@ def preflight(
     try:
         if s.dry:
             for role in ("old", "new"):
-                runner.run(role, checks.facts_command(s.mail_domain or ""))
+                runner.run(role, checks.facts_command(s.relay))
             print("dry run: checks not evaluated")
             return
         failed = []
@@ -518,7 +521,7 @@ def rollback(c, old_host=None, relay_dir=None):
     print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
     runner = Runner(s)
     try:
-        actions.rollback_on_old(s, runner)
+        actions.rollback_on_old(s, runner, journal)
     except (MigrateError, SettingsError) as e:
         raise Exit(f"rollback FAILED: {e}", code=1) from None
     finally:

@@ -80,8 +80,10 @@ def make_lab(lab_available) -> Iterator[Callable[..., Lab]]:
     """Bring up (and always take down) labs; ``make_lab(seed=SeedParams(...))``."""
     labs: list[Lab] = []
 
-    def make(name: str = "cmtest", seed: SeedParams | None = None) -> Lab:
+    def make(name: str = "cmtest", seed: SeedParams | None = None, domain: str = "") -> Lab:
         lab = _fresh(name)
+        if domain:
+            lab.domain = domain
         labs.append(lab)
         lab.up(log=print)
         if seed is not None:

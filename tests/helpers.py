@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chatmail_migrate.commands import COPY_PATHS
 from chatmail_migrate.lab import Lab
+from chatmail_migrate.relay import DEFAULT_COPY_PATHS
 
 REPO = Path(__file__).resolve().parent.parent
 # The project's environment: every program of ours a test runs comes from here, never
@@ -78,7 +78,7 @@ def slow_link(lab: Lab, host: str, rate: str = "8mbit") -> None:
     )  # fmt: skip
 
 
-def listing(lab: Lab, host: str, paths=COPY_PATHS) -> dict:
+def listing(lab: Lab, host: str, paths=DEFAULT_COPY_PATHS) -> dict:
     script = (Path(__file__).parent / "tree_listing.py").read_text()
     out = lab.ssh(host, "python3 - " + " ".join(paths), input=script).stdout
     entries, acls = {}, ""

@@ -12,6 +12,7 @@ from chatmail_migrate import commands, steps, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.journal import STEPS, Journal, plan
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
+from chatmail_migrate.relay import DEFAULT_COPY_PATHS
 from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve
 
@@ -107,15 +108,21 @@ def test_connections_default_to_root_and_honour_ssh_config(relay: Path, tmp_path
 @pytest.mark.parametrize(
     "given, expected",
     [("1.2.3.4", "1.2.3.4"), ("root@mail.example.org", "mail.example.org"),
-     ("alias:2222", "alias"), ("user@host:22", "host"), ("2001:db8::1", "2001:db8::1")],
+     ("2001:db8::1", "2001:db8::1"), ("[2001:db8::1]", "2001:db8::1")],
 )  # fmt: skip
 def test_cmdeploy_gets_the_bare_host(given, expected):
     assert cmdeploy_host(given) == expected
 
 
+@pytest.mark.parametrize("given", ["alias:2222", "user@host:22", "[2001:db8::1]:2222"])
+def test_cmdeploy_refuses_a_port_it_would_drop(given):
+    with pytest.raises(SettingsError, match="cmdeploy cannot use a port; add a Host entry"):
+        cmdeploy_host(given)
+
+
 def test_copy_script_is_checked_end_to_end_and_pins_the_key():
     script = commands.copy_script(
-        commands.COPY_PATHS, host="10.0.0.2", port=2222, user="root",
+        DEFAULT_COPY_PATHS, host="10.0.0.2", port=2222, user="root",
         host_key_line="chatmail-migrate-new-host ssh-ed25519 AAAAkey",
     )  # fmt: skip
     assert script.startswith("set -euo pipefail")

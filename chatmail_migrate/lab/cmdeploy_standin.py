@@ -3,14 +3,26 @@
 The real ``cmdeploy run`` deploys a whole relay with pyinfra and needs the
 internet. Lab hosts have none, so the lab plugs in this script instead (through
 ``CMDEPLOY``). It takes the arguments the tool passes to ``cmdeploy``, is run
-from the relay checkout holding ``chatmail.ini``, and does to the host over SSH
-what the real one does to users and services:
+from the relay checkout holding ``chatmail.ini``, reads the release from the
+checkout's git tag, and does to hosts, DNS lookups and known_hosts what that
+release's ``cmdeploy run`` does (README, "Relay releases", has a row per behaviour
+with the upstream file it comes from):
 
-- creates the relay's system users (vmail; echobot before relay 1.8), writes
-  ``/etc/chatmail-version`` and, when missing, the DKIM key, as install does;
-- ``--disable-mail``: stops and disables postfix and dovecot; without it:
-  enables and (re)starts them. opendkim keeps running either way.
-- honours ``CMDEPLOY_STAGES`` (install, configure, activate) for relay >= 1.8.
+- up to 1.7 it logs in to ``mail_domain`` over OpenSSH itself, before deploying
+  (DNS check) and after a deploy (echobot's invite link), whatever ``--ssh-host``
+  says: at the address the lab's DNS gives now, checked against the operator's
+  known_hosts; from 1.8 it logs in to ``--ssh-host``;
+- it checks the domain's A/AAAA and the mta-sts/www CNAMEs (``--skip-dns-check``
+  from 1.8), asked of the lab's nameservers;
+- stages (1.8+: ``CMDEPLOY_STAGES``, split on "," as upstream): install creates
+  users (vmail; echobot up to 1.8), configure writes chatmail's opendkim config
+  (socket in the Postfix spool), Postfix's milter settings and the DKIM key when
+  missing, activate starts services and restarts only what *this process's*
+  configure changed: run separately, activate restarts nothing;
+- 1.10+: configure fails when tls_external_cert_and_key names a missing file, and
+  makes the self-signed pair of ``_`` domains when missing; 1.11+: IP-only relays
+  (no DKIM, self-signed pair);
+- ``--disable-mail`` stops and disables postfix and dovecot; everything else runs.
 
 For fault tests, ``CHATMAIL_LAB_CMDEPLOY_FAIL=before|after[@HOST]`` makes it fail
 before touching the host or after doing its work. For pre-sync tests and the
@@ -23,22 +35,93 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import ipaddress
 import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_VERSION = "1.7.0"
 ALL_STAGES = ("install", "configure", "activate")
+OPENDKIM_SOCKET = "/var/spool/postfix/opendkim/opendkim.sock"
+SELF_SIGNED = ("/etc/ssl/certs/mailserver.pem", "/etc/ssl/private/mailserver.key")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
 
 
-def relay_users(version: str) -> list[str]:
-    return ["vmail"] + (["echobot"] if version_tuple(version) < (1, 8) else [])
+@dataclass(frozen=True)
+class Release:
+    """What one relay release's deploy does, as far as a move can tell."""
+
+    version: str
+
+    def at_least(self, *v: int) -> bool:
+        return version_tuple(self.version) >= v
+
+    @property
+    def logs_in_to_mail_domain(self) -> bool:  # cmdeploy.py run_cmd, 1.6/1.7
+        return not self.at_least(1, 8)
+
+    @property
+    def staged(self) -> bool:  # basedeploy.py CMDEPLOY_STAGES, 1.8+
+        return self.at_least(1, 8)
+
+    @property
+    def users(self) -> list[str]:  # deployers.py required_users: echobot up to 1.8
+        return ["vmail"] + (["echobot"] if not self.at_least(1, 9) else [])
+
+    @property
+    def runs_echobot(self) -> bool:  # 1.8 disables echobot.service at install
+        return not self.at_least(1, 8)
+
+    @property
+    def shows_echobot_invite(self) -> bool:  # 1.7: cmdeploy.py run_cmd after the deploy
+        return self.at_least(1, 7) and not self.at_least(1, 8)
+
+    @property
+    def writes_version_file(self) -> bool:  # /etc/chatmail-version from 1.7
+        return self.at_least(1, 7)
+
+    @property
+    def checks_mtail_address(self) -> bool:  # 1.10+: a non-local one must be the host's
+        return self.at_least(1, 10)
+
+    @property
+    def checks_external_tls(self) -> bool:  # 1.10+ tls_external_cert_and_key
+        return self.at_least(1, 10)
+
+    @property
+    def self_signed_underscore(self) -> bool:  # 1.10+ "_" domains
+        return self.at_least(1, 10)
+
+
+@dataclass(frozen=True)
+class RelayIni:
+    mail_domain: str
+    tls_external: tuple[str, ...] = ()
+    mtail_address: str = ""
+
+    @property
+    def ip_only(self) -> bool:
+        try:
+            return isinstance(ipaddress.ip_address(self.mail_domain), ipaddress.IPv4Address)
+        except ValueError:
+            return False
+
+
+def read_ini(path: Path) -> RelayIni:
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(path)
+    params = ini["params"]
+    return RelayIni(
+        mail_domain=params["mail_domain"].strip(),
+        tls_external=tuple(params.get("tls_external_cert_and_key", "").split()),
+        mtail_address=params.get("mtail_address", "").strip(),
+    )
 
 
 def user_commands(users: list[str]) -> list[str]:
@@ -53,18 +136,131 @@ def user_commands(users: list[str]) -> list[str]:
     return commands
 
 
-def install_script(domain: str, version: str, githash: str) -> str:
-    """Shell run on the host for the install stage: users, version, DKIM key."""
-    lines = ["set -e", *user_commands(relay_users(version))]
+def relay_users(version: str) -> list[str]:
+    return Release(version).users
+
+
+def install_lines(release: Release) -> list[str]:
+    """Users; postfix may use opendkim's socket (postfix/deployer.py required_users).
+    opendkim itself is Debian's package: started on its default config when installed."""
+    lines = [
+        *user_commands(release.users),
+        "usermod -a -G opendkim postfix",
+        "systemctl is-active --quiet opendkim || systemctl start opendkim",
+    ]
+    if not release.runs_echobot:
+        lines.append(
+            "if systemctl is-enabled --quiet echobot 2>/dev/null; then "
+            "systemctl disable --now echobot; fi"
+        )
+    return lines
+
+
+def _put(path: str, content: str, flag: str, owner: str = "root:root", mode: str = "644") -> str:
+    """Write ``content`` to ``path`` when it differs, and then set shell flag ``flag``."""
+    quoted = shlex.quote(content)
+    return (
+        f"if ! printf '%s' {quoted} | cmp -s - {path}; then "
+        f"printf '%s' {quoted} > {path}; chown {owner} {path}; chmod {mode} {path}; {flag}=1; fi"
+    )
+
+
+def opendkim_conf(domain: str) -> str:
+    return (
+        "# chatmail-migrate lab: opendkim as the chatmail relay configures it\n"
+        "Syslog yes\nCanonicalization relaxed/simple\n"
+        f"Domain {domain}\nSelector opendkim\nKeyFile /etc/dkimkeys/opendkim.private\n"
+        "KeyTable /etc/dkimkeys/KeyTable\nSigningTable refile:/etc/dkimkeys/SigningTable\n"
+        "UserID opendkim\nUMask 007\n"
+        f"Socket local:{OPENDKIM_SOCKET}\nPidFile /run/opendkim/opendkim.pid\n"
+    )
+
+
+def configure_lines(release: Release, ini: RelayIni) -> list[str]:
+    """chatmail's configure: config files, each change noted in this process only."""
+    domain = ini.mail_domain
+    lines = []
+    if release.checks_external_tls and ini.tls_external:
+        for path in ini.tls_external:
+            lines.append(
+                f"test -f {shlex.quote(path)} || {{ echo 'External TLS file not found on "
+                f"server: {path}' >&2; exit 1; }}"
+            )
+    elif ini.ip_only or (release.self_signed_underscore and domain.startswith("_")):
+        cert, key = SELF_SIGNED
+        lines.append(
+            f"if [ ! -e {cert} ] || [ ! -e {key} ]; then openssl req -x509 -newkey rsa:2048 "
+            f"-nodes -days 3650 -subj /CN={shlex.quote(domain)} -keyout {key} -out {cert} "
+            f"2>/dev/null && chmod 600 {key}; fi"
+        )
+    lines.append(f"printf '%s\\n' {shlex.quote(domain)} > /etc/mailname")
+    address = ini.mtail_address
+    if release.checks_mtail_address and address not in ("", "127.0.0.1", "::1", "localhost"):
+        lines.append(
+            f"ip -o address | awk '{{print $4}}' | cut -d/ -f1 | grep -qxF {shlex.quote(address)}"
+            f" || {{ echo 'mtail_address {address} is not an address of this host' >&2; exit 1; }}"
+        )
+    if ini.ip_only:
+        return lines  # no DKIM for IP-only relays (1.11+)
     lines += [
-        # As the real deploy: the checkout's commit and its uncommitted diff.
-        f"printf '%s\\n' {shlex.quote(githash)} > /etc/chatmail-version",
-        "install -d -o opendkim -g opendkim -m 750 /etc/dkimkeys",
+        "install -d -o opendkim -g opendkim -m 750 /etc/dkimkeys /var/spool/postfix/opendkim",
+        _put("/etc/opendkim.conf", opendkim_conf(domain), "restart_opendkim"),
+        _put(
+            "/etc/dkimkeys/KeyTable",
+            f"opendkim._domainkey.{domain} {domain}:opendkim:/etc/dkimkeys/opendkim.private\n",
+            "restart_opendkim",
+            "opendkim:opendkim",
+        ),
+        _put(
+            "/etc/dkimkeys/SigningTable",
+            f"*@{domain} opendkim._domainkey.{domain}\n",
+            "restart_opendkim",
+            "opendkim:opendkim",
+        ),
         "if [ ! -e /etc/dkimkeys/opendkim.private ]; then "
         f"opendkim-genkey -D /etc/dkimkeys -d {shlex.quote(domain)} -s opendkim && "
         "chown opendkim:opendkim /etc/dkimkeys/opendkim.* && "
         "chmod 600 /etc/dkimkeys/opendkim.private; fi",
+        # Postfix signs through opendkim's socket, named relative to its spool.
+        'want="unix:opendkim/opendkim.sock"; '
+        'if [ "$(postconf -h smtpd_milters)" != "$want" ] || '
+        '[ "$(postconf -h non_smtpd_milters)" != "$want" ]; then '
+        'postconf -e "smtpd_milters = $want" "non_smtpd_milters = $want"; restart_postfix=1; fi',
     ]
+    return lines
+
+
+def activate_lines(release: Release, ini: RelayIni, disable_mail: bool) -> list[str]:
+    """Start what is stopped; restart only what this process's configure changed."""
+
+    def ensure(service: str, flag: str) -> str:
+        return (
+            f'systemctl enable --quiet {service}; if [ "${flag}" = 1 ]; then '
+            f"systemctl restart {service}; else systemctl start {service}; fi"
+        )
+
+    lines = [] if ini.ip_only else [ensure("opendkim", "restart_opendkim")]
+    if disable_mail:
+        lines.append("systemctl disable --quiet --now postfix dovecot")
+    else:
+        lines += [ensure("postfix", "restart_postfix"), ensure("dovecot", "restart_dovecot")]
+    return lines
+
+
+def deploy_script(
+    release: Release, ini: RelayIni, githash: str, stages: list[str], disable_mail: bool
+) -> str:
+    """The shell the deploy runs on the host; its flags live as long as this one run."""
+    lines = ["set -e", "restart_opendkim=0 restart_postfix=0 restart_dovecot=0"]
+    if "install" in stages:
+        lines += install_lines(release)
+    if "configure" in stages:
+        lines += configure_lines(release, ini)
+    if "activate" in stages:
+        lines += activate_lines(release, ini, disable_mail)
+    if "activate" in stages and release.writes_version_file:
+        # As the real deploy: the checkout's commit (and its uncommitted diff).
+        lines.append(f"printf '%s\\n' {shlex.quote(githash)} > /etc/chatmail-version")
     return "\n".join(lines) + "\n"
 
 
@@ -82,12 +278,60 @@ def checkout_version(relay_dir: Path) -> tuple[str, str]:
     ) or "unknown"
 
 
-def activate_script(disable_mail: bool) -> str:
-    if disable_mail:
-        mail = "systemctl disable --now postfix dovecot"
-    else:
-        mail = "systemctl enable postfix dovecot\nsystemctl restart postfix dovecot"
-    return f"set -e\nsystemctl enable --now opendkim\n{mail}\n"
+def _ssh_base() -> list[str]:
+    ssh = ["ssh", "-o", "BatchMode=yes"]
+    if os.environ.get("CHATMAIL_LAB_SSH_CONFIG"):
+        ssh += ["-F", os.environ["CHATMAIL_LAB_SSH_CONFIG"]]
+    return ssh
+
+
+def lab_resolver() -> list[str]:
+    """The operator's resolver in the lab: the lab's own nameservers."""
+    servers = os.environ.get("CHATMAIL_LAB_RESOLVER", "")
+    return [s for s in servers.split(",") if s]
+
+
+def lookup(name: str, rtype: str) -> list[str]:
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    for server in lab_resolver():
+        try:
+            response = dns.query.udp(dns.message.make_query(name, rtype), server, timeout=3)
+        except (dns.exception.DNSException, OSError):
+            continue
+        if response.rcode() == dns.rcode.NOERROR:
+            return [item.to_text() for rrset in response.answer for item in rrset]
+        return []
+    raise SystemExit(f"error: no lab nameserver answered for {name} (CHATMAIL_LAB_RESOLVER)")
+
+
+def check_dns(domain: str) -> bool:
+    """dns.py check_initial_remote_data: A or AAAA, and the mta-sts and www CNAMEs."""
+    if not (lookup(domain, "A") or lookup(domain, "AAAA")):
+        print(f"Missing A and/or AAAA DNS records for {domain}!", file=sys.stderr)
+        return False
+    for sub in ("mta-sts", "www"):
+        if f"{domain}." not in lookup(f"{sub}.{domain}", "CNAME"):
+            print(f"Missing {sub} CNAME record: {sub}.{domain}. CNAME {domain}.", file=sys.stderr)
+            return False
+    return True
+
+
+def login_to_domain(domain: str, command: str) -> subprocess.CompletedProcess:
+    """``ssh root@DOMAIN``, as OpenSSH does it: the address DNS gives now, the key checked
+    against known_hosts under the domain's name (never this machine's resolver)."""
+    addresses = lookup(domain, "A") or lookup(domain, "AAAA")
+    if not addresses:
+        raise SystemExit(f"ssh: Could not resolve hostname {domain}: Name or service not known")
+    print(f"[ssh] login to {domain}", flush=True)
+    return subprocess.run(
+        [*_ssh_base(), "-o", f"HostName={addresses[0]}", "-o", f"HostKeyAlias={domain}",
+         f"root@{domain}", command],
+        capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         description="LAB STAND-IN for cmdeploy: not the real cmdeploy (see module docstring).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="deploy (users and services only) to a lab host")
+    run = sub.add_parser("run", help="deploy (users, opendkim, services) to a lab host")
     run.add_argument("--disable-mail", action="store_true")
     run.add_argument("--ssh-host")
     run.add_argument("--config", default=os.environ.get("CHATMAIL_INI", "chatmail.ini"))
@@ -112,15 +356,18 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {ini_path.resolve()} not found; run from the relay checkout", file=sys.stderr
         )
         return 1
-    ini = configparser.ConfigParser()
-    ini.read(ini_path)
-    domain = ini["params"]["mail_domain"]
+    ini = read_ini(ini_path)
+    domain = ini.mail_domain
     host = args.ssh_host or domain
     version, githash = checkout_version(ini_path.resolve().parent)
+    release = Release(version)
+    if args.skip_dns_check and not release.staged:
+        print("cmdeploy run: error: unrecognized arguments: --skip-dns-check", file=sys.stderr)
+        return 2
 
     stages = list(ALL_STAGES)
-    if version_tuple(version) >= (1, 8) and os.environ.get("CMDEPLOY_STAGES"):
-        stages = [s.strip() for s in os.environ["CMDEPLOY_STAGES"].split(",") if s.strip()]
+    if release.staged and os.environ.get("CMDEPLOY_STAGES"):
+        stages = os.environ["CMDEPLOY_STAGES"].split(",")
         unknown = set(stages) - set(ALL_STAGES)
         if unknown:
             print(f"error: unknown CMDEPLOY_STAGES {sorted(unknown)}", file=sys.stderr)
@@ -137,6 +384,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
+    if args.dry_run:
+        print(f"dry run: relay {version} to {host}, stages {','.join(stages)}")
+        return 0
+    # Before deploying: the DNS check, run on the host cmdeploy logs in to itself.
+    if release.logs_in_to_mail_domain and not ini.ip_only:
+        login = login_to_domain(domain, "true")
+        if login.returncode != 0:
+            print(login.stderr.strip(), file=sys.stderr)
+            print(f"execnet.gateway_base.HostNotFound: root@{domain}", file=sys.stderr)
+            return 1
+    if not (args.skip_dns_check or ini.ip_only) and not check_dns(domain):
+        return 1
+
     script = ""
     hook_host = os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST")
     if (
@@ -145,24 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         and os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL")
     ):
         script += os.environ["CHATMAIL_LAB_BEFORE_DISABLE_MAIL"].rstrip() + "\n"
-    if "install" in stages:
-        script += install_script(domain, version, githash)
-    if "activate" in stages:
-        script += activate_script(args.disable_mail)
+    script += deploy_script(release, ini, githash, stages, args.disable_mail)
     print(
         f"deploying relay {version} to {host}: stages {','.join(stages)}"
         f"{' (mail disabled)' if args.disable_mail else ''}",
         flush=True,
     )
-    if args.dry_run:
-        print(script)
-        return 0
-
-    ssh = ["ssh", "-o", "BatchMode=yes"]
-    ssh_config = os.environ.get("CHATMAIL_LAB_SSH_CONFIG")
-    if ssh_config:
-        ssh += ["-F", ssh_config]
-    result = subprocess.run([*ssh, f"root@{host}", "sh -s"], input=script, text=True)
+    result = subprocess.run([*_ssh_base(), f"root@{host}", "sh -s"], input=script, text=True)
     if result.returncode == 255:
         print(f"error: cannot reach {host} over SSH", file=sys.stderr)
         return 1
@@ -172,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
     if fail_mode == "after":
         print(f"error: deploy to {host} failed after its work (on purpose)", file=sys.stderr)
         return 1
+    # After a deploy, 1.7 shows the echobot's invite link, read through the domain.
+    if release.shows_echobot_invite:
+        print("\nYou can try out the relay by talking to this echo bot: ", flush=True)
+        link = login_to_domain(domain, "cat /var/lib/echobot/invite-link.txt")
+        if link.returncode != 0:
+            print(link.stderr.strip(), file=sys.stderr)
+            print("Traceback: remote command failed: cat /var/lib/echobot/invite-link.txt",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(link.stdout.strip())
     print(f"deploy to {host} done", flush=True)
     return 0
 

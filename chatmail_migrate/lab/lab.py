@@ -118,6 +118,8 @@ class Lab:
             "CHATMAIL_MIGRATE_SSH_CONFIG": str(self.ssh_config),
             # The lab's own authoritative nameservers (ns1, ns2 on spare).
             "CHATMAIL_MIGRATE_NAMESERVERS": self.nameservers(),
+            # What the stand-in resolves names with (the operator's resolver).
+            "CHATMAIL_LAB_RESOLVER": self.nameservers(),
         }
 
     def nameservers(self) -> str:
@@ -423,6 +425,16 @@ class Lab:
         subprocess.run(["git", "init", "-q", str(self.relay_dir)], check=True)
         subprocess.run(["git", "-C", str(self.relay_dir), "add", "chatmail.ini"], check=True)
         self.tag_relay_checkout(DEFAULT_RELAY_VERSION)
+
+    def set_ini(self, **params: str) -> None:
+        """Set (or, with "", remove) keys of the relay checkout's chatmail.ini."""
+        ini = self.relay_dir / "chatmail.ini"
+        lines = [
+            line for line in ini.read_text().splitlines()
+            if line.partition("=")[0].strip() not in params
+        ]  # fmt: skip
+        lines += [f"{key} = {value}" for key, value in params.items() if value]
+        ini.write_text("\n".join(lines) + "\n")
 
     def _wait_ready(self, hostname: str, timeout: float = 90) -> None:
         host = self.hosts[hostname]

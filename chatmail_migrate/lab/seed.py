@@ -10,16 +10,17 @@ from pathlib import Path
 
 from . import nameserver
 from .cmdeploy_standin import (
-    activate_script,
+    ALL_STAGES,
+    Release,
     checkout_version,
-    install_script,
-    relay_users,
+    deploy_script,
+    read_ini,
     user_commands,
-    version_tuple,
 )
 from .lab import Lab
 
 NEW_HOST_USERS = ("different", "none")
+RELEASES = ("1.6.0", "1.7.0", "1.8.0", "1.9.0", "1.10.0", "1.11.0", "1.12.0")
 
 
 @dataclass
@@ -33,6 +34,22 @@ class SeedParams:
     new_users: str = "different"
     seed: int = 1
     dns_ttl: int = 300
+    # A relay first deployed as this release, then upgraded to ``version`` in place
+    # (it keeps what the older release left, such as echobot's state).
+    upgraded_from: str | None = None
+    # Registration closed: /etc/chatmail-nocreate exists on old.
+    nocreate: bool = False
+    # mail_domain is old's IPv4 address (an IP-only relay, 1.11+).
+    ip_only: bool = False
+    # chatmail.ini's mailboxes_dir (default: /home/vmail/mail/DOMAIN).
+    mailboxes_dir: str = ""
+    # tls_external_cert_and_key (1.10+): a certificate the operator manages, on old.
+    tls_external: bool = False
+    # chatmail.ini's mtail_address.
+    mtail_address: str = ""
+
+
+EXTERNAL_TLS = ("/etc/ssl/lab-external/fullchain.pem", "/etc/ssl/lab-external/privkey.pem")
 
 
 def serve_relay_zone(lab: Lab, ttl: int) -> None:
@@ -41,13 +58,21 @@ def serve_relay_zone(lab: Lab, ttl: int) -> None:
     facts = lab.ssh(
         "old",
         "openssl pkey -in /etc/dkimkeys/opendkim.private -pubout -outform DER | base64 -w0; echo; "
-        "cat /var/lib/acme/accounts/*/*/url",
+        "cat /var/lib/acme/accounts/*/*/url 2>/dev/null || true",
     ).stdout.split()
-    nameserver.start(
-        lab,
-        {"a": [lab.address("old")], "ttl": ttl, "dkim": f"v=DKIM1; k=rsa; p={facts[0]}",
-         "accounturi": facts[1]},
-    )  # fmt: skip
+    records = {"a": [lab.address("old")], "ttl": ttl, "dkim": f"v=DKIM1; k=rsa; p={facts[0]}"}
+    if len(facts) > 1:
+        records["accounturi"] = facts[1]
+    nameserver.start(lab, records)
+
+
+def deploy_on_old(lab: Lab, version: str) -> None:
+    """What a full ``cmdeploy run`` of ``version`` does to old (the stand-in's own script)."""
+    lab.tag_relay_checkout(version)
+    ini = read_ini(lab.relay_dir / "chatmail.ini")
+    _, githash = checkout_version(lab.relay_dir)
+    script = deploy_script(Release(version), ini, githash, list(ALL_STAGES), disable_mail=False)
+    lab.ssh("old", "sh -s", input=script)
 
 
 def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
@@ -56,26 +81,44 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
     if p.new_users not in NEW_HOST_USERS:
         raise ValueError(f"new_users must be one of {NEW_HOST_USERS}, not {p.new_users!r}")
     started = time.monotonic()
-    lab.tag_relay_checkout(p.version)
-    echobot = version_tuple(p.version) < (1, 8)
-    # On old, the users come first, as the relay's own deploy made them.
-    _, githash = checkout_version(lab.relay_dir)
-    lab.ssh("old", "sh -s", input=install_script(lab.domain, p.version, githash))
+    domain = lab.address("old") if p.ip_only else lab.domain
+    lab.set_ini(
+        mail_domain=domain, mailboxes_dir=p.mailboxes_dir, mtail_address=p.mtail_address,
+        tls_external_cert_and_key=" ".join(EXTERNAL_TLS) if p.tls_external else "",
+    )  # fmt: skip
+    if p.tls_external:
+        cert, key = EXTERNAL_TLS
+        lab.ssh(
+            "old",
+            f"mkdir -p {Path(cert).parent} && openssl req -x509 -newkey rsa:2048 -nodes "
+            f"-days 90 -subj /CN={domain} -keyout {key} -out {cert} 2>/dev/null && "
+            f"chmod 600 {key}",
+        )
+    first = p.upgraded_from or p.version
+    # The relay's own deploy comes first: users, opendkim on chatmail's socket, the
+    # DKIM key, Postfix's milter, services running.
+    deploy_on_old(lab, first)
     script = (Path(__file__).parent / "seed_host.py").read_text()
     args = {
-        "domain": lab.domain,
+        "domain": domain,
         "accounts": p.accounts,
         "messages": p.messages,
         "size": p.size,
         "seed": p.seed,
-        "echobot": echobot,
+        "echobot": Release(first).runs_echobot,
+        "acme": not (p.ip_only or p.tls_external or domain.startswith("_")),
+        "dkim": not p.ip_only,
+        "mailboxes_dir": p.mailboxes_dir or f"/home/vmail/mail/{domain}",
         "hostname": "old",
         "mail_days": 20,
         "inactive_days": 90,
     }
     out = lab.ssh("old", f"python3 - {shlex.quote(json.dumps(args))}", input=script, timeout=1800)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    lab.ssh("old", "sh -s", input=activate_script(disable_mail=False))
+    if p.upgraded_from:
+        deploy_on_old(lab, p.version)
+    if p.nocreate:
+        lab.ssh("old", "touch /etc/chatmail-nocreate")
     # The image boots with Postfix running; a new host has no mail service yet.
     # Other system users come first there, so the relay's users get other UIDs/GIDs
     # than on old, and old's numeric ids name other users on new.
@@ -85,8 +128,9 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
         "useradd --system --user-group labpad2",
     ]
     if p.new_users == "different":
-        commands += user_commands(list(reversed(relay_users(p.version))))
+        commands += user_commands(list(reversed(Release(p.version).users)))
     lab.ssh("new", " && ".join(commands))
-    serve_relay_zone(lab, p.dns_ttl)
+    if not p.ip_only:
+        serve_relay_zone(lab, p.dns_ttl)
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary

@@ -42,8 +42,8 @@ def mkdir(path, user=None, mode=0o700):
 
 def seed_mailboxes(p, rng, now):
     domain = p["domain"]
-    base = f"/home/vmail/mail/{domain}"
-    mkdir("/home/vmail/mail", "vmail")
+    base = p["mailboxes_dir"]
+    mkdir(os.path.dirname(base), "vmail")
     mkdir(base, "vmail")
     mkdir(f"{base}/pending_notifications", "vmail")
     # Encrypted mail is incompressible: bodies are slices of one random pool.
@@ -194,6 +194,10 @@ def seed_echobot(rng):
     mkdir("/var/lib/echobot", "echobot", 0o700)
     write("/var/lib/echobot/accounts.toml", "selected_account = 1\n", "echobot", 0o600)
     write("/var/lib/echobot/dc.db", rng.randbytes(8192), "echobot", 0o600)
+    # What cmdeploy 1.7 prints after a deploy, read through the mail domain.
+    write(
+        "/var/lib/echobot/invite-link.txt", "https://i.delta.chat/#lab-echobot\n", "echobot", 0o644
+    )
     mkdir("/run/echobot", "echobot", 0o755)
     digest = base64.b64encode(rng.randbytes(64)).decode().rstrip("=")
     write("/run/echobot/password", f"{{SHA512-CRYPT}}$6$echobotsalt${digest}", "echobot", 0o600)
@@ -229,8 +233,10 @@ def main():
     with open("/etc/mailname", "w") as f:
         f.write(p["domain"] + "\n")
     files, size = seed_mailboxes(p, rng, now)
-    seed_dkim(p["domain"])
-    seed_acme(p["domain"], rng)
+    if p["dkim"]:
+        seed_dkim(p["domain"])
+    if p["acme"]:
+        seed_acme(p["domain"], rng)
     if p["echobot"]:
         seed_echobot(rng)
     queue_deferred(p["domain"])

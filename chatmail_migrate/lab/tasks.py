@@ -8,9 +8,9 @@ from invoke import Collection, Exit
 
 from ..cli import task
 from . import nameserver
-from .lab import DEFAULT_NAME, Lab, LabError
+from .lab import DEFAULT_DOMAIN, DEFAULT_NAME, Lab, LabError
 from .rehearse import rehearse as run_rehearsal
-from .seed import NEW_HOST_USERS, SeedParams, seed_relay
+from .seed import NEW_HOST_USERS, RELEASES, SeedParams, seed_relay
 
 NAME_HELP = (
     f"Lab name (1-8 letters/digits; default {DEFAULT_NAME}); two labs may run side by side. "
@@ -20,10 +20,16 @@ SEED_HELP = {
     "accounts": "Number of mail accounts to create on old (default 20). Example: --accounts 200",
     "messages": "Messages per account (default 10). Example: --messages 25",
     "size": "Size of each message in bytes (default 4096). Example: --size 21504",
-    "relay_version": "Relay release the lab pretends to run: 1.7.0 (default) or later. "
-    "Example: --relay-version 1.10.0",
+    "relay_version": f"Relay release the lab pretends to run: {', '.join(RELEASES)} "
+    "(default 1.7.0). Example: --relay-version 1.10.0",
     "new_users": f"Relay users on new: {' or '.join(NEW_HOST_USERS)} (default different UIDs). "
     "Example: --new-users none",
+}
+VARIANT_HELP = {
+    "upgraded_from": "Deploy this older release first, then --relay-version over it (keeps "
+    "what the older one left, e.g. echobot's state). Example: --upgraded-from 1.7.0",
+    "nocreate": "Close registration on old (/etc/chatmail-nocreate). Example: --nocreate",
+    "ip_only": "An IP-only relay: mail_domain is old's IPv4 address (1.11+). Example: --ip-only",
 }
 
 
@@ -34,13 +40,15 @@ def _load(name: str) -> Lab:
     return lab
 
 
-def _seed(lab: Lab, accounts, messages, size, relay_version, new_users) -> None:
+def _seed(lab: Lab, accounts, messages, size, relay_version, new_users, **variant) -> None:
     params = SeedParams(
-        accounts=accounts, messages=messages, size=size, version=relay_version, new_users=new_users
-    )
+        accounts=accounts, messages=messages, size=size, version=relay_version,
+        new_users=new_users, **variant,
+    )  # fmt: skip
     summary = seed_relay(lab, params)
+    upgraded = f" (upgraded from {params.upgraded_from})" if params.upgraded_from else ""
     print(
-        f"lab {lab.name}: seeded old as relay {relay_version} for {lab.domain}: "
+        f"lab {lab.name}: seeded old as relay {relay_version}{upgraded} for {lab.domain}: "
         f"{accounts} accounts, {summary['mail_files']} files, "
         f"{summary['mail_bytes'] / 1e6:.1f} MB in {summary['seconds']}s"
     )
@@ -54,6 +62,8 @@ def _print_usage(lab: Lab) -> None:
 @task(
     help={
         "name": NAME_HELP,
+        "domain": f"The relay's mail domain, in the lab's zone (default {DEFAULT_DOMAIN}); "
+        "a '_' first makes a self-signed relay. Example: --domain _relay.lab.example",
         "seed": "Also seed old as a relay (see lab.seed for the sizes). Example: --seed",
         **SEED_HELP,
     }
@@ -61,6 +71,7 @@ def _print_usage(lab: Lab) -> None:
 def up(
     c,
     name=DEFAULT_NAME,
+    domain=DEFAULT_DOMAIN,
     seed=False,
     accounts=20,
     messages=10,
@@ -72,7 +83,7 @@ def up(
 
     Example: invoke lab.up --seed --accounts 200
     """
-    lab = Lab(name=name)
+    lab = Lab(name=name, domain=domain)
     try:
         lab.up()
         if seed:
@@ -82,7 +93,7 @@ def up(
     _print_usage(lab)
 
 
-@task(help={"name": NAME_HELP, **SEED_HELP})
+@task(help={"name": NAME_HELP, **SEED_HELP, **VARIANT_HELP})
 def seed(
     c,
     name=DEFAULT_NAME,
@@ -91,13 +102,20 @@ def seed(
     size=4096,
     relay_version="1.7.0",
     new_users="different",
+    upgraded_from=None,
+    nocreate=False,
+    ip_only=False,
 ):
-    """Seed old as a live relay (mailboxes, DKIM, ACME, echobot, a deferred message).
+    """Seed old as a live relay of a release (mailboxes, DKIM, ACME, a deferred message).
 
-    Example: invoke lab.seed --accounts 2000 --messages 25 --size 20000
+    Example: invoke lab.seed --accounts 2000 --messages 25 --size 20000 |
+    invoke lab.seed --relay-version 1.10.0 --upgraded-from 1.7.0
     """
     try:
-        _seed(_load(name), accounts, messages, size, relay_version, new_users)
+        _seed(
+            _load(name), accounts, messages, size, relay_version, new_users,
+            upgraded_from=upgraded_from, nocreate=nocreate, ip_only=ip_only,
+        )  # fmt: skip
     except (LabError, ValueError) as e:
         raise Exit(f"lab.seed: {e}", code=1) from None
 
