@@ -10,7 +10,7 @@ from pathlib import Path
 import fabric
 import pytest
 
-from chatmail_migrate.lab import Lab, LabError, SeedParams
+from chatmail_migrate.lab import Lab, LabError, SeedParams, nameserver
 from chatmail_migrate.lab.lab import HOST_NAMES
 
 from .helpers import mail_services, tool_env
@@ -156,11 +156,54 @@ def test_standin_turns_mail_off_and_on(seeded_lab: Lab, tmp_path: Path):
 
 def test_standin_unreachable_host_fails_with_message(seeded_lab: Lab, tmp_path: Path):
     config = tmp_path / "ssh_config"
-    config.write_text("Host nowhere\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n")
+    # Relay 1.7 first logs in to the mail domain: that works, the deploy target does not.
+    config.write_text(
+        "Host nowhere\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n"
+        f"Host *\n  UserKnownHostsFile {seeded_lab.known_hosts}\n"
+    )
     result = _standin(seeded_lab, tmp_path, "run", "--ssh-host", "nowhere",
                       CHATMAIL_LAB_SSH_CONFIG=str(config))  # fmt: skip
     assert result.returncode == 1
     assert "cannot reach nowhere" in result.stderr
+
+
+def test_standin_1_7_logs_in_to_the_mail_domain_where_dns_points(seeded_lab: Lab, tmp_path):
+    # cmdeploy 1.7 logs in to mail_domain itself, whatever --ssh-host says: after the
+    # DNS switch that is the new host, whose key known_hosts does not name for the domain.
+    at_old = _standin(seeded_lab, tmp_path, "run", "--dry-run", "--ssh-host", "new")
+    assert at_old.returncode == 0, at_old.stderr
+    assert f"[ssh] login to {seeded_lab.domain}" in at_old.stdout
+    nameserver.update(seeded_lab, a=[seeded_lab.address("new")])
+    try:
+        at_new = _standin(seeded_lab, tmp_path, "run", "--dry-run", "--ssh-host", "new")
+    finally:
+        nameserver.update(seeded_lab, a=[seeded_lab.address("old")])
+    assert at_new.returncode == 1
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in at_new.stderr
+
+
+def test_standin_stages_lose_restarts_and_check_external_tls(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(version="1.10.0", accounts=1, messages=1))
+    chatmail_socket = "/var/spool/postfix/opendkim/opendkim.sock"
+
+    def sockets() -> list[str]:
+        found = lab.ssh("new", f"ls {chatmail_socket} /run/opendkim/opendkim.sock", check=False)
+        return found.stdout.split()
+
+    assert sockets() == ["/run/opendkim/opendkim.sock"], "Debian's default opendkim"
+    for stages in ("install,configure", "activate"):
+        run = _standin(lab, tmp_path, "run", "--ssh-host", "new", CMDEPLOY_STAGES=stages)
+        assert run.returncode == 0, run.stderr
+    # configure wrote chatmail's opendkim.conf, but the activate process never knew.
+    assert sockets() == ["/run/opendkim/opendkim.sock"]
+    lab.ssh("new", "rm /etc/opendkim.conf")
+    whole = _standin(lab, tmp_path, "run", "--ssh-host", "new")
+    assert whole.returncode == 0, whole.stderr
+    assert sockets() == [chatmail_socket], "one process: configure's change is applied"
+    lab.set_ini(tls_external_cert_and_key="/etc/ssl/ext/cert.pem /etc/ssl/ext/key.pem")
+    external = _standin(lab, tmp_path, "run", "--ssh-host", "new")
+    assert external.returncode == 1
+    assert "External TLS file not found on server: /etc/ssl/ext/cert.pem" in external.stderr
 
 
 def _out(*cmd: str) -> str:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 
 from chatmail_migrate.journal import STEPS
-from chatmail_migrate.lab import Lab, SeedParams, nameserver
+from chatmail_migrate.lab import Lab, SeedParams
 from chatmail_migrate.relay import read_relay
 
-from .helpers import compare_trees, listing, mail_services, run_tool, run_tool_with_fault
+from .helpers import compare_trees, listing, mail_services, run_tool
 
 MAIL_ON = {"postfix": "active enabled", "dovecot": "active enabled"}
 MAIL_OFF = {"postfix": "inactive disabled", "dovecot": "inactive disabled"}
@@ -29,11 +27,14 @@ def assert_migrated(lab: Lab, old_listing: dict) -> None:
     relay = read_relay(lab.relay_dir)
     new_listing = listing(lab, "new", relay.copy_paths())
     assert compare_trees(old_listing, new_listing) == []
-    paths = ["/etc/dkimkeys/opendkim.private", "/var/lib/acme/accounts", relay.mailbox_dir]
-    owners = lab.ssh("new", f"stat -c '%U:%G %a %n' {' '.join(paths)}").stdout.splitlines()
+    owners = lab.ssh(
+        "new", f"stat -c '%U:%G %a %n' /etc/dkimkeys/opendkim.private {relay.mailbox_dir}"
+    ).stdout.splitlines()
     assert owners[0] == "opendkim:opendkim 600 /etc/dkimkeys/opendkim.private"
-    assert owners[1] == "root:root 700 /var/lib/acme/accounts"
-    assert owners[2].startswith("vmail:vmail 700 ")
+    assert owners[1].startswith("vmail:vmail 700 ")
+    if "/var/lib/acme" in old_listing["entries"]:
+        acme = lab.ssh("new", "stat -c '%U:%G %a' /var/lib/acme/accounts").stdout.strip()
+        assert acme == "root:root 700"
     echobot = "/var/lib/echobot /run/echobot/password"
     if relay.has_echobot:
         owners = lab.ssh("new", f"stat -c '%U:%G %a %n' {echobot}").stdout.splitlines()
@@ -52,35 +53,6 @@ def assert_migrated(lab: Lab, old_listing: dict) -> None:
     assert [q["recipients"][0]["address"] for q in queue] == ["someone@unreachable.invalid"]
     assert mail_services(lab, "new") == MAIL_ON
     assert mail_services(lab, "old") == MAIL_OFF
-
-
-def test_invoke_migrate_whole_relay(make_lab, tmp_path: Path):
-    lab = make_lab(seed=SeedParams(accounts=40, messages=6, new_users="different"))
-    before = listing(lab, "old")
-
-    # No --old-host: the mail domain, looked up at the lab's authoritative nameservers.
-    # The "operator" changes the A record while switch-dns waits for it.
-    def change_dns(proc):
-        time.sleep(2)
-        assert proc.poll() is None, "switch-dns must wait until the record changes"
-        nameserver.update(lab, a=[lab.address("new")])
-
-    code, output = run_tool_with_fault(
-        lab, ["migrate", "--new-host", "new", "--yes"], state_dir=tmp_path,
-        when="waiting for DNS", fault=change_dns,
-    )  # fmt: skip
-    assert code == 0, output
-    result = subprocess.CompletedProcess([], code, output, output)
-    assert f"old host: {lab.domain} points at {lab.address('old')}" in output
-    assert "all 2 nameservers answer the new values" in output
-    for number, step in enumerate(STEPS, 1):
-        assert f"[{number}/7] {step} done in" in result.stdout
-    assert "mail was down for" in result.stdout
-    assert_migrated(lab, before)
-    steps = journal(tmp_path, lab)["steps"]
-    assert list(steps) == STEPS
-    assert journal(tmp_path, lab)["old_host"] == lab.address("old")
-    assert "DKIM record opendkim._domainkey" in output and "CAA accounturi matches" in output
 
 
 def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):

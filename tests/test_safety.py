@@ -15,9 +15,10 @@ from .helpers import BIN, mail_services, run_tool, tool_env
 from .test_migrate import MAIL_ON, assert_migrated, listing
 
 
-def unchanged(lab: Lab) -> None:
+def unchanged(lab: Lab, mailbox_dir: str = "") -> None:
     assert mail_services(lab, "old") == MAIL_ON
-    assert lab.ssh("new", f"test -e /home/vmail/mail/{lab.domain}", check=False).returncode == 1
+    mailbox_dir = mailbox_dir or f"/home/vmail/mail/{lab.domain}"
+    assert lab.ssh("new", f"test -e {mailbox_dir}", check=False).returncode == 1
 
 
 def preflight(lab: Lab, tmp_path: Path, *args: str, **env):

@@ -384,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    if args.dry_run:
-        print(f"dry run: relay {version} to {host}, stages {','.join(stages)}")
-        return 0
-    # Before deploying: the DNS check, run on the host cmdeploy logs in to itself.
+    # Before deploying (a dry run too): the DNS check, on the host it logs in to itself.
     if release.logs_in_to_mail_domain and not ini.ip_only:
         login = login_to_domain(domain, "true")
         if login.returncode != 0:
@@ -396,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if not (args.skip_dns_check or ini.ip_only) and not check_dns(domain):
         return 1
+    if args.dry_run:
+        print(f"dry run: relay {version} to {host}, stages {','.join(stages)}")
+        return 0
 
     script = ""
     hook_host = os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST")
