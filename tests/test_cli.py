@@ -134,6 +134,9 @@ def _refused_port() -> int:
         (["migrate", "--new-host=-oProxyCommand=x"], "is not a host name or address"),
         (["migrate", "--new-host", "bad host"], "is not a host name or address"),
         (["migrate", "--new-host", "b.example", "--bogus"], "No idea what '--bogus' is"),
+        # cmdeploy would drop the port and reach port 22, maybe another machine.
+        (["migrate", "--new-host", "b.example:2222"], "b.example:2222: cmdeploy cannot use a port"),
+        (["disable-mail", "--old-host", "[2001:db8::1]:2222"], "cmdeploy cannot use a port"),
     ],
 )
 def test_malformed_input_is_refused(tmp_path: Path, relay_dir: Path, args, message):

@@ -1,0 +1,112 @@
+"""What the relay checkout says a move carries, and known_hosts edits (no lab needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from chatmail_migrate import known_hosts
+from chatmail_migrate.relay import Relay, RelayConfigError, read_relay
+
+ECHOBOT = ["/run/echobot", "/var/lib/echobot"]
+
+
+def checkout(tmp_path: Path, tag: str | None, **params: str) -> Path:
+    ini = "[params]\n" + "".join(f"{k} = {v}\n" for k, v in params.items())
+    (tmp_path / "chatmail.ini").write_text(ini)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    if tag:
+        subprocess.run([*git, "tag", tag], check=True)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "tag, echobot, logs_in_to_domain",
+    [("1.6.0", True, True), ("1.7.0", True, True), ("1.8.0", False, False),
+     ("1.12.0", False, False), (None, True, True)],
+)  # fmt: skip
+def test_release_decides_echobot_and_domain_login(tmp_path, tag, echobot, logs_in_to_domain):
+    relay = read_relay(checkout(tmp_path, tag, mail_domain="chat.example.org"))
+    assert relay.release == tag
+    assert relay.has_echobot is echobot
+    assert relay.logs_in_to_mail_domain is logs_in_to_domain
+    assert all(p in relay.copy_paths() for p in ECHOBOT) is echobot
+    assert relay.copy_paths()[0] == "/home/vmail/mail"
+    assert "/etc/chatmail-nocreate" in relay.copy_paths()
+
+
+def test_chatmail_ini_settings_reach_the_copy(tmp_path):
+    relay = read_relay(checkout(
+        tmp_path, "1.10.0", mail_domain="_chat.example.org",
+        mailboxes_dir="/srv/mail/_chat.example.org",
+        tls_external_cert_and_key="/etc/tls/cert.pem /etc/tls/key.pem",
+        mtail_address="10.0.0.5",
+    ))  # fmt: skip
+    paths = relay.copy_paths()
+    assert paths[0] == relay.mailbox_tree == relay.mailbox_dir == "/srv/mail/_chat.example.org"
+    assert "/etc/tls/cert.pem" in paths and "/etc/tls/key.pem" in paths
+    # External certificates replace the self-signed pair a "_" domain would get.
+    assert "/etc/ssl/certs/mailserver.pem" not in paths
+    assert relay.mtail_address == "10.0.0.5"
+
+
+def test_self_signed_and_ip_only_relays(tmp_path):
+    underscore = Relay(mail_domain="_chat.example.org", release="1.10.0")
+    assert underscore.self_signed and not underscore.ip_only
+    assert "/etc/ssl/private/mailserver.key" in underscore.copy_paths()
+    ip_only = Relay(mail_domain="192.0.2.7", release="1.11.0")
+    assert ip_only.ip_only and ip_only.self_signed
+    assert not Relay(mail_domain="2001:db8::7").ip_only, "IP-only relays are IPv4 (1.11)"
+    assert Relay(mail_domain="chat.example.org").mailbox_dir == "/home/vmail/mail/chat.example.org"
+
+
+def test_bad_external_tls_setting_is_one_line(tmp_path):
+    relay_dir = checkout(tmp_path, "1.10.0", mail_domain="x.org", tls_external_cert_and_key="/a")
+    with pytest.raises(RelayConfigError, match="tls_external_cert_and_key needs two paths"):
+        read_relay(relay_dir)
+
+
+def _key(tmp_path: Path, name: str) -> paramiko.PKey:
+    path = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return paramiko.Ed25519Key.from_private_key_file(str(path))
+
+
+def test_known_hosts_accepts_both_keys_then_only_the_new_one(tmp_path):
+    old, new = _key(tmp_path, "old"), _key(tmp_path, "new")
+    hashed = paramiko.HostKeys.hash_host("chat.example.org")
+    path = tmp_path / "known_hosts"
+    original = (
+        "# mine\n"
+        f"{hashed} {old.get_name()} {old.get_base64()}\n"
+        "other.example.org ssh-ed25519 AAAAother\n"
+    )
+    path.write_text(original)
+    domain = "chat.example.org"
+    assert known_hosts.names_domain(path, domain)
+    assert known_hosts.names_other_key(path, domain, new)
+    backup = known_hosts.backup(path)
+    known_hosts.add_key(path, domain, new)
+    known_hosts.add_key(path, domain, new)  # once only
+    assert backup.read_text() == original
+    assert path.read_text() == original + f"{domain} {new.get_name()} {new.get_base64()}\n"
+    assert known_hosts.names_key(path, domain, old) and known_hosts.names_key(path, domain, new)
+    known_hosts.replace_key(path, domain, new)
+    assert not known_hosts.names_key(path, domain, old)
+    assert "other.example.org ssh-ed25519 AAAAother" in path.read_text()
+    # After a rollback: the new key goes, the old one comes back from nowhere else.
+    path.write_text(original + f"{domain} {new.get_name()} {new.get_base64()}\n")
+    known_hosts.remove_key(path, domain, new)
+    assert path.read_text() == original
+
+
+def test_a_key_of_another_type_is_no_conflict(tmp_path):
+    new = _key(tmp_path, "new")
+    path = tmp_path / "known_hosts"
+    path.write_text("chat.example.org ecdsa-sha2-nistp256 AAAAecdsa\n")
+    assert not known_hosts.names_other_key(path, "chat.example.org", new)
