@@ -5,7 +5,6 @@ The tasks in steps.py wrap these with announcements, the journal and rollback.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -442,46 +441,69 @@ def accept_both_host_keys(settings: Settings, runner: Runner, journal: Journal |
         )  # fmt: skip
 
 
-def _known_hosts_both(journal: Journal | None, new_host: str | None) -> dict | None:
-    """The files that accept both keys for the domain, unless the move has since ended."""
+def _known_hosts_move(journal: Journal | None) -> dict | None:
+    """The "known-hosts-both" note of this migration (since its last restart), if any:
+    which files the tool edited for the mail domain, and the new host's key."""
     for event in reversed(journal.events if journal else []):
-        if event.get("event") in ("known-hosts-new-only", "known-hosts-old-only", "restart"):
+        if event.get("event") == "restart":
             return None
-        if event.get("event") == "known-hosts-both" and event.get("host") == new_host:
+        if event.get("event") == "known-hosts-both":
             return event
     return None
 
 
+def _dns_wait_saw_new(journal: Journal | None) -> bool:
+    """Whether switch-dns saw every authoritative server answer the new address."""
+    for event in reversed(journal.events if journal else []):
+        if event.get("event") in ("rollback", "restart"):
+            return False
+        if event.get("event") == "dns-switched":
+            return bool(event.get("waited"))
+    return False
+
+
 def keep_only_new_host_key(settings: Settings, runner: Runner, journal: Journal | None) -> None:
-    """The move has ended: the mail domain names only the new host's key."""
-    both = _known_hosts_both(journal, settings.new_host)
-    if not both or settings.dry:
+    """The move has ended: the mail domain names only the new host's key, once DNS
+    was seen to point at it (until then the old host may still answer to the name)."""
+    move = _known_hosts_move(journal)
+    if not move or settings.dry:
         return
     domain, key = settings.mail_domain or "", _new_host_key(runner)
-    if key.get_base64() != both["key"]:
+    if key.get_base64() != move["key"]:
         raise MigrateError(
             f"the new host {settings.new_host} shows another host key ({fingerprint(key)}) "
             "than the one switch-dns accepted for the mail domain: check the host"
         )
-    for path in map(Path, both["files"]):
+    if not _dns_wait_saw_new(journal):
+        print(
+            f"  known_hosts: {domain} keeps both hosts' keys: the DNS switch was not waited "
+            "for (--no-wait); once DNS points at the new host, run switch-dns "
+            "--update-known-hosts to keep only the new host's key"
+        )
+        return
+    for path in map(Path, move["files"]):
         known_hosts.replace_key(path, domain, key)
     print(f"  known_hosts: {domain} now names only the new host's key ({fingerprint(key)})")
-    if journal:
-        journal.note("known-hosts-new-only", host=settings.new_host)
 
 
-def drop_new_host_key(settings: Settings, journal: Journal | None) -> None:
-    """After a rollback, the mail domain names the old host's key again, alone."""
-    both = _known_hosts_both(journal, settings.new_host or (journal.new_host if journal else None))
-    if not both or settings.dry:
+def old_host_key_during_rollback(
+    settings: Settings, runner: Runner, journal: Journal | None, *, done: bool
+) -> None:
+    """A rollback after switch-dns edited known_hosts: the domain accepts the old host's
+    (verified) key again while cmdeploy may log in to it, and only that key once mail
+    runs on old again. A rollback before switch-dns leaves known_hosts alone."""
+    move = _known_hosts_move(journal)
+    if not move or settings.dry:
         return
-    key = paramiko.PKey.from_type_string(both["key_type"], base64.b64decode(both["key"]))
-    for path in map(Path, both["files"]):
-        if path.is_file():
-            known_hosts.remove_key(path, settings.mail_domain or "", key)
-    print(f"  known_hosts: {settings.mail_domain} no longer accepts the new host's key")
-    if journal:
-        journal.note("known-hosts-old-only", host=both["host"])
+    domain = settings.mail_domain or ""
+    key = runner.connection("old").client.get_transport().get_remote_server_key()
+    for path in map(Path, move["files"]):
+        if done:
+            known_hosts.replace_key(path, domain, key)
+        else:
+            known_hosts.add_key(path, domain, key)
+    if done:
+        print(f"  known_hosts: {domain} names only the old host's key again ({fingerprint(key)})")
 
 
 def offer_known_hosts_update(settings: Settings, runner: Runner) -> None:
@@ -589,6 +611,7 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
 
 def rollback_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Re-enable mail on the old host, as the relay ran before the migration."""
+    old_host_key_during_rollback(settings, runner, journal, done=False)
     cmdeploy_run(settings, settings.old_host, disable_mail=False)
     expect_mail_services(runner, "old", running=True)
-    drop_new_host_key(settings, journal)
+    old_host_key_during_rollback(settings, runner, journal, done=True)

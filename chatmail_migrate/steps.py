@@ -204,7 +204,7 @@ def _after_failure(c, name: str, settings: Settings, journal: Journal | None) ->
     print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
     runner = Runner(settings)
     try:
-        actions.rollback_on_old(settings, runner)
+        actions.rollback_on_old(settings, runner, journal)
     except (MigrateError, SettingsError) as e:
         return (
             f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host: fix that, then run "

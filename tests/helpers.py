@@ -171,3 +171,17 @@ def mail_services(lab: Lab, host: str) -> dict[str, str]:
         check=False,
     ).stdout
     return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()}
+
+
+def domain_keys(known_hosts: Path, domain: str) -> list[str]:
+    """The keys (base64) a known_hosts file holds for ``domain``, in file order."""
+    return [
+        line.split()[2]
+        for line in known_hosts.read_text().splitlines()
+        if line.strip() and domain in line.split()[0].split(",")
+    ]
+
+
+def host_key(lab: Lab, host: str) -> str:
+    """The lab host's ed25519 host key (base64)."""
+    return lab.ssh(host, "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()

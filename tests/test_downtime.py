@@ -61,8 +61,9 @@ def test_presync_staged_relay_mirrors_changes_made_before_the_downtime(make_lab,
                       "--checksum", state_dir=tmp_path)  # fmt: skip
     assert verify.returncode == 0 and "no differences" in verify.stdout
     assert mail_services(lab, "new") == MAIL_ON and mail_services(lab, "old") == MAIL_OFF
-    # No echobot in relay 1.10: nothing to copy there, and nothing left orphaned.
-    assert "skipping /var/lib/echobot: not on the old host" in out
+    # No echobot in relay 1.10: not even looked for, and nothing left orphaned.
+    assert "skipping /var/lib/echobot" not in out
+    assert lab.ssh("new", "ls -d /var/lib/echobot /run/echobot", check=False).stdout == ""
     assert lab.ssh("new", f"stat -c %U:%G {MAILDIR}/{added}/new").stdout.strip() == "vmail:vmail"
     assert_log_and_report(lab, tmp_path, out)
 
@@ -91,7 +92,7 @@ def assert_log_and_report(lab: Lab, state_dir: Path, out: str) -> None:
     assert "mail downtime: " in summary and "verify (metadata): passed" in summary
     assert f"DNS: switched to A {new}" in summary
     assert "copy (rsync):" in summary and "pre-sync (rsync):" in summary
-    assert "skipped: /var/lib/echobot (not on the old host)" in summary
+    assert "skipped: /etc/chatmail-nocreate (not on the old host)" in summary
     status = run_tool(lab, "invoke", "status", state_dir=state_dir)
     assert f"command log: {log}" in status.stdout and f"report: {report}" in status.stdout
 

@@ -13,7 +13,7 @@ from chatmail_migrate.lab import Lab, SeedParams, nameserver
 from chatmail_migrate.lab.seed import RELEASES
 from chatmail_migrate.relay import read_relay
 
-from .helpers import listing, run_tool, run_tool_with_fault
+from .helpers import domain_keys, host_key, listing, run_tool, run_tool_with_fault
 from .test_migrate import assert_migrated, journal
 from .test_safety import unchanged
 
@@ -48,18 +48,6 @@ def migrate_switching_dns(lab: Lab, state_dir: Path, pause: float = 0, **env: st
     )  # fmt: skip
 
 
-def _domain_keys(path: Path, domain: str) -> list[str]:
-    return [
-        line.split()[2]
-        for line in path.read_text().splitlines()
-        if domain in line.split()[0].split(",")
-    ]
-
-
-def host_key(lab: Lab, host: str) -> str:
-    return lab.ssh(host, "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
-
-
 def assert_opendkim_signs_with_copied_state(lab: Lab, copied_at: float) -> None:
     """opendkim on new runs chatmail's config (its socket in Postfix's spool), started
     after the copied key arrived, and signs outgoing mail for the domain."""
@@ -91,7 +79,7 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
     relay = read_relay(lab.relay_dir)
     before = listing(lab, "old", relay.copy_paths())
     old_key, new_key = host_key(lab, "old"), host_key(lab, "new")
-    assert _domain_keys(lab.known_hosts, lab.domain) == [old_key]
+    assert domain_keys(lab.known_hosts, lab.domain) == [old_key]
     # An operator's shell may export CMDEPLOY_STAGES: runs meant to deploy everything
     # (disable-mail, the pre-1.8 install) must not inherit it.
     pause = 2 if case == "1.7.0" else 0
@@ -117,9 +105,9 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
         # was accepted because the tool had added it beside the old one's.
         assert output.count(f"[ssh] login to {lab.domain}") >= 3, output
     assert "is accepted with the old and the new host's key" in output
-    assert _domain_keys(lab.known_hosts, lab.domain) == [new_key], "only the new key stays"
+    assert domain_keys(lab.known_hosts, lab.domain) == [new_key], "only the new key stays"
     backups = list(lab.known_hosts.parent.glob("known_hosts.chatmail-migrate-*"))
-    assert backups and _domain_keys(backups[0], lab.domain) == [old_key]
+    assert backups and domain_keys(backups[0], lab.domain) == [old_key]
     if params.nocreate:
         assert lab.ssh("new", "test -e /etc/chatmail-nocreate", check=False).returncode == 0
     if params.tls_external:

@@ -11,7 +11,7 @@ from chatmail_migrate.lab import Lab, SeedParams
 from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import Settings
 
-from .helpers import BIN, mail_services, run_tool, tool_env
+from .helpers import BIN, domain_keys, host_key, mail_services, run_tool, tool_env
 from .test_migrate import MAIL_ON, assert_migrated, listing
 
 
@@ -174,7 +174,11 @@ def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
     assert f"{path}: content" in checked.stderr
     assert "1 difference (1 content)" in checked.stderr
 
+    # --no-wait: nobody saw DNS point at new, so the domain keeps both hosts' keys.
+    assert "keeps both hosts' keys: the DNS switch was not waited for" in done.stdout
+    assert len(domain_keys(lab.known_hosts, lab.domain)) == 2
     back = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)  # the journal's old host
     assert back.returncode == 0, back.stderr
     assert "DNS was switched to the new host: point it back at the old host too" in back.stdout
     assert mail_services(lab, "old") == MAIL_ON
+    assert domain_keys(lab.known_hosts, lab.domain) == [host_key(lab, "old")]
