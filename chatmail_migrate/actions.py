@@ -452,14 +452,33 @@ def _known_hosts_move(journal: Journal | None) -> dict | None:
     return None
 
 
-def _dns_wait_saw_new(journal: Journal | None) -> bool:
-    """Whether switch-dns saw every authoritative server answer the new address."""
-    for event in reversed(journal.events if journal else []):
-        if event.get("event") in ("rollback", "restart"):
-            return False
-        if event.get("event") == "dns-switched":
-            return bool(event.get("waited"))
-    return False
+def dns_points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
+    """Asked of the authoritative servers now: True when every one answers the records
+    switch-dns set, False when none answers any of them, None when mixed or unknown."""
+    switched = next(
+        (
+            e
+            for e in reversed(journal.events if journal else [])
+            if e.get("event") == "dns-switched"
+        ),
+        None,
+    )
+    if not switched:
+        return False
+    want = switched.get("records", {})
+    try:
+        given = dnscheck.parse_nameservers(settings.nameservers)
+        _, servers = dnscheck.authoritative_servers(settings.mail_domain or "", given)
+        current = dnscheck.address_records(settings.mail_domain or "", servers)
+    except MigrateError:
+        return None
+    answers = [sorted(a[t].values) == sorted(v) for a in current.values() for t, v in want.items()]
+    if all(answers):
+        return True
+    new_values = {v for values in want.values() for v in values}
+    if not any(set(a[t].values) & new_values for a in current.values() for t in ("A", "AAAA")):
+        return False
+    return None
 
 
 def keep_only_new_host_key(settings: Settings, runner: Runner, journal: Journal | None) -> None:
@@ -474,10 +493,10 @@ def keep_only_new_host_key(settings: Settings, runner: Runner, journal: Journal 
             f"the new host {settings.new_host} shows another host key ({fingerprint(key)}) "
             "than the one switch-dns accepted for the mail domain: check the host"
         )
-    if not _dns_wait_saw_new(journal):
+    if dns_points_at_new(settings, journal) is not True:
         print(
-            f"  known_hosts: {domain} keeps both hosts' keys: the DNS switch was not waited "
-            "for (--no-wait); once DNS points at the new host, run switch-dns "
+            f"  known_hosts: {domain} keeps both hosts' keys: not every authoritative "
+            "nameserver answers the new address yet; once they do, run switch-dns "
             "--update-known-hosts to keep only the new host's key"
         )
         return
@@ -497,13 +516,18 @@ def old_host_key_during_rollback(
         return
     domain = settings.mail_domain or ""
     key = runner.connection("old").client.get_transport().get_remote_server_key()
-    for path in map(Path, move["files"]):
-        if done:
-            known_hosts.replace_key(path, domain, key)
-        else:
+    if not done:
+        for path in map(Path, move["files"]):
             known_hosts.add_key(path, domain, key)
-    if done:
+    elif dns_points_at_new(settings, journal) is False:
+        for path in map(Path, move["files"]):
+            known_hosts.replace_key(path, domain, key)
         print(f"  known_hosts: {domain} names only the old host's key again ({fingerprint(key)})")
+    else:
+        print(
+            f"  known_hosts: {domain} keeps both hosts' keys until DNS points at the old "
+            "host again (rerun rollback then to keep only the old host's key)"
+        )
 
 
 def offer_known_hosts_update(settings: Settings, runner: Runner) -> None:

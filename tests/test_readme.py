@@ -176,7 +176,7 @@ def test_day_of_the_move(make_lab, tmp_path: Path):
     code, out = _interactive(as_lab(migrate, lab), env=env, cwd=lab.relay_dir, answer=operator)
     assert code == 0, out
     assert typed == ["done", "y"] and "all 2 nameservers answer the new values" in out
-    assert f"known_hosts: {lab.domain} now names the new host's key" in out
+    assert f"known_hosts: {lab.domain} now names only the new host's key" in out
     assert "\x1b[32mPASS\x1b[0m" in out  # colour on a terminal
     assert compare_trees(before, listing(lab, "new")) == []
     assert mail_services(lab, "new") == MAIL_ON
