@@ -10,8 +10,7 @@ import sys
 import invoke
 from invoke import Exit
 
-from .remote import MigrateError
-from .settings import SettingsError
+from .errors import MigrateError, SettingsError
 
 COLOURS = {"green": "32", "yellow": "33", "red": "31", "bold": "1"}
 

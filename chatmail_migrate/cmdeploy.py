@@ -9,9 +9,9 @@ import subprocess
 import time
 
 from . import audit
+from .errors import MigrateError, SettingsError
 from .relay import version_tuple
-from .remote import MigrateError
-from .settings import Settings, SettingsError, check_cmdeploy
+from .settings import Settings, check_cmdeploy
 
 
 def cmdeploy_host(host: str) -> str:

@@ -19,7 +19,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from .remote import MigrateError
+from .errors import MigrateError
 
 TIMEOUT = 3.0
 SUGGESTED_TTL = 300

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import Settings, SettingsError
+from .errors import SettingsError
+from .settings import Settings
 
 STEPS = [
     "disable-mail",

@@ -16,9 +16,10 @@ import paramiko
 
 from . import audit, commands, dnscheck
 from .commands import parse_sections
+from .errors import MigrateError
 from .journal import Journal
 from .relay import Relay, copy_paths
-from .remote import MigrateError, Runner, fingerprint
+from .remote import Runner, fingerprint
 from .settings import Settings
 
 FREE_MARGIN = 1.1  # plus a fixed 100 MiB: logs, indexes and Postfix grow meanwhile

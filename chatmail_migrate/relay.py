@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RelayConfigError
+
 MAILBOX_ROOT = "/home/vmail/mail"
 # Trees every release keeps, besides the mailboxes (seed: step 2).
 SECRET_TREES = ["/var/lib/acme", "/etc/dkimkeys"]
@@ -27,10 +29,6 @@ SELF_SIGNED_PAIR = ["/etc/ssl/certs/mailserver.pem", "/etc/ssl/private/mailserve
 
 def version_tuple(text: str | None) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", text or "")[:3])
-
-
-class RelayConfigError(Exception):
-    """chatmail.ini cannot be read; the message says what to fix."""
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,13 @@ import paramiko.agent
 from invoke.exceptions import UnexpectedExit
 
 from . import audit
+from .errors import HostKeyError, MigrateError
 from .settings import Settings
 
 # paramiko reports transport errors from its own thread as logged tracebacks; the
 # tool reports them itself, in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
-
-
-class MigrateError(Exception):
-    """A step cannot go on; the message says what happened, in one line."""
 
 
 @dataclass
@@ -46,10 +43,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.exited == 0
-
-
-class HostKeyError(MigrateError):
-    """A host key is unknown or has changed: never accepted silently."""
 
 
 def fingerprint(key: paramiko.PKey) -> str:

@@ -3,8 +3,9 @@
 Every task calls :func:`resolve` with its own command-line values. Precedence,
 highest first: the task's flags; the ``fab -H`` host (the step's own host); the
 ``chatmail_migrate`` config (``invoke.yaml``/``fabric.yaml``, ``INVOKE_``/``FABRIC_``
-env vars, or values ``migrate`` hands to its chained steps); the dedicated
-environment variables; built-in defaults.
+env vars); the dedicated environment variables; built-in defaults. The result is
+frozen: a changed value is a new object (``dataclasses.replace``), made in one
+visible place (``migration.pin_old_host``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .relay import Relay, RelayConfigError, read_relay
+from .errors import SettingsError
+from .relay import Relay, read_relay
 
 # Defaults for the ``chatmail_migrate`` config namespace, declared once.
 DEFAULTS: dict = {
@@ -69,11 +71,7 @@ ENV_SSH_CONFIG = "CHATMAIL_MIGRATE_SSH_CONFIG"
 ENV_NAMESERVERS = "CHATMAIL_MIGRATE_NAMESERVERS"
 
 
-class SettingsError(Exception):
-    """Bad or missing input; the message says what is wrong and how to fix it."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     old_host: str | None = None
     new_host: str | None = None
@@ -130,15 +128,6 @@ def config_section(c) -> dict:
 def connection_host(c) -> str | None:
     """The host string of ``fab -H`` (as typed) when the task got a Connection."""
     return getattr(c, "original_host", None)
-
-
-def read_checkout(relay_dir: Path | None) -> Relay | None:
-    if not relay_dir:
-        return None
-    try:
-        return read_relay(relay_dir)
-    except RelayConfigError as e:
-        raise SettingsError(str(e)) from None
 
 
 def pinned_old_host(journal_dir: Path, mail_domain: str | None) -> str | None:
@@ -214,14 +203,13 @@ def resolve(
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
     env = os.environ
-    # Under migrate the hosts are already resolved (from -H too) and in the config.
-    cli_host = None if cfg.get("migrating") else connection_host(c)
+    cli_host = connection_host(c)
     if role == "old" and cli_host and not old_host:
         old_host = cli_host
     if role == "new" and cli_host and not new_host:
         new_host = cli_host
     rdir = resolve_relay_dir(relay_dir or cfg.get("relay_dir") or env.get(ENV_RELAY_DIR))
-    relay = read_checkout(rdir)
+    relay = read_relay(rdir) if rdir else None
     mail_domain = relay.mail_domain if relay else None
     state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local/state")
     fabric_ssh = getattr(c.config, "runtime_ssh_path", None) if hasattr(c, "config") else None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, Context
 
-from chatmail_migrate import commands, steps, verify
+from chatmail_migrate import commands, migration, steps, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.journal import STEPS, Journal, plan
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
@@ -172,7 +172,7 @@ def test_migrate_plans_the_steps_in_documented_order():
         "presync", "install", "disable-mail", "copy-data", "fix-ownership", "verify",
         "switch-dns", "enable-mail",
     ]  # fmt: skip
-    assert set(steps.STEP_TASKS) == {"presync", *STEPS}
+    assert set(migration.STEP_ACTIONS) == {"presync", *STEPS}
     assert steps.migrate.post == [] and steps.migrate.pre == []
 
 

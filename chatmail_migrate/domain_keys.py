@@ -1,0 +1,184 @@
+"""The mail domain's keys in the operator's known_hosts while the relay moves.
+
+During the move the mail domain may lead to either host (resolver caches, and
+relays up to 1.7 whose ``cmdeploy run`` logs in to the domain itself). OpenSSH
+accepts a host when any line naming it holds the key it sees, so once DNS is being
+changed the domain gets the new host's verified key beside the old one's; when the
+authoritative servers answer the new address the move has ended and only the new
+key stays; a rollback ends with the old key alone. Files are backed up before the
+first change; nothing unverified is ever written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import paramiko
+
+from . import dnscheck, known_hosts
+from .errors import MigrateError
+from .journal import Journal
+from .remote import Runner, connect, fingerprint, known_hosts_files
+from .settings import Settings
+
+
+def _new_host_key(runner: Runner) -> paramiko.PKey:
+    return runner.connection("new").client.get_transport().get_remote_server_key()
+
+
+def _domain_known_hosts(settings: Settings) -> list[Path]:
+    """The user known_hosts files OpenSSH reads for the mail domain (ssh config honoured)."""
+    files, _ = known_hosts_files(connect(settings, settings.mail_domain or ""))
+    return files
+
+
+def accept_both(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """While DNS changes, the mail domain may lead to either host: let ssh accept both.
+
+    Both keys were verified by the tool's own connections. Files that name the domain
+    get the new host's key beside the old one's (backed up first); with no such file,
+    the first user file gets it, as ssh would after a confirmed first login.
+    """
+    domain = settings.mail_domain or ""
+    key = _new_host_key(runner)
+    files = _domain_known_hosts(settings)
+    naming = [f for f in files if known_hosts.names_domain(f, domain)] or files[:1]
+    changed, backups = [], []
+    for path in naming:
+        if known_hosts.names_key(path, domain, key):
+            continue
+        if path.is_file():
+            backups.append(str(known_hosts.backup(path)))
+        known_hosts.add_key(path, domain, key)
+        changed.append(str(path))
+    if changed:
+        print(
+            f"  known_hosts: {domain} is accepted with the old and the new host's key "
+            f"({fingerprint(key)}) until enable-mail ends; backup: {', '.join(backups) or 'none'}"
+        )
+    if journal and not settings.dry:
+        journal.note(
+            "known-hosts-both", host=settings.new_host, files=[str(p) for p in naming],
+            key_type=key.get_name(), key=key.get_base64(), backups=backups,
+        )  # fmt: skip
+
+
+def _known_hosts_move(journal: Journal | None) -> dict | None:
+    """The "known-hosts-both" note of this migration (since its last restart), if any:
+    which files the tool edited for the mail domain, and the new host's key."""
+    for event in reversed(journal.events if journal else []):
+        if event.get("event") == "restart":
+            return None
+        if event.get("event") == "known-hosts-both":
+            return event
+    return None
+
+
+def dns_points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
+    """Asked of the authoritative servers now: True when every one answers the records
+    switch-dns set, False when none answers any of them, None when mixed or unknown."""
+    switched = next(
+        (
+            e
+            for e in reversed(journal.events if journal else [])
+            if e.get("event") == "dns-switched"
+        ),
+        None,
+    )
+    if not switched:
+        return False
+    want = switched.get("records", {})
+    try:
+        given = dnscheck.parse_nameservers(settings.nameservers)
+        _, servers = dnscheck.authoritative_servers(settings.mail_domain or "", given)
+        current = dnscheck.address_records(settings.mail_domain or "", servers)
+    except MigrateError:
+        return None
+    answers = [sorted(a[t].values) == sorted(v) for a in current.values() for t, v in want.items()]
+    if all(answers):
+        return True
+    new_values = {v for values in want.values() for v in values}
+    if not any(set(a[t].values) & new_values for a in current.values() for t in ("A", "AAAA")):
+        return False
+    return None
+
+
+def keep_only_new(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """The move has ended: the mail domain names only the new host's key, once DNS
+    was seen to point at it (until then the old host may still answer to the name)."""
+    move = _known_hosts_move(journal)
+    if not move or settings.dry:
+        return
+    domain, key = settings.mail_domain or "", _new_host_key(runner)
+    if key.get_base64() != move["key"]:
+        raise MigrateError(
+            f"the new host {settings.new_host} shows another host key ({fingerprint(key)}) "
+            "than the one switch-dns accepted for the mail domain: check the host"
+        )
+    if dns_points_at_new(settings, journal) is not True:
+        print(
+            f"  known_hosts: {domain} keeps both hosts' keys: not every authoritative "
+            "nameserver answers the new address yet; once they do, run switch-dns "
+            "--update-known-hosts to keep only the new host's key"
+        )
+        return
+    for path in map(Path, move["files"]):
+        known_hosts.replace_key(path, domain, key)
+    print(f"  known_hosts: {domain} now names only the new host's key ({fingerprint(key)})")
+
+
+def old_key_during_rollback(
+    settings: Settings, runner: Runner, journal: Journal | None, *, done: bool
+) -> None:
+    """A rollback after switch-dns edited known_hosts: the domain accepts the old host's
+    (verified) key again while cmdeploy may log in to it, and only that key once mail
+    runs on old again. A rollback before switch-dns leaves known_hosts alone."""
+    move = _known_hosts_move(journal)
+    if not move or settings.dry:
+        return
+    domain = settings.mail_domain or ""
+    key = runner.connection("old").client.get_transport().get_remote_server_key()
+    if not done:
+        for path in map(Path, move["files"]):
+            known_hosts.add_key(path, domain, key)
+    elif dns_points_at_new(settings, journal) is False:
+        for path in map(Path, move["files"]):
+            known_hosts.replace_key(path, domain, key)
+        print(f"  known_hosts: {domain} names only the old host's key again ({fingerprint(key)})")
+    else:
+        print(
+            f"  known_hosts: {domain} keeps both hosts' keys until DNS points at the old "
+            "host again (rerun rollback then to keep only the old host's key)"
+        )
+
+
+def offer_new_key_only(settings: Settings, runner: Runner) -> None:
+    """Offer to end the transition now: only the new key for the mail domain."""
+    domain = settings.mail_domain or ""
+    key = _new_host_key(runner)
+    stale = [
+        f
+        for f in _domain_known_hosts(settings)
+        if f.is_file() and known_hosts.names_other_key(f, domain, key)
+    ]
+    if not stale:
+        return
+    where = ", ".join(str(f) for f in stale)
+    update = settings.update_known_hosts
+    if not update and sys.stdin.isatty() and not settings.yes:
+        answer = input(
+            f"  {where} still holds the old host's key for {domain}; keep only the "
+            f"new host's ({fingerprint(key)}) now? [y/N] "
+        )
+        update = answer.strip().lower() in ("y", "yes")
+    if update:
+        for path in stale:
+            known_hosts.replace_key(path, domain, key)
+        print(f"  known_hosts: {domain} now names only the new host's key ({fingerprint(key)})")
+    else:
+        print(
+            f"  known_hosts: {where} still holds the old host's key for {domain} beside the "
+            f"new one's; enable-mail keeps only the new host's key ({fingerprint(key)}) "
+            "when it ends, or rerun switch-dns with --update-known-hosts"
+        )

@@ -1,0 +1,394 @@
+"""A migration: its resolved settings, its journal and its plan, run step by step.
+
+``migrate`` builds a :class:`Migration` whose plan is every step this relay needs,
+in the order its release wants (that order is data, not Invoke's static pre/post
+tasks); a step run by hand is the same object with a one-step plan. Only a whole
+migration skips the steps its journal records as done, and rolls back when a step
+fails before DNS was changed. What each step does is a plain function of
+actions.py; this module announces, times and journals it, and on failure says
+where things stand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from invoke import Exit
+
+from . import actions, audit, dnscheck, switch_dns
+from . import preflight as checks
+from .cli import debugging, paint
+from .cmdeploy import cmdeploy_host, stages_supported
+from .errors import MigrateError, SettingsError
+from .journal import STEPS, Journal, plan, report
+from .remote import Runner, connect
+from .settings import Settings, check_cmdeploy, resolve
+
+# What each step does: a plain function of (settings, runner, journal).
+STEP_ACTIONS: dict[str, Callable[..., None]] = {
+    "presync": actions.presync_old_to_new,
+    "disable-mail": actions.disable_mail_on_old,
+    "copy-data": actions.copy_data_old_to_new,
+    "install": actions.install_on_new,
+    "fix-ownership": actions.fix_ownership_on_new,
+    "verify": actions.verify_trees,
+    "switch-dns": switch_dns.switch_dns_records,
+    "enable-mail": actions.enable_mail_on_new,
+}
+# Which host each step works on, for its announcement.
+ROLES = {
+    "presync": "old → new",
+    "disable-mail": "old",
+    "copy-data": "old → new",
+    "install": "new",
+    "fix-ownership": "new",
+    "verify": "old ↔ new",
+    "switch-dns": "DNS",
+    "enable-mail": "new",
+}
+# What each step needs, checked before it touches anything or writes the journal.
+NEEDS = {
+    "presync": ("old_host", "new_host", "relay_dir"),
+    "disable-mail": ("old_host", "relay_dir"),
+    "copy-data": ("old_host", "new_host"),
+    "install": ("new_host", "relay_dir"),
+    "fix-ownership": ("new_host",),
+    "verify": ("old_host", "new_host"),
+    "switch-dns": ("old_host", "new_host", "relay_dir"),
+    "enable-mail": ("new_host", "relay_dir"),
+}
+USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
+# Which host ``fab -H`` names for each step run by hand: the step's own host.
+FAB_HOST_ROLE = {
+    name: "old" if name in ("presync", "disable-mail", "copy-data", "verify") else "new"
+    for name in STEP_ACTIONS
+}
+
+
+def task_settings(c, role: str | None, needs=(), cmdeploy: bool = False, **flags) -> Settings:
+    """Resolve and check a task's settings; bad input exits with one line, nothing touched."""
+    try:
+        settings = resolve(c, role=role, **flags)
+        settings.need(*needs)
+        if cmdeploy:
+            check_cmdeploy(settings)
+            for name in ("old_host", "new_host"):
+                if name in needs:
+                    cmdeploy_host(getattr(settings, name))  # refuses a port it would drop
+        if "old_host" in needs:
+            settings = pin_old_host(settings)
+    except SettingsError as e:
+        raise Exit(f"error: {e}", code=2) from None
+    return settings
+
+
+def pin_old_host(settings: Settings) -> Settings:
+    """Turn the default old host (the mail domain) into the address DNS gives now.
+
+    Asked of the authoritative servers, once: after the switch the name points at
+    the new host. A ``Host`` entry for the domain in the ssh config is kept as is.
+    """
+    if not settings.old_host_from_domain or settings.dry:
+        return settings
+    domain = settings.mail_domain or ""
+    if connect(settings, domain).host != domain:
+        return settings
+    try:
+        address = dnscheck.resolve_host(domain, dnscheck.parse_nameservers(settings.nameservers))
+    except MigrateError as e:
+        raise SettingsError(f"cannot find the old host by DNS: {e}; give --old-host") from None
+    print(f"old host: {domain} points at {address} (asked its authoritative nameservers)")
+    return dataclasses.replace(settings, old_host=address, old_host_from_domain=False)
+
+
+def where(name: str, s: Settings) -> str:
+    return {
+        "old": f"on {s.old_host}",
+        "new": f"on {s.new_host}",
+        "old → new": f"{s.old_host} → {s.new_host}",
+        "old ↔ new": f"{s.old_host} ↔ {s.new_host}",
+        "DNS": f"{s.mail_domain or ''}: {s.old_host} → {s.new_host}",
+    }[ROLES[name]]
+
+
+@dataclass
+class Migration:
+    settings: Settings
+    journal: Journal | None
+    plan: list[str]
+    # A whole migration (migrate): skips journaled steps, may roll back on failure.
+    whole: bool = False
+
+    @classmethod
+    def one_step(cls, settings: Settings, name: str) -> Migration:
+        return cls(settings, Journal.for_settings(settings), [name])
+
+    @classmethod
+    def whole_relay(cls, settings: Settings, *, restart: bool) -> Migration:
+        """Every step this relay needs; a journaled migration resumes in its own order."""
+        journal = Journal.for_settings(settings)
+        assert journal is not None  # migrate needs relay_dir, hence a mail domain
+        try:
+            if restart:
+                journal.reset()
+            journal.check_hosts(settings)
+        except SettingsError as e:
+            raise Exit(f"error: {e}", code=2) from None
+        staged, _ = stages_supported(settings)
+        wanted = plan(presync=settings.presync, staged=staged)
+        if journal.done_steps() and journal.plan != wanted:
+            print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
+        else:
+            journal.plan = wanted
+        return cls(settings, journal, journal.plan, whole=True)
+
+    # -- running ------------------------------------------------------------
+    def run(self) -> None:
+        if not self.whole:
+            for name in self.plan:
+                self.run_step(name)
+            return
+        s, journal = self.settings, self.journal
+        assert journal is not None
+        if not s.dry:
+            journal.adopt_hosts(s)
+            journal.save()
+        print(
+            f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}"
+            + (" (dry run)" if s.dry else "")
+        )
+        print(f"journal: {journal.path}")
+        print(f"plan: {', '.join(self.plan)}")
+        if not s.dry:
+            print(f"command log: {audit.log_path(s)}; report at the end: {audit.report_path(s)}")
+            audit.note(s, f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}, plan {self.plan}")
+        staged, why = stages_supported(s)
+        if staged:
+            print(f"cmdeploy stages ({why}): install on new before mail goes down, activate last")
+        if journal.done_steps() and not s.dry:
+            print(
+                f"resuming at {journal.next_step()}: already done "
+                f"{', '.join(journal.done_steps())} (--restart starts over)"
+            )
+        try:
+            run_preflight(s, journal)
+            for name in self.plan:
+                self.run_step(name)
+            self.summary()
+        finally:
+            if not s.dry:
+                write_report(s, journal)
+
+    def run_step(self, name: str) -> None:
+        """Announce, time and journal one step; on failure say exactly where things stand."""
+        s, journal = self.settings, self.journal
+        order = journal.plan if journal else STEPS
+        number = f"[{order.index(name) + 1}/{len(order)}]" if name in order else f"[{name}]"
+        self._check_journal_hosts(name)
+        # A pre-sync is worth repeating, until the downtime has begun.
+        done = journal and journal.done("disable-mail" if name == "presync" else name)
+        if done and self.whole and not s.dry:
+            when = journal.steps.get(name, {}).get("finished", "before the downtime")
+            print(f"{number} {name}: done {when} (journal), skipping")
+            return
+        print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
+        audit.note(s, f"{number} {name} {where(name, s)}: started")
+        runner = Runner(s)
+        started, clock = time.time(), time.monotonic()
+        try:
+            STEP_ACTIONS[name](s, runner, journal)
+        except (Exception, KeyboardInterrupt) as e:
+            if debugging() and not isinstance(e, KeyboardInterrupt):
+                raise
+            runner.close()
+            if isinstance(e, KeyboardInterrupt):
+                message, code = "interrupted", 130
+            elif isinstance(e, (MigrateError, SettingsError)):
+                message, code = str(e), 1
+            else:
+                message = f"unexpected {type(e).__name__}: {e} (--debug shows the traceback)"
+                code = 1
+            if journal and not s.dry:
+                journal.record_failure(name, message)
+            stand = self._after_failure(name)
+            seconds = time.monotonic() - clock
+            audit.note(s, f"{number} {name} FAILED after {seconds:.1f}s: {message}")
+            failed = paint(f"{number} {name} FAILED", "red", sys.stderr)
+            raise Exit(f"{failed} after {seconds:.1f}s: {message}\n{stand}", code) from None
+        finally:
+            runner.close()
+        seconds = time.monotonic() - clock
+        if journal and not s.dry:
+            journal.adopt_hosts(s)
+            journal.record(name, started, seconds)
+        audit.note(s, f"{number} {name} done in {seconds:.1f}s")
+        print(f"{number} {name} {paint('done', 'green')} in {seconds:.1f}s", flush=True)
+
+    def _check_journal_hosts(self, name: str) -> None:
+        journal = self.journal
+        if not (journal and journal.steps):
+            return
+        touched = {"old": ["old_host"], "new": ["new_host"]}.get(
+            ROLES[name], ["old_host", "new_host"]
+        )
+        for key in touched:
+            mine, theirs = getattr(journal, key), getattr(self.settings, key)
+            if mine and theirs and mine != theirs:
+                raise Exit(
+                    f"{name}: the journal {journal.path} records {key.replace('_', ' ')} {mine}, "
+                    f"not {theirs}; give --{key.replace('_', '-')} {mine}, or start anew with "
+                    "migrate --restart",
+                    code=2,
+                )
+
+    def _after_failure(self, name: str) -> str:
+        """Roll back a whole migration while DNS still points at old; say where things stand."""
+        s, journal = self.settings, self.journal
+        if not journal or s.dry:
+            return ""
+        mail_off = journal.done("disable-mail") or name == "disable-mail"
+        if not (self.whole and mail_off):
+            return journal.where_things_stand()
+        if journal.done("switch-dns") or journal.dns_change_confirmed():
+            return (
+                "Not rolling back: DNS already points at the new host. "
+                + journal.where_things_stand()
+            )
+        if not s.rollback:
+            return "--no-rollback: mail stays off on the old host. " + journal.where_things_stand()
+        print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
+        runner = Runner(s)
+        try:
+            actions.rollback_on_old(s, runner, journal)
+        except (MigrateError, SettingsError) as e:
+            return (
+                f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host: fix that, then run "
+                "`rollback` (or cmdeploy run --ssh-host OLD)."
+            )
+        finally:
+            runner.close()
+        journal.record_rollback()
+        return (
+            "Rolled back: mail runs on the old host again, whose data was never changed. "
+            "Fix the cause, then rerun migrate: it starts over and replaces the new host's copy."
+        )
+
+    def summary(self) -> None:
+        """The table of steps, durations and mail downtime that ends ``migrate``."""
+        s, journal = self.settings, self.journal
+        if s.dry:
+            print("dry run: nothing was changed, nothing journaled")
+            return
+        if journal is None:
+            return
+        print(f"migration of {journal.mail_domain}: {journal.old_host} → {journal.new_host}")
+        for number, name in enumerate(journal.plan, 1):
+            step = journal.steps.get(name, {})
+            seconds = f"{step['seconds']:8.1f}s" if "seconds" in step else "  (not done)"
+            print(f"  [{number}/{len(journal.plan)}] {name:14} {seconds}")
+        first, last = journal.steps.get("disable-mail"), journal.steps.get("enable-mail")
+        if first and last:
+            downtime = last["started_ts"] + last["seconds"] - first["started_ts"]
+            print(f"  mail was down for {downtime:.1f}s (disable-mail start to enable-mail end)")
+            print(
+                f"  now raise the TTL of {journal.mail_domain}'s A/AAAA records again "
+                "(14400-86400 s): short TTLs cost every client lookups"
+            )
+        print(f"  journal: {journal.path}")
+
+
+def write_report(settings: Settings, journal: Journal | None) -> None:
+    """Write the final report from the journal, and say where it and the log are."""
+    path = audit.report_path(settings)
+    if journal is None or path is None or not journal.path.exists():
+        return
+    path.write_text(report(journal, audit.log_path(settings)))
+    print(f"report: {path}\ncommand log: {audit.log_path(settings)}", flush=True)
+
+
+def run_preflight(s: Settings, journal: Journal | None) -> None:
+    """Every preflight check, one line each; any FAIL stops with nothing changed."""
+    print(f"preflight {s.mail_domain}: {s.old_host} → {s.new_host}", flush=True)
+    runner = Runner(s)
+    started = time.monotonic()
+    try:
+        if s.dry:
+            for role in ("old", "new"):
+                runner.run(role, checks.facts_command(s.relay))
+            print("dry run: checks not evaluated")
+            return
+        failed = []
+        for check in checks.run_checks(s, runner, force=s.force, journal=journal):
+            colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[check.status]
+            print(paint(f"{check.status:4}", colour) + check.line()[4:], flush=True)
+            audit.note(s, f"preflight {check.line()}")
+            if check.status == "FAIL":
+                failed.append(check)
+    except (MigrateError, SettingsError) as e:
+        raise Exit(f"preflight stopped: {e}", code=1) from None
+    except Exception as e:
+        if debugging():
+            raise
+        raise Exit(f"preflight stopped: unexpected {type(e).__name__}: {e}", code=1) from None
+    finally:
+        runner.close()
+    seconds = time.monotonic() - started
+    if failed:
+        raise Exit(
+            f"preflight: {len(failed)} check(s) failed, nothing was changed "
+            f"({failed[0].name}: {failed[0].detail})",
+            code=1,
+        )
+    print(f"preflight passed in {seconds:.1f}s")
+
+
+def roll_back(s: Settings) -> None:
+    """Mail on the old host again, recorded in the journal (the next migrate starts over)."""
+    journal = Journal.for_settings(s)
+    if journal and journal.done("switch-dns"):
+        print("note: DNS was switched to the new host: point it back at the old host too")
+    print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
+    runner = Runner(s)
+    try:
+        actions.rollback_on_old(s, runner, journal)
+    except (MigrateError, SettingsError) as e:
+        raise Exit(f"rollback FAILED: {e}", code=1) from None
+    finally:
+        runner.close()
+    if journal and not s.dry:
+        journal.record_rollback()
+    print("rollback done: mail runs on the old host; a new migrate starts over")
+
+
+def show_status(s: Settings) -> None:
+    """Where each journaled migration stands, with its command log and report."""
+    journals = [Journal.for_settings(s)] if s.mail_domain else []
+    if not s.mail_domain and s.journal_dir.is_dir():
+        for path in sorted(s.journal_dir.glob("*.json")):
+            journals.append(Journal.for_settings(dataclasses.replace(s, mail_domain=path.stem)))
+    journals = [j for j in journals if j and j.path.exists()]
+    if not journals:
+        print(f"no migration journaled in {s.journal_dir}")
+        return
+    for journal in journals:
+        print(f"{journal.mail_domain}: {journal.old_host} → {journal.new_host} ({journal.path})")
+        for number, name in enumerate(journal.plan, 1):
+            step = journal.steps.get(name)
+            state = f"done {step['finished']} in {step['seconds']}s" if step else "not done"
+            print(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
+        failures = [e for e in journal.events if e.get("event") == "failed"]
+        if failures and journal.next_step():
+            last = failures[-1]
+            print(f"  last failure: {last['step']} at {last['time']}: {last['message']}")
+        print(f"  {journal.where_things_stand()}")
+        of_journal = dataclasses.replace(s, mail_domain=journal.mail_domain)
+        for label, path in (
+            ("command log", audit.log_path(of_journal)),
+            ("report", audit.report_path(of_journal)),
+        ):
+            if path and path.exists():
+                print(f"  {label}: {path}")
