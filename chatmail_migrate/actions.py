@@ -6,10 +6,11 @@ switching DNS, has a module of its own (switch_dns.py).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 
-from . import commands, domain_keys, verify
+from . import commands, dnscheck, domain_keys, verify
 from .cmdeploy import ACTIVATE_STAGES, PREPARE_STAGES, cmdeploy_run, stages_supported
 from .errors import MigrateError
 from .journal import Journal
@@ -28,6 +29,52 @@ def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
         raise MigrateError(f"on the {role} host: " + "; ".join(problems))
     state = "active and enabled" if running else "stopped and disabled"
     print(f"  {role} host: postfix and dovecot are {state}")
+
+
+def refuse_to_overwrite_a_live_relay(settings: Settings, runner: Runner, step: str) -> None:
+    """Steps that write to the new host never write to one that serves mail.
+
+    Rerun by hand after a finished move (shell history), or with the hosts swapped,
+    they would wipe mail received since, or the old relay's keys. So: not where
+    postfix or dovecot run, and not where DNS points the mail domain (asked of the
+    authoritative servers). ``--force`` does not override this.
+    """
+    result = runner.run("new", commands.live_relay_facts_command(), hide=True, quiet=True)
+    if settings.dry:
+        return
+    facts = commands.parse_sections(result.stdout)
+    host, running = settings.new_host, facts.get("active", [])
+    if running:
+        raise MigrateError(
+            f"{step} refused: {host} runs {' and '.join(running)}, so it serves mail and "
+            f"{step} would overwrite what it holds; check --new-host (is it the old relay, "
+            "or a finished move?), stop its mail first if it really is the empty target"
+        )
+    addresses = {_address(a) for a in facts.get("addresses", [])} - {None}
+    if not (settings.mail_domain and addresses):
+        return
+    domain = settings.mail_domain
+    try:
+        _, servers = dnscheck.authoritative_servers(
+            domain, dnscheck.parse_nameservers(settings.nameservers)
+        )
+        current = dnscheck.address_records(domain, servers)
+    except MigrateError:
+        return  # DNS cannot be asked: the service check above stands
+    published = {_address(v) for a in current.values() for t in ("A", "AAAA") for v in a[t].values}
+    live = sorted(str(a) for a in addresses & published)
+    if live:
+        raise MigrateError(
+            f"{step} refused: DNS points {domain} at {', '.join(live)}, an address of {host}: "
+            f"it is the live relay, and {step} would overwrite it; check --new-host"
+        )
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
@@ -114,6 +161,7 @@ def _mailbox_tree(settings: Settings) -> str:
 def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Mirror the mailbox tree to new while old still serves mail; repeatable."""
     _need_agent(settings, "presync")
+    refuse_to_overwrite_a_live_relay(settings, runner, "presync")
     tree = _mailbox_tree(settings)
     if not settings.dry and not path_exists(runner, "old", tree):
         raise MigrateError(
@@ -135,6 +183,7 @@ def copy_data_old_to_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
     _need_agent(settings, "copy-data")
+    refuse_to_overwrite_a_live_relay(settings, runner, "copy-data")
     tree = _mailbox_tree(settings)
     wanted = copy_paths(settings.relay)
     paths = wanted
@@ -185,6 +234,7 @@ def stop_copy_on_old(settings: Settings) -> None:
 
 def install_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Deploy the relay on new with mail off: only install and configure where staged."""
+    refuse_to_overwrite_a_live_relay(settings, runner, "install")
     staged, why = stages_supported(settings)
     if not staged:
         cmdeploy_run(settings, settings.new_host, disable_mail=True)
@@ -225,6 +275,7 @@ def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[
 def fix_ownership_on_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
+    refuse_to_overwrite_a_live_relay(settings, runner, "fix-ownership")
     paths = copy_paths(settings.relay)
     if not settings.dry:
         paths = existing_paths(runner, "new", paths)
@@ -317,6 +368,25 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     if not report.ok:
         raise MigrateError("verify: " + report.summary())
     print(f"  {report.summary()}")
+
+
+def stop_mail_on_new(settings: Settings, runner: Runner) -> None:
+    """After a rollback only the old host may take mail: stop it on the new one."""
+    try:
+        result = runner.run(
+            "new",
+            "for s in postfix dovecot; do if systemctl is-active --quiet $s; then "
+            "systemctl disable --quiet --now $s && echo $s; fi; done",
+            hide=True,
+        )
+    except MigrateError as e:
+        print(f"  could not reach the new host to stop its mail ({e}): stop it there yourself")
+        return
+    if result.stdout.split():
+        print(
+            f"  stopped {' and '.join(result.stdout.split())} on the new host "
+            f"{settings.new_host}: only the old host takes mail"
+        )
 
 
 def rollback_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:

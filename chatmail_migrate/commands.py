@@ -411,5 +411,14 @@ def milter_sockets_command() -> str:
     )
 
 
+def live_relay_facts_command() -> str:
+    """Which mail services run on a host, and its global addresses."""
+    return (
+        "echo '== active'; for s in postfix dovecot; do "
+        'systemctl is-active --quiet "$s" && echo "$s"; done; '
+        "echo '== addresses'; ip -o address show scope global | awk '{print $4}' | cut -d/ -f1"
+    )
+
+
 def global_addresses_command() -> str:
     return "ip -j address show scope global"

@@ -189,3 +189,16 @@ def wait_for(
             )
         sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+def points_at(domain: str, servers: list[Server], want: dict[str, list[str]]) -> bool | None:
+    """Whether ``domain`` points at ``want`` ({"A": [...], "AAAA": [...]}), asked of each
+    authoritative server now: True when every one answers exactly that, False when
+    none answers any of those values, None when they are mixed."""
+    current = address_records(domain, servers)
+    if all(sorted(a[t].values) == sorted(v) for a in current.values() for t, v in want.items()):
+        return True
+    values = {v for vs in want.values() for v in vs}
+    if not any(set(a[t].values) & values for a in current.values() for t in ("A", "AAAA")):
+        return False
+    return None

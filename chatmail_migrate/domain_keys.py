@@ -16,11 +16,12 @@ from pathlib import Path
 
 import paramiko
 
-from . import dnscheck, known_hosts
+from . import known_hosts
 from .errors import MigrateError
 from .journal import Journal
 from .remote import Runner, connect, fingerprint, known_hosts_files
 from .settings import Settings
+from .switch_dns import points_at_new
 
 
 def _new_host_key(runner: Runner) -> paramiko.PKey:
@@ -75,35 +76,6 @@ def _known_hosts_move(journal: Journal | None) -> dict | None:
     return None
 
 
-def dns_points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
-    """Asked of the authoritative servers now: True when every one answers the records
-    switch-dns set, False when none answers any of them, None when mixed or unknown."""
-    switched = next(
-        (
-            e
-            for e in reversed(journal.events if journal else [])
-            if e.get("event") == "dns-switched"
-        ),
-        None,
-    )
-    if not switched:
-        return False
-    want = switched.get("records", {})
-    try:
-        given = dnscheck.parse_nameservers(settings.nameservers)
-        _, servers = dnscheck.authoritative_servers(settings.mail_domain or "", given)
-        current = dnscheck.address_records(settings.mail_domain or "", servers)
-    except MigrateError:
-        return None
-    answers = [sorted(a[t].values) == sorted(v) for a in current.values() for t, v in want.items()]
-    if all(answers):
-        return True
-    new_values = {v for values in want.values() for v in values}
-    if not any(set(a[t].values) & new_values for a in current.values() for t in ("A", "AAAA")):
-        return False
-    return None
-
-
 def keep_only_new(settings: Settings, runner: Runner, journal: Journal | None) -> None:
     """The move has ended: the mail domain names only the new host's key, once DNS
     was seen to point at it (until then the old host may still answer to the name)."""
@@ -116,7 +88,7 @@ def keep_only_new(settings: Settings, runner: Runner, journal: Journal | None) -
             f"the new host {settings.new_host} shows another host key ({fingerprint(key)}) "
             "than the one switch-dns accepted for the mail domain: check the host"
         )
-    if dns_points_at_new(settings, journal) is not True:
+    if points_at_new(settings, journal) is not True:
         print(
             f"  known_hosts: {domain} keeps both hosts' keys: not every authoritative "
             "nameserver answers the new address yet; once they do, run switch-dns "
@@ -142,7 +114,7 @@ def old_key_during_rollback(
     if not done:
         for path in map(Path, move["files"]):
             known_hosts.add_key(path, domain, key)
-    elif dns_points_at_new(settings, journal) is False:
+    elif points_at_new(settings, journal) is False:
         for path in map(Path, move["files"]):
             known_hosts.replace_key(path, domain, key)
         print(f"  known_hosts: {domain} names only the old host's key again ({fingerprint(key)})")

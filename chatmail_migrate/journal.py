@@ -7,6 +7,7 @@ steps recorded as done, so a rerun after a failure resumes where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,36 @@ class Journal:
                 raise SettingsError(
                     f"journal {path} is not valid JSON ({e}): fix it, or move it away to start anew"
                 ) from None
-            return cls(path=path, **data)
+            return cls._from_json(path, data)
         return cls(path=path, mail_domain=settings.mail_domain)
+
+    @classmethod
+    def _from_json(cls, path: Path, data) -> Journal:
+        """A journal from its JSON, or one line saying what in it is not a journal."""
+        shapes = {
+            "mail_domain": str, "old_host": (str, type(None)), "new_host": (str, type(None)),
+            "created": str, "steps": dict, "plan": list, "events": list,
+        }  # fmt: skip
+        problem = None
+        if not isinstance(data, dict):
+            problem = f"holds a {type(data).__name__}, not an object"
+        elif "mail_domain" not in data:
+            problem = "has no mail_domain"
+        else:
+            unknown = sorted(set(data) - set(shapes))
+            wrong = [k for k, t in shapes.items() if k in data and not isinstance(data[k], t)]
+            if unknown:
+                problem = f"has unknown keys {', '.join(unknown)}"
+            elif wrong:
+                problem = f"has {', '.join(wrong)} of the wrong type"
+            elif not all(isinstance(e, dict) for e in data.get("events", [])):
+                problem = "has events that are not objects"
+        if problem:
+            raise SettingsError(
+                f"journal {path} {problem}: it is not a chatmail-migrate journal; "
+                "fix it, or move it away to start anew"
+            )
+        return cls(path=path, **data)
 
     def check_hosts(self, settings: Settings) -> None:
         """Refuse to mix two migrations (other hosts) in one journal."""
@@ -122,8 +151,10 @@ class Journal:
         )
 
     def record_rollback(self) -> None:
-        """Mail runs on old again: everything from disable-mail on must be redone."""
+        """Mail runs on old again: everything from disable-mail on must be redone, maybe
+        to another new host (the first one's disk was too small, say)."""
         self.steps = {}
+        self.new_host = None
         self.events.append({"time": now(), "event": "rollback"})
         self.save()
 
@@ -140,6 +171,15 @@ class Journal:
                 return True
         return False
 
+    def dns_records_asked(self) -> dict[str, list[str]] | None:
+        """The A/AAAA values the operator was asked to publish, since the last (re)start."""
+        for event in reversed(self.events):
+            if event.get("event") in ("rollback", "restart"):
+                return None
+            if event.get("event") in ("dns-change-confirmed", "dns-switched"):
+                return event.get("records")
+        return None
+
     def record_failure(self, step: str, message: str) -> None:
         self.events.append({"time": now(), "step": step, "event": "failed", "message": message})
         self.save()
@@ -153,8 +193,17 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {k: v for k, v in self.__dict__.items() if k != "path"}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        # Durable: a crash (or a full disk) leaves the old journal or the new one, whole.
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def where_things_stand(self) -> str:
         """One paragraph for the operator after a stop: what is done and what it means."""

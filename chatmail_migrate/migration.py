@@ -1,4 +1,4 @@
-"""A migration: its resolved settings, its journal and its plan, run step by step.
+"""A migration: its resolved settings, journal, lock and plan, run step by step.
 
 ``migrate`` builds a :class:`Migration` whose plan is every step this relay needs,
 in the order its release wants (that order is data, not Invoke's static pre/post
@@ -25,6 +25,7 @@ from .cli import debugging, paint
 from .cmdeploy import cmdeploy_host, stages_supported
 from .errors import MigrateError, SettingsError
 from .journal import STEPS, Journal, plan, report
+from .lock import migration_lock
 from .remote import Runner, connect
 from .settings import Settings, check_cmdeploy, resolve
 
@@ -148,6 +149,11 @@ class Migration:
 
     # -- running ------------------------------------------------------------
     def run(self) -> None:
+        """The plan, holding the relay's lock: one migration of a relay at a time."""
+        with migration_lock(self.settings):
+            self._run()
+
+    def _run(self) -> None:
         if not self.whole:
             for name in self.plan:
                 self.run_step(name)
@@ -253,9 +259,18 @@ class Migration:
         mail_off = journal.done("disable-mail") or name == "disable-mail"
         if not (self.whole and mail_off):
             return journal.where_things_stand()
-        if journal.done("switch-dns") or journal.dns_change_confirmed():
+        # Asked of the authoritative servers now: a --yes or a timed-out wait is not
+        # proof that anything changed, and a record changed early is.
+        points = switch_dns.points_at_new(s, journal)
+        if points is True:
             return (
                 "Not rolling back: DNS already points at the new host. "
+                + journal.where_things_stand()
+            )
+        if points is None:
+            return (
+                "Not rolling back: some authoritative nameservers (or all, if they could "
+                "not be asked) may already send clients to the new host. "
                 + journal.where_things_stand()
             )
         if not s.rollback:
@@ -354,13 +369,22 @@ def roll_back(s: Settings) -> None:
     print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
     runner = Runner(s)
     try:
-        actions.rollback_on_old(s, runner, journal)
+        with migration_lock(s):
+            actions.rollback_on_old(s, runner, journal)
+            new_host = s.new_host or (journal.new_host if journal else None)
+            if new_host and new_host != s.old_host:
+                with_new = dataclasses.replace(s, new_host=new_host)
+                new_runner = Runner(with_new)
+                try:
+                    actions.stop_mail_on_new(with_new, new_runner)
+                finally:
+                    new_runner.close()
+            if journal and not s.dry:
+                journal.record_rollback()
     except (MigrateError, SettingsError) as e:
         raise Exit(f"rollback FAILED: {e}", code=1) from None
     finally:
         runner.close()
-    if journal and not s.dry:
-        journal.record_rollback()
     print("rollback done: mail runs on the old host; a new migrate starts over")
 
 
@@ -375,7 +399,8 @@ def show_status(s: Settings) -> None:
         print(f"no migration journaled in {s.journal_dir}")
         return
     for journal in journals:
-        print(f"{journal.mail_domain}: {journal.old_host} → {journal.new_host} ({journal.path})")
+        old, new = journal.old_host or "(not chosen)", journal.new_host or "(not chosen)"
+        print(f"{journal.mail_domain}: {old} → {new} ({journal.path})")
         for number, name in enumerate(journal.plan, 1):
             step = journal.steps.get(name)
             state = f"done {step['finished']} in {step['seconds']}s" if step else "not done"

@@ -136,9 +136,11 @@ def pinned_old_host(journal_dir: Path, mail_domain: str | None) -> str | None:
         return None
     path = journal_dir / f"{mail_domain}.json"
     try:
-        return json.loads(path.read_text()).get("old_host") if path.exists() else None
+        data = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
-        return None
+        return None  # the journal itself says what is wrong with it, when it is read
+    old_host = data.get("old_host") if isinstance(data, dict) else None
+    return old_host if isinstance(old_host, str) else None
 
 
 def resolve_relay_dir(value: str | None) -> Path | None:

@@ -109,7 +109,7 @@ def confirm_change(settings: Settings, proposal: Proposal, journal: Journal | No
         while input("  Type 'done' once the records are changed: ").strip().lower() != "done":
             pass
     if journal:
-        journal.note("dns-change-confirmed", old_ttl=proposal.old_ttl)
+        journal.note("dns-change-confirmed", old_ttl=proposal.old_ttl, records=proposal.want)
 
 
 def wait_for_records(settings: Settings, proposal: Proposal) -> None:
@@ -206,3 +206,20 @@ def check_published_keys(settings: Settings, runner: Runner, server) -> None:
         )
     if uris:
         print("  CAA accounturi matches the new host's ACME account")
+
+
+def points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
+    """Whether the mail domain points at the records this migration asked for, asked of
+    the authoritative servers now (never a note): True, False (none answers them, or
+    none were asked for), or None (mixed, or the servers cannot be asked)."""
+    want = journal.dns_records_asked() if journal else None
+    if not want:
+        return False
+    domain = settings.mail_domain or ""
+    try:
+        _, servers = dnscheck.authoritative_servers(
+            domain, dnscheck.parse_nameservers(settings.nameservers)
+        )
+        return dnscheck.points_at(domain, servers, want)
+    except MigrateError:
+        return None

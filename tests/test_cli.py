@@ -212,7 +212,16 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path):
         "quotes: line 1 column 2 (char 1)): fix it, or move it away to start anew"
     ]
 
-    journal.write_text("[]")  # valid JSON, not a journal: nothing the tool expects
+    journal.write_text("[]")  # valid JSON of the wrong shape: named in one line too
+    shaped = run("invoke", "status", "--relay-dir", str(relay), env=env)
+    assert shaped.returncode == 2
+    assert shaped.stderr.strip().splitlines() == [
+        f"error: journal {journal} holds a list, not an object: it is not a chatmail-migrate "
+        "journal; fix it, or move it away to start anew"
+    ]
+
+    # A journal whose step lacks what the tool wrote there: nothing it expects.
+    journal.write_text('{"mail_domain": "c.example", "steps": {"disable-mail": {"finished": "x"}}}')
     plain = run("invoke", "status", "--relay-dir", str(relay), env=env)
     assert plain.returncode == 1
     lines = plain.stderr.strip().splitlines()

@@ -10,7 +10,7 @@ import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver, seed_relay
 
-from .helpers import host_key, run_tool, run_tool_with_fault
+from .helpers import host_key, mail_services, run_tool, run_tool_with_fault
 
 SWITCH = ["switch-dns", "--old-host", "old", "--new-host", "new", "--yes"]
 
@@ -145,3 +145,16 @@ def test_lab_dns_task_switches_the_record(dns: Lab, tmp_path: Path):
     servers = dnscheck.parse_nameservers(dns.nameservers())
     for answers in dnscheck.address_records(dns.domain, servers).values():
         assert (answers["A"].values, answers["A"].ttl) == ([dns.address("new")], 600)
+
+
+def test_migrate_yes_with_a_timed_out_wait_rolls_back_when_dns_never_changed(
+    dns: Lab, tmp_path: Path
+):
+    # --yes and a wait that timed out say nothing about DNS: the authoritative servers
+    # still answer the old address, so mail goes back on at the old host.
+    result = run_tool(dns, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
+                      "--yes", "--force", "--dns-timeout", "3", state_dir=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "switch-dns FAILED" in result.stderr
+    assert "Rolled back: mail runs on the old host again" in result.stderr
+    assert mail_services(dns, "old") == {"postfix": "active enabled", "dovecot": "active enabled"}

@@ -138,3 +138,42 @@ def test_verify_finds_a_file_altered_on_new(make_lab, tmp_path: Path):
     assert json.loads((tmp_path / "chatmail-migrate" / f"{lab.domain}.json").read_text())["steps"][
         "verify"
     ]
+
+
+def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
+    make_lab, tmp_path: Path
+):
+    lab = make_lab(seed=SIZEABLE)
+    before = listing(lab, "old")
+    slow_link(lab, "new", rate="4mbit")
+    second = {}
+
+    def second_terminal(proc):
+        # The operator's session dropped; from another terminal they run it again,
+        # whole and step by step, while the first still copies. Then the first dies.
+        time.sleep(1)
+        second["migrate"] = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
+        second["copy"] = run_tool(lab, "fab", "-H", "old", "copy-data", "--new-host", "new",
+                                  state_dir=tmp_path)  # fmt: skip
+        assert proc.poll() is None, "the first run goes on"
+        proc.kill()
+
+    code, output = run_tool_with_fault(
+        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=second_terminal
+    )
+    assert code == -signal.SIGKILL
+    for refused in second.values():
+        assert refused.returncode == 1
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"error: another chatmail-migrate run is migrating {lab.domain}: pid "
+        ), refused.stderr
+        assert "running `" in lines[0] and "since" in lines[0]
+        assert "[2/7] copy-data" not in refused.stdout, "refused before any step"
+    events = [e.get("step") for e in journal(tmp_path, lab)["events"]]
+    assert events.count("copy-data") == 1, "only the first run started the copy"
+    # The kernel released the dead run's lock: the rerun resumes and completes.
+    rerun = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming at copy-data" in rerun.stdout
+    assert_migrated(lab, before)

@@ -154,10 +154,24 @@ def test_new_host_holding_mailboxes_needs_force(seeded_lab: Lab, tmp_path: Path)
 def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=8, messages=3))
     before = listing(lab, "old")
+    # Hosts swapped, from a directory without chatmail.ini (so no journal): the
+    # "new" host is the live relay, whose keys and mail the copy would overwrite.
+    swapped = run_tool(lab, "chatmail-migrate", "-H", "new", "copy-data", "--new-host", "old",
+                       "--force", state_dir=tmp_path, cwd=tmp_path,
+                       CHATMAIL_RELAY_DIR="")  # fmt: skip
+    assert swapped.returncode == 1
+    assert "copy-data refused: old runs postfix and dovecot, so it serves mail" in (swapped.stderr)
     migrate = ["migrate", "--new-host", "new", "--yes", "--no-wait", "--checksum"]
     done = run_tool(lab, "invoke", *migrate, state_dir=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "content (sha256)" in done.stdout
+    assert_migrated(lab, before)
+    # The same copy again from shell history, after the move: new is the live relay.
+    for step in (["copy-data", "--old-host", "old", "--new-host", "new", "--force"],
+                 ["presync", "--old-host", "old", "--new-host", "new"]):  # fmt: skip
+        again = run_tool(lab, "invoke", *step, state_dir=tmp_path)
+        assert again.returncode == 1
+        assert f"{step[0]} refused: new runs postfix and dovecot" in again.stderr
     assert_migrated(lab, before)
     args = ["verify", "--new-host", "new"]  # the old host: the journal's
     assert run_tool(lab, "invoke", *args, state_dir=tmp_path).returncode == 0
