@@ -24,7 +24,9 @@ def test(c, k=None, x=False):
     python = shlex.quote(sys.executable)  # the venv's, whatever PATH says
     c.run(f"{python} -m ruff check . && {python} -m ruff format --check .")
     args = (["-k", shlex.quote(k)] if k else []) + (["-x"] if x else [])
-    c.run(f"{python} -m pytest {' '.join(args)}")
+    # Two workers: the lab tests mostly wait on hosts, and labs run side by side;
+    # tests sharing a lab (xdist_group marks) stay on one worker.
+    c.run(f"{python} -m pytest -n 2 --dist loadgroup {' '.join(args)}")
 
 
 @task

@@ -18,7 +18,7 @@ import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, seed_relay
 
-from .helpers import BIN, OUR_PROGRAMS
+from .helpers import BIN, OUR_PROGRAMS, lab_name
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -68,7 +68,8 @@ def lab_available() -> None:
         pytest.skip(reason)
 
 
-def _fresh(name: str) -> Lab:
+def _fresh(base: str) -> Lab:
+    name = lab_name(base)
     stale = Lab.load(name)
     if stale:
         stale.down(log=lambda *_: None)

@@ -24,6 +24,14 @@ QUEUE_DIRS = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hold
 SPOOL_RUNTIME = ("etc", "lib", "usr", "dev", "pid", "public", "private")
 
 
+def lab_name(base: str) -> str:
+    """A lab name of this test process: pytest-xdist workers run labs side by side."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    name = f"{base}{worker}"
+    assert len(name) <= 8, f"lab name {name} is too long"
+    return name
+
+
 def tool_env(lab: Lab, state_dir: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, **lab.env(), "XDG_STATE_HOME": str(state_dir), **extra}
     env.pop("CHATMAIL_LAB_CMDEPLOY_FAIL", None)

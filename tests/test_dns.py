@@ -10,18 +10,21 @@ import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver, seed_relay
 
-from .helpers import host_key, mail_services, run_tool, run_tool_with_fault
+from .helpers import host_key, lab_name, mail_services, run_tool, run_tool_with_fault
 
 SWITCH = ["switch-dns", "--old-host", "old", "--new-host", "new", "--yes"]
+
+# One lab for the module (a fixture): its tests stay on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("dns")
 
 
 @pytest.fixture(scope="module")
 def dns_lab(lab_available, tmp_path_factory) -> Iterator[Lab]:
     """A seeded lab whose new host already holds old's data (DKIM key, ACME account)."""
-    stale = Lab.load("cmdns")
+    stale = Lab.load(lab_name("cmdns"))
     if stale:
         stale.down()
-    lab = Lab(name="cmdns")
+    lab = Lab(name=lab_name("cmdns"))
     try:
         lab.up()
         seed_relay(lab, SeedParams(accounts=3, messages=1))

@@ -13,7 +13,10 @@ import pytest
 from chatmail_migrate.lab import Lab, LabError, SeedParams, nameserver
 from chatmail_migrate.lab.lab import HOST_NAMES
 
-from .helpers import mail_services, tool_env
+from .helpers import lab_name, mail_services, tool_env
+
+# One lab for the module (seeded_lab): its tests stay on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("lab")
 
 
 def test_ssh_as_root_to_every_host_with_fabric_and_openssh(seeded_lab: Lab):
@@ -243,9 +246,9 @@ def _lab_traces(lab: Lab) -> dict[str, list[str]]:
 
 
 def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
-    second = Lab(name="cmtdown")
-    if Lab.load("cmtdown"):
-        Lab.load("cmtdown").down()
+    second = Lab(name=lab_name("cmtdown"))
+    if Lab.load(second.name):
+        Lab.load(second.name).down()
     second.up(log=print)
     try:
         assert second.subnet != seeded_lab.subnet
@@ -260,9 +263,9 @@ def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
 
 
 def test_teardown_after_half_failed_up(lab_available, monkeypatch):
-    lab = Lab(name="cmthalf")
-    if Lab.load("cmthalf"):
-        Lab.load("cmthalf").down()
+    lab = Lab(name=lab_name("cmthalf"))
+    if Lab.load(lab.name):
+        Lab.load(lab.name).down()
     booted: list[str] = []
 
     def fail_on_second_host(self, hostname, *args, **kwargs):

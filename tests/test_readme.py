@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
 
 from .helpers import BIN, REPO, compare_trees, listing, mail_services
@@ -22,6 +24,9 @@ from .test_migrate import MAIL_ON
 
 README = REPO / "README.rst"
 EXAMPLE_OLD, EXAMPLE_NEW = "13.37.13.37", "13.12.23.42"
+
+# Labs named by the README ("cmlab", "rehearse"): never two of these at once.
+pytestmark = pytest.mark.xdist_group("readme")
 
 
 def console_blocks() -> list[tuple[str, list[str]]]:

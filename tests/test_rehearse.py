@@ -5,9 +5,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from chatmail_migrate.lab import Lab
 
 from .helpers import BIN, REPO
+
+# Labs named by the README ("cmlab", "rehearse"): never two of these at once.
+pytestmark = pytest.mark.xdist_group("readme")
 
 
 def test_rehearse_runs_a_whole_migration_and_cleans_up(lab_available, tmp_path: Path):

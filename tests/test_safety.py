@@ -7,12 +7,17 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from chatmail_migrate.lab import Lab, SeedParams
 from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import Settings
 
 from .helpers import BIN, domain_keys, host_key, mail_services, run_tool, tool_env
 from .test_migrate import MAIL_ON, assert_migrated, listing
+
+# One lab for the module (seeded_lab): its tests stay on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("safety")
 
 
 def unchanged(lab: Lab, mailbox_dir: str = "") -> None:

@@ -235,15 +235,22 @@ def configure_lines(release: Release, ini: RelayIni) -> list[str]:
 def activate_lines(release: Release, ini: RelayIni, disable_mail: bool) -> list[str]:
     """Start what is stopped; restart only what this process's configure changed."""
 
+    # As pyinfra's systemd.service: it reads the unit's state first and changes only
+    # what differs (each enable or disable reloads systemd: most of a second here).
     def ensure(service: str, flag: str) -> str:
         return (
-            f'systemctl enable --quiet {service}; if [ "${flag}" = 1 ]; then '
-            f"systemctl restart {service}; else systemctl start {service}; fi"
+            f"systemctl is-enabled --quiet {service} || systemctl enable --quiet {service}; "
+            f'if [ "${flag}" = 1 ]; then systemctl restart {service}; '
+            f"else systemctl is-active --quiet {service} || systemctl start {service}; fi"
         )
 
     lines = [] if ini.ip_only else [ensure("opendkim", "restart_opendkim")]
     if disable_mail:
-        lines.append("systemctl disable --quiet --now postfix dovecot")
+        lines.append(
+            "for s in postfix dovecot; do if systemctl is-active --quiet $s; then "
+            "systemctl stop $s; fi; if systemctl is-enabled --quiet $s; then "
+            "systemctl disable --quiet $s; fi; done"
+        )
     else:
         lines += [ensure("postfix", "restart_postfix"), ensure("dovecot", "restart_dovecot")]
     return lines

@@ -7,6 +7,7 @@ remove exactly those, even after an ``up`` that failed half-way.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -185,12 +186,15 @@ class Lab:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.save()
             self._start_agent()
-            subnet = net.free_subnet()
-            self.subnet = str(subnet)
-            self.bridge = f"{self.name}br"
-            self.save()
-            hosts_ip = list(subnet.hosts())
-            net.add_bridge(self.bridge, f"{hosts_ip[-1]}/{subnet.prefixlen}")
+            # Labs coming up side by side must not pick the same free subnet.
+            with open(state_root() / ".subnet.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                subnet = net.free_subnet()
+                self.subnet = str(subnet)
+                self.bridge = f"{self.name}br"
+                self.save()
+                hosts_ip = list(subnet.hosts())
+                net.add_bridge(self.bridge, f"{hosts_ip[-1]}/{subnet.prefixlen}")
             for index, hostname in enumerate(HOST_NAMES):
                 self._boot_host(hostname, f"{hosts_ip[index]}", subnet.prefixlen, rootfs)
             self._write_ssh_files()
