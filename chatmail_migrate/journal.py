@@ -109,6 +109,11 @@ class Journal:
                 )
 
     def adopt_hosts(self, settings: Settings) -> None:
+        """Record this run's hosts: until a step is done they may still change (a
+        migration that stopped at preflight, a new host rented after a rollback)."""
+        if not self.steps:
+            self.old_host = settings.old_host or self.old_host
+            self.new_host = settings.new_host or self.new_host
         self.old_host = self.old_host or settings.old_host
         self.new_host = self.new_host or settings.new_host
 

@@ -13,6 +13,7 @@ from chatmail_migrate.lab import Lab, SeedParams
 
 from .helpers import (
     assert_old_untouched,
+    compare_trees,
     listing,
     mail_services,
     run_tool,
@@ -177,3 +178,20 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming at copy-data" in rerun.stdout
     assert_migrated(lab, before)
+
+
+def test_after_a_rollback_the_migration_goes_to_another_new_host(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=5, messages=2))
+    before = listing(lab, "old")
+    # The first new host fails (its deploy breaks): mail goes back on at old.
+    first = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
+                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
+    assert first.returncode != 0 and "Rolled back" in first.stderr
+    # The operator rents another host (the lab's spare) and runs migrate to it.
+    lab.ssh("spare", "systemctl disable --now postfix dovecot")
+    second = run_tool(lab, "invoke", "migrate", "--new-host", "spare", "--yes", "--no-wait",
+                      state_dir=tmp_path)  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert compare_trees(before, listing(lab, "spare")) == []
+    assert mail_services(lab, "spare") == MAIL_ON
+    assert journal(tmp_path, lab)["new_host"] == "spare"

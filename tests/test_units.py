@@ -274,3 +274,16 @@ def test_copy_progress_bar_on_terminal_and_lines_otherwise():
     assert "\r\x1b[K  [############------------]  50% mailboxes (rsync): 2.0 kB of 4.0 kB" in drawn
     assert "ETA 0:02 or less" in drawn
     assert "done, 3 entries updated (of 4), 2.5 kB of 4.0 kB in 4.0s" in drawn
+
+
+def test_journal_takes_new_hosts_until_a_step_is_done(relay: Path):
+    # A migrate to "first" stopped at preflight: nothing done, so "second" may replace it.
+    journal = Journal.for_settings(resolve(context(), relay_dir=str(relay), new_host="first"))
+    journal.adopt_hosts(resolve(context(), relay_dir=str(relay), new_host="first"))
+    journal.adopt_hosts(resolve(context(), relay_dir=str(relay), new_host="second"))
+    assert journal.new_host == "second"
+    journal.record("disable-mail", 0, 1.0)
+    journal.adopt_hosts(resolve(context(), relay_dir=str(relay), new_host="third"))
+    assert journal.new_host == "second", "once a step is done the hosts are the journal's"
+    journal.record_rollback()
+    assert journal.new_host is None, "after a rollback another new host may come"
