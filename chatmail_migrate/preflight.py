@@ -231,6 +231,16 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
         yield Check("FAIL", "old reaches new", "not tried: the copy needs the ssh-agent (above)")
 
     need = _size(old.get("size", []))
+    # What this migration already put on new (a pre-sync, an earlier attempt; --force:
+    # whatever is there) is updated or replaced in place: only the rest needs room.
+    present = _size(new.get("size", []))
+    ours = force or bool(
+        journal
+        and (journal.presynced(settings.new_host) or journal.copy_attempted(settings.new_host))
+    )
+    already = f", {present / 1e9:.2f} GB of it already there" if ours and present else ""
+    if ours:
+        need = max(0, need - present)
     for line in new.get("free", []):
         target, _, avail = line.rpartition(" ")
         if _size([avail]) < need * FREE_MARGIN + FREE_EXTRA:
@@ -238,11 +248,13 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
                 "FAIL",
                 "free space on new",
                 f"{target.strip()} has {int(avail) / 1e9:.2f} GB "
-                f"free, the copy needs {need / 1e9:.2f} GB plus margin",
+                f"free, the copy needs {need / 1e9:.2f} GB plus margin{already}",
             )
             break
     else:
-        yield Check("PASS", "free space on new", f"copy needs {need / 1e9:.2f} GB; enough free")
+        yield Check(
+            "PASS", "free space on new", f"copy needs {need / 1e9:.2f} GB{already}; enough free"
+        )
 
     held = new.get("mailboxes", [])
     count = held[1] if len(held) > 1 else "0"

@@ -154,3 +154,16 @@ def test_progress_bar_on_a_terminal_and_compress_gives_the_same_result(make_lab,
     copies = [e for e in journal(tmp_path, lab)["events"] if e.get("event") == "copied"]
     tally = copies[-1]["copies"][0]  # journaled for the report
     assert tally["phase"] == "copy" and tally["entries"] > 100 and tally["bytes_sent"] > 0
+
+
+def test_presync_then_preflight_counts_what_is_already_on_new(make_lab, tmp_path: Path):
+    # About 35 MB of mail; the new host's /home/vmail holds 150 MiB: room for the copy
+    # once (plus preflight's margin of 10% and 100 MiB), not for it twice.
+    lab = make_lab(seed=SeedParams(accounts=60, messages=20, size=25_000))
+    lab.ssh("new", "mount -t tmpfs -o size=150m,mode=755 tmpfs /home/vmail")
+    hosts = ["--old-host", "old", "--new-host", "new"]
+    assert run_tool(lab, "invoke", "presync", *hosts, state_dir=tmp_path).returncode == 0
+    result = run_tool(lab, "invoke", "preflight", *hosts, state_dir=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if "free space on new" in x)
+    assert line.startswith("PASS") and "already there; enough free" in line, line
