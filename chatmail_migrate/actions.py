@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import signal
 
 from . import commands, dnscheck, domain_keys, verify
@@ -31,28 +32,34 @@ def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
     print(f"  {role} host: postfix and dovecot are {state}")
 
 
-def refuse_to_overwrite_a_live_relay(settings: Settings, runner: Runner, step: str) -> None:
-    """Steps that write to the new host never write to one that serves mail.
+def live_relay_reason(settings: Settings, runner: Runner, journal: Journal | None) -> str | None:
+    """Why the new host looks like a relay that serves mail, or None.
 
-    Rerun by hand after a finished move (shell history), or with the hosts swapped,
-    they would wipe mail received since, or the old relay's keys. So: not where
-    postfix or dovecot run, and not where DNS points the mail domain (asked of the
-    authoritative servers). ``--force`` does not override this.
+    Steps that write to the new host never write to such a host: rerun by hand after
+    a finished move (shell history), or with the hosts swapped, they would wipe mail
+    received since, or the old relay's keys. Live means postfix or dovecot run there,
+    or DNS points the mail domain at it (asked of the authoritative servers). This
+    migration's own new host is not live until enable-mail ran there: its services
+    may come from the install's packages, and DNS may point at it before enable-mail.
     """
+    host = settings.new_host
+    if (
+        journal
+        and journal.new_host == host
+        and journal.started_on(host)
+        and not journal.done("enable-mail")
+    ):
+        return None
     result = runner.run("new", commands.live_relay_facts_command(), hide=True, quiet=True)
     if settings.dry:
-        return
+        return None
     facts = commands.parse_sections(result.stdout)
-    host, running = settings.new_host, facts.get("active", [])
+    running = facts.get("active", [])
     if running:
-        raise MigrateError(
-            f"{step} refused: {host} runs {' and '.join(running)}, so it serves mail and "
-            f"{step} would overwrite what it holds; check --new-host (is it the old relay, "
-            "or a finished move?), stop its mail first if it really is the empty target"
-        )
+        return f"{host} runs {' and '.join(running)}, so it serves mail"
     addresses = {_address(a) for a in facts.get("addresses", [])} - {None}
     if not (settings.mail_domain and addresses):
-        return
+        return None
     domain = settings.mail_domain
     try:
         _, servers = dnscheck.authoritative_servers(
@@ -60,13 +67,25 @@ def refuse_to_overwrite_a_live_relay(settings: Settings, runner: Runner, step: s
         )
         current = dnscheck.address_records(domain, servers)
     except MigrateError:
-        return  # DNS cannot be asked: the service check above stands
+        return None  # DNS cannot be asked: the service check above stands
     published = {_address(v) for a in current.values() for t in ("A", "AAAA") for v in a[t].values}
     live = sorted(str(a) for a in addresses & published)
     if live:
+        return (
+            f"DNS points {domain} at {', '.join(live)}, an address of {host}: it is the live relay"
+        )
+    return None
+
+
+def refuse_to_overwrite_a_live_relay(
+    settings: Settings, runner: Runner, step: str, journal: Journal | None
+) -> None:
+    """Refuse (``--force`` does not override it) when the new host is a live relay."""
+    reason = live_relay_reason(settings, runner, journal)
+    if reason:
         raise MigrateError(
-            f"{step} refused: DNS points {domain} at {', '.join(live)}, an address of {host}: "
-            f"it is the live relay, and {step} would overwrite it; check --new-host"
+            f"{step} refused: {reason}, and {step} would overwrite what it holds; check "
+            "--new-host (is it the old relay, or a finished move?)"
         )
 
 
@@ -161,7 +180,7 @@ def _mailbox_tree(settings: Settings) -> str:
 def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Mirror the mailbox tree to new while old still serves mail; repeatable."""
     _need_agent(settings, "presync")
-    refuse_to_overwrite_a_live_relay(settings, runner, "presync")
+    refuse_to_overwrite_a_live_relay(settings, runner, "presync", journal)
     tree = _mailbox_tree(settings)
     if not settings.dry and not path_exists(runner, "old", tree):
         raise MigrateError(
@@ -183,7 +202,7 @@ def copy_data_old_to_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
     _need_agent(settings, "copy-data")
-    refuse_to_overwrite_a_live_relay(settings, runner, "copy-data")
+    refuse_to_overwrite_a_live_relay(settings, runner, "copy-data", journal)
     tree = _mailbox_tree(settings)
     wanted = copy_paths(settings.relay)
     paths = wanted
@@ -198,6 +217,7 @@ def copy_data_old_to_new(
             raise MigrateError(
                 f"the old host {settings.old_host} has no {tree}: is it a chatmail relay?"
             )
+        paths = with_link_targets(settings, runner, paths)
     # After a pre-sync to this host, rsync sends only what changed since.
     sync = bool(journal and journal.presynced(settings.new_host))
     if sync:  # the pre-sync found rsync on both hosts
@@ -234,7 +254,9 @@ def stop_copy_on_old(settings: Settings) -> None:
 
 def install_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Deploy the relay on new with mail off: only install and configure where staged."""
-    refuse_to_overwrite_a_live_relay(settings, runner, "install")
+    refuse_to_overwrite_a_live_relay(settings, runner, "install", journal)
+    if journal and not settings.dry:
+        journal.record_start("install", settings.new_host)
     staged, why = stages_supported(settings)
     if not staged:
         cmdeploy_run(settings, settings.new_host, disable_mail=True)
@@ -251,10 +273,23 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
     states = commands.parse_service_states(result.stdout)
     running = [s for s in commands.MAIL_SERVICES if states.get(s, ("",))[0] == "active"]
     if running:
-        runner.run("new", f"systemctl stop {' '.join(running)}")
+        # Disabled too: a reboot of the new host before activation must not start them.
+        runner.run("new", f"systemctl disable --quiet --now {' '.join(running)}")
         print(f"  stopped {', '.join(running)} on new until the activate stage")
     else:
         print("  new host: postfix and dovecot are not running (activate starts them)")
+
+
+def with_link_targets(settings: Settings, runner: Runner, paths: list[str]) -> list[str]:
+    """``paths`` plus, for the external TLS files among them, what their symlinks point
+    at (certbot's live/ names are links into archive/): tar carries links as links."""
+    external = [p for p in paths if settings.relay and p in settings.relay.tls_external]
+    if not external or settings.dry:
+        return paths
+    quoted = " ".join(shlex.quote(p) for p in external)
+    out = runner.run("old", f"readlink -e {quoted}", hide=True, quiet=True, warn=True).stdout
+    targets = [t for t in out.split() if t not in paths]
+    return paths + sorted(set(targets))
 
 
 def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[str]) -> None:
@@ -269,13 +304,14 @@ def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[
             "does not have: put the files there or fix chatmail.ini"
         )
     print(f"  carrying {', '.join(paths)} to new first: configure reads them")
+    paths = with_link_targets(settings, runner, paths)
     _run_copy(settings, runner, commands.copy_script(paths, **_copy_target(settings, runner)))
 
 
 def fix_ownership_on_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
-    refuse_to_overwrite_a_live_relay(settings, runner, "fix-ownership")
+    refuse_to_overwrite_a_live_relay(settings, runner, "fix-ownership", journal)
     paths = copy_paths(settings.relay)
     if not settings.dry:
         paths = existing_paths(runner, "new", paths)
@@ -320,7 +356,7 @@ def restart_on_copied_state(runner: Runner) -> None:
     result = runner.run(
         "new",
         f"for s in {services}; do if systemctl is-active --quiet $s; then "
-        "systemctl restart $s && echo $s; fi; done",
+        "systemctl restart $s && echo $s || exit 1; fi; done",
         hide=True,
     )
     restarted = result.stdout.split()

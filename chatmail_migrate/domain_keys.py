@@ -37,7 +37,8 @@ def _domain_known_hosts(settings: Settings) -> list[Path]:
 def accept_both(settings: Settings, runner: Runner, journal: Journal | None) -> None:
     """While DNS changes, the mail domain may lead to either host: let ssh accept both.
 
-    Both keys were verified by the tool's own connections. Files that name the domain
+    Both keys were checked by the tool's own connections against known_hosts (or
+    accepted there with --accept-new-host-keys). Files that name the domain
     get the new host's key beside the old one's (backed up first); with no such file,
     the first user file gets it, as ssh would after a confirmed first login.
     """
@@ -69,7 +70,7 @@ def _known_hosts_move(journal: Journal | None) -> dict | None:
     """The "known-hosts-both" note of this migration (since its last restart), if any:
     which files the tool edited for the mail domain, and the new host's key."""
     for event in reversed(journal.events if journal else []):
-        if event.get("event") == "restart":
+        if event.get("event") in ("restart", "rollback"):
             return None
         if event.get("event") == "known-hosts-both":
             return event

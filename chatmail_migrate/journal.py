@@ -91,6 +91,10 @@ class Journal:
                 problem = f"has {', '.join(wrong)} of the wrong type"
             elif not all(isinstance(e, dict) for e in data.get("events", [])):
                 problem = "has events that are not objects"
+            elif not set(data.get("plan", [])) <= {"presync", *STEPS}:
+                problem = "plans steps this tool does not know"
+            elif not all(isinstance(v, dict) for v in data.get("steps", {}).values()):
+                problem = "has steps that are not objects"
         if problem:
             raise SettingsError(
                 f"journal {path} {problem}: it is not a chatmail-migrate journal; "
@@ -149,6 +153,15 @@ class Journal:
             for e in self.events
         )
 
+    def started_on(self, new_host: str | None) -> bool:
+        """Whether this migration began writing to ``new_host`` (a copy, an install)."""
+        return any(
+            e.get("step") in ("copy-data", "presync", "install")
+            and e.get("event") == "started"
+            and e.get("host") == new_host
+            for e in self.events
+        )
+
     def presynced(self, new_host: str | None) -> bool:
         """Whether a pre-sync to ``new_host`` finished: rsync can mirror onto its copy."""
         return any(
@@ -169,12 +182,17 @@ class Journal:
 
     def dns_change_confirmed(self) -> bool:
         """Whether the operator changed DNS since the migration last (re)started."""
+        return self.dns_change_confirmed_by() is not None
+
+    def dns_change_confirmed_by(self) -> str | None:
+        """Who said DNS was changed since the last (re)start: "operator" (typed done),
+        "--yes" (nobody), "already" (the servers answered so); None: not asked yet."""
         for event in reversed(self.events):
             if event.get("event") in ("rollback", "restart"):
-                return False
+                return None
             if event.get("event") == "dns-change-confirmed":
-                return True
-        return False
+                return event.get("by", "operator")  # journals before "by": a person
+        return None
 
     def dns_records_asked(self) -> dict[str, list[str]] | None:
         """The A/AAAA values the operator was asked to publish, since the last (re)start."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,25 +77,14 @@ def add_key(path: Path, domain: str, key: paramiko.PKey) -> None:
     _write(path, [*lines, f"{domain} {key.get_name()} {key.get_base64()}"])
 
 
-def remove_key(path: Path, domain: str, key: paramiko.PKey) -> None:
-    """Drop ``domain`` from the entries that name it with ``key`` (others stay)."""
-    out = []
-    for line, parts in _entries(path):
-        if _names(parts, domain) and parts[2] == key.get_base64():
-            rest = [n for n in parts[0].split(",") if not _names_domain(n, domain)]
-            if rest:
-                out.append(" ".join([",".join(rest), *parts[1:]]))
-            continue
-        out.append(line)
-    _write(path, out)
-
-
 def _write(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` whole (a temporary file of its own, then a rename)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".chatmail-migrate")
-    tmp.write_text("\n".join(lines) + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
     os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o600)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
 def replace_key(path: Path, domain: str, key: paramiko.PKey) -> None:

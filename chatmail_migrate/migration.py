@@ -119,38 +119,46 @@ def where(name: str, s: Settings) -> str:
 @dataclass
 class Migration:
     settings: Settings
-    journal: Journal | None
     plan: list[str]
     # A whole migration (migrate): skips journaled steps, may roll back on failure.
     whole: bool = False
+    restart: bool = False
+    # Read from disk once the relay's lock is held (another run may have just written it).
+    journal: Journal | None = None
 
     @classmethod
     def one_step(cls, settings: Settings, name: str) -> Migration:
-        return cls(settings, Journal.for_settings(settings), [name])
+        return cls(settings, [name])
 
     @classmethod
     def whole_relay(cls, settings: Settings, *, restart: bool) -> Migration:
         """Every step this relay needs; a journaled migration resumes in its own order."""
-        journal = Journal.for_settings(settings)
+        return cls(settings, [], whole=True, restart=restart)
+
+    def _load_journal(self) -> None:
+        self.journal = journal = Journal.for_settings(self.settings)
+        if not self.whole:
+            return
         assert journal is not None  # migrate needs relay_dir, hence a mail domain
         try:
-            if restart:
+            if self.restart:
                 journal.reset()
-            journal.check_hosts(settings)
+            journal.check_hosts(self.settings)
         except SettingsError as e:
             raise Exit(f"error: {e}", code=2) from None
-        staged, _ = stages_supported(settings)
-        wanted = plan(presync=settings.presync, staged=staged)
+        staged, _ = stages_supported(self.settings)
+        wanted = plan(presync=self.settings.presync, staged=staged)
         if journal.done_steps() and journal.plan != wanted:
             print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
         else:
             journal.plan = wanted
-        return cls(settings, journal, journal.plan, whole=True)
+        self.plan = journal.plan
 
     # -- running ------------------------------------------------------------
     def run(self) -> None:
         """The plan, holding the relay's lock: one migration of a relay at a time."""
         with migration_lock(self.settings):
+            self._load_journal()
             self._run()
 
     def _run(self) -> None:
@@ -260,7 +268,8 @@ class Migration:
         if not (self.whole and mail_off):
             return journal.where_things_stand()
         # Asked of the authoritative servers now: a --yes or a timed-out wait is not
-        # proof that anything changed, and a record changed early is.
+        # proof that anything changed, and a record changed early is. Only your own
+        # 'done' counts as a change that may still reach the servers.
         points = switch_dns.points_at_new(s, journal)
         if points is True:
             return (
@@ -273,12 +282,21 @@ class Migration:
                 "not be asked) may already send clients to the new host. "
                 + journal.where_things_stand()
             )
+        if journal.dns_change_confirmed_by() == "operator":
+            return (
+                "Not rolling back: you confirmed the DNS change, though no authoritative "
+                "nameserver answers the new address yet; finish the records and rerun, or "
+                "point them back at the old host and run `rollback`. "
+                + journal.where_things_stand()
+            )
         if not s.rollback:
             return "--no-rollback: mail stays off on the old host. " + journal.where_things_stand()
         print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
         runner = Runner(s)
         try:
             actions.rollback_on_old(s, runner, journal)
+            if journal.done("enable-mail") or name == "enable-mail":
+                actions.stop_mail_on_new(s, runner)
         except (MigrateError, SettingsError) as e:
             return (
                 f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host: fix that, then run "
@@ -287,9 +305,13 @@ class Migration:
         finally:
             runner.close()
         journal.record_rollback()
+        undo = ""
+        if journal.dns_change_confirmed_by() == "--yes":
+            undo = " If you did change the DNS records, point them back at the old host."
         return (
             "Rolled back: mail runs on the old host again, whose data was never changed. "
             "Fix the cause, then rerun migrate: it starts over and replaces the new host's copy."
+            + undo
         )
 
     def summary(self) -> None:
@@ -363,22 +385,15 @@ def run_preflight(s: Settings, journal: Journal | None) -> None:
 
 def roll_back(s: Settings) -> None:
     """Mail on the old host again, recorded in the journal (the next migrate starts over)."""
-    journal = Journal.for_settings(s)
-    if journal and journal.done("switch-dns"):
-        print("note: DNS was switched to the new host: point it back at the old host too")
     print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
     runner = Runner(s)
     try:
         with migration_lock(s):
+            journal = Journal.for_settings(s)
+            if journal and journal.done("switch-dns"):
+                print("note: DNS was switched to the new host: point it back at the old host too")
             actions.rollback_on_old(s, runner, journal)
-            new_host = s.new_host or (journal.new_host if journal else None)
-            if new_host and new_host != s.old_host:
-                with_new = dataclasses.replace(s, new_host=new_host)
-                new_runner = Runner(with_new)
-                try:
-                    actions.stop_mail_on_new(with_new, new_runner)
-                finally:
-                    new_runner.close()
+            stop_mail_on_new_after_rollback(s, journal)
             if journal and not s.dry:
                 journal.record_rollback()
     except (MigrateError, SettingsError) as e:
@@ -386,6 +401,30 @@ def roll_back(s: Settings) -> None:
     finally:
         runner.close()
     print("rollback done: mail runs on the old host; a new migrate starts over")
+
+
+def stop_mail_on_new_after_rollback(s: Settings, journal: Journal | None) -> None:
+    """Only one relay takes mail: stop it on the new host, unless that is where DNS
+    sends clients now (mail received there since the switch would be stranded)."""
+    new_host = s.new_host or (journal.new_host if journal else None)
+    if not new_host or new_host == s.old_host or s.dry:
+        return
+    if (
+        journal
+        and journal.done("enable-mail")
+        and switch_dns.points_at_new(s, journal) is not False
+    ):
+        print(
+            f"  the new host {new_host} runs mail and DNS may send clients there: point DNS "
+            "back at the old host, copy what new received since, then stop mail on new"
+        )
+        return
+    with_new = dataclasses.replace(s, new_host=new_host)
+    new_runner = Runner(with_new)
+    try:
+        actions.stop_mail_on_new(with_new, new_runner)
+    finally:
+        new_runner.close()
 
 
 def show_status(s: Settings) -> None:
@@ -403,7 +442,11 @@ def show_status(s: Settings) -> None:
         print(f"{journal.mail_domain}: {old} → {new} ({journal.path})")
         for number, name in enumerate(journal.plan, 1):
             step = journal.steps.get(name)
-            state = f"done {step['finished']} in {step['seconds']}s" if step else "not done"
+            state = (
+                f"done {step.get('finished', '?')} in {step.get('seconds', '?')}s"
+                if step
+                else "not done"
+            )
             print(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
         failures = [e for e in journal.events if e.get("event") == "failed"]
         if failures and journal.next_step():

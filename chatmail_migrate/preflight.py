@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import paramiko
 
 from . import audit, commands, dnscheck
+from .actions import live_relay_reason
 from .commands import parse_sections
 from .errors import MigrateError
 from .journal import Journal
@@ -223,6 +224,13 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
 
     if settings.relay:
         yield from check_relay_files(settings.relay, old, new)
+    live = live_relay_reason(settings, runner, journal)
+    if live:
+        yield Check("FAIL", "new is no live relay", f"{live}; check --new-host")
+    else:
+        yield Check(
+            "PASS", "new is no live relay", "no mail service there, DNS elsewhere (or ours)"
+        )
     yield from check_dns(settings, old.get("addresses", []))
 
     if agent.status == "PASS":

@@ -4,8 +4,8 @@ Every task calls :func:`resolve` with its own command-line values. Precedence,
 highest first: the task's flags; the ``fab -H`` host (the step's own host); the
 ``chatmail_migrate`` config (``invoke.yaml``/``fabric.yaml``, ``INVOKE_``/``FABRIC_``
 env vars); the dedicated environment variables; built-in defaults. The result is
-frozen: a changed value is a new object (``dataclasses.replace``), made in one
-visible place (``migration.pin_old_host``).
+frozen: a changed value is a new object (``dataclasses.replace``), made where it
+is needed and visible there (``migration.pin_old_host`` for the old host).
 """
 
 from __future__ import annotations

@@ -96,9 +96,12 @@ def propose_records(settings: Settings, runner: Runner) -> Proposal:
 
 def confirm_change(settings: Settings, proposal: Proposal, journal: Journal | None) -> None:
     """The operator's word that the records are changed (or --yes, or already done)."""
+    by = "operator"
     if proposal.already:
+        by = "already"
         print("  every nameserver already answers the new values")
     elif settings.yes:
+        by = "--yes"
         print("  --yes: not asking for confirmation")
     elif not sys.stdin.isatty():
         raise MigrateError(
@@ -109,7 +112,7 @@ def confirm_change(settings: Settings, proposal: Proposal, journal: Journal | No
         while input("  Type 'done' once the records are changed: ").strip().lower() != "done":
             pass
     if journal:
-        journal.note("dns-change-confirmed", old_ttl=proposal.old_ttl, records=proposal.want)
+        journal.note("dns-change-confirmed", old_ttl=proposal.old_ttl, records=proposal.want, by=by)
 
 
 def wait_for_records(settings: Settings, proposal: Proposal) -> None:
@@ -214,7 +217,8 @@ def points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
     none were asked for), or None (mixed, or the servers cannot be asked)."""
     want = journal.dns_records_asked() if journal else None
     if not want:
-        return False
+        # A change confirmed by a journal that did not keep the records: unknown.
+        return None if journal and journal.dns_change_confirmed() else False
     domain = settings.mail_domain or ""
     try:
         _, servers = dnscheck.authoritative_servers(

@@ -220,8 +220,8 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path):
         "journal; fix it, or move it away to start anew"
     ]
 
-    # A journal whose step lacks what the tool wrote there: nothing it expects.
-    journal.write_text('{"mail_domain": "c.example", "steps": {"disable-mail": {"finished": "x"}}}')
+    # A journal whose failure lacks what the tool wrote there: nothing it expects.
+    journal.write_text('{"mail_domain": "c.example", "events": [{"event": "failed"}]}')
     plain = run("invoke", "status", "--relay-dir", str(relay), env=env)
     assert plain.returncode == 1
     lines = plain.stderr.strip().splitlines()

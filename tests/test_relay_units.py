@@ -99,10 +99,11 @@ def test_known_hosts_accepts_both_keys_then_only_the_new_one(tmp_path):
     known_hosts.replace_key(path, domain, new)
     assert not known_hosts.names_key(path, domain, old)
     assert "other.example.org ssh-ed25519 AAAAother" in path.read_text()
-    # After a rollback: the new key goes, the old one comes back from nowhere else.
-    path.write_text(original + f"{domain} {new.get_name()} {new.get_base64()}\n")
-    known_hosts.remove_key(path, domain, new)
-    assert path.read_text() == original
+    # After a rollback: the old key alone again, every other line as it was.
+    known_hosts.add_key(path, domain, old)
+    known_hosts.replace_key(path, domain, old)
+    assert not known_hosts.names_key(path, domain, new)
+    assert "# mine" in path.read_text() and "other.example.org" in path.read_text()
 
 
 def test_a_key_of_another_type_is_no_conflict(tmp_path):

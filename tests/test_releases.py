@@ -112,6 +112,9 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
         assert lab.ssh("new", "test -e /etc/chatmail-nocreate", check=False).returncode == 0
     if params.tls_external:
         assert "carrying /etc/ssl/lab-external/fullchain.pem" in output
+        # Links (as certbot's) arrive with what they point at.
+        cert = "sha256sum /etc/ssl/lab-external/fullchain.pem"
+        assert lab.ssh("old", cert).stdout == lab.ssh("new", cert).stdout
     if relay.self_signed:
         pem = "sha256sum /etc/ssl/certs/mailserver.pem"
         assert lab.ssh("old", pem).stdout == lab.ssh("new", pem).stdout

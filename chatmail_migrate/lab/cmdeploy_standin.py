@@ -138,10 +138,6 @@ def user_commands(users: list[str]) -> list[str]:
     return commands
 
 
-def relay_users(version: str) -> list[str]:
-    return Release(version).users
-
-
 def install_lines(release: Release) -> list[str]:
     """Users; postfix may use opendkim's socket (postfix/deployer.py required_users).
     opendkim itself is Debian's package: started on its default config when installed."""

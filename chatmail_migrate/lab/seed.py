@@ -87,12 +87,15 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
         tls_external_cert_and_key=" ".join(EXTERNAL_TLS) if p.tls_external else "",
     )  # fmt: skip
     if p.tls_external:
+        # As certbot keeps them: the names in chatmail.ini are links into an archive.
         cert, key = EXTERNAL_TLS
+        archive = Path(cert).parent / "archive"
         lab.ssh(
             "old",
-            f"mkdir -p {Path(cert).parent} && openssl req -x509 -newkey rsa:2048 -nodes "
-            f"-days 90 -subj /CN={domain} -keyout {key} -out {cert} 2>/dev/null && "
-            f"chmod 600 {key}",
+            f"mkdir -p {archive} && openssl req -x509 -newkey rsa:2048 -nodes -days 90 "
+            f"-subj /CN={domain} -keyout {archive}/privkey1.pem -out {archive}/fullchain1.pem "
+            f"2>/dev/null && chmod 600 {archive}/privkey1.pem && "
+            f"ln -s archive/fullchain1.pem {cert} && ln -s archive/privkey1.pem {key}",
         )
     first = p.upgraded_from or p.version
     # The relay's own deploy comes first: users, opendkim on chatmail's socket, the
