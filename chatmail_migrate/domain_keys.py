@@ -14,18 +14,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import paramiko
-
 from . import known_hosts
 from .errors import MigrateError
 from .journal import Journal
 from .remote import Runner, connect, fingerprint, known_hosts_files
 from .settings import Settings
 from .switch_dns import points_at_new
-
-
-def _new_host_key(runner: Runner) -> paramiko.PKey:
-    return runner.connection("new").client.get_transport().get_remote_server_key()
 
 
 def _domain_known_hosts(settings: Settings) -> list[Path]:
@@ -43,7 +37,7 @@ def accept_both(settings: Settings, runner: Runner, journal: Journal | None) -> 
     the first user file gets it, as ssh would after a confirmed first login.
     """
     domain = settings.mail_domain or ""
-    key = _new_host_key(runner)
+    key = runner.server_key("new")
     files = _domain_known_hosts(settings)
     naming = [f for f in files if known_hosts.names_domain(f, domain)] or files[:1]
     changed, backups = [], []
@@ -83,7 +77,7 @@ def keep_only_new(settings: Settings, runner: Runner, journal: Journal | None) -
     move = _known_hosts_move(journal)
     if not move or settings.dry:
         return
-    domain, key = settings.mail_domain or "", _new_host_key(runner)
+    domain, key = settings.mail_domain or "", runner.server_key("new")
     if key.get_base64() != move["key"]:
         raise MigrateError(
             f"the new host {settings.new_host} shows another host key ({fingerprint(key)}) "
@@ -111,7 +105,7 @@ def old_key_during_rollback(
     if not move or settings.dry:
         return
     domain = settings.mail_domain or ""
-    key = runner.connection("old").client.get_transport().get_remote_server_key()
+    key = runner.server_key("old")
     if not done:
         for path in map(Path, move["files"]):
             known_hosts.add_key(path, domain, key)
@@ -129,7 +123,7 @@ def old_key_during_rollback(
 def offer_new_key_only(settings: Settings, runner: Runner) -> None:
     """Offer to end the transition now: only the new key for the mail domain."""
     domain = settings.mail_domain or ""
-    key = _new_host_key(runner)
+    key = runner.server_key("new")
     stale = [
         f
         for f in _domain_known_hosts(settings)

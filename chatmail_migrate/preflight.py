@@ -152,9 +152,7 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
         except MigrateError as e:
             yield Check("FAIL", f"ssh to {role}", str(e).removeprefix(f"{role} host: "))
             continue
-        keys[role] = fingerprint(
-            runner.connection(role).client.get_transport().get_remote_server_key()
-        )
+        keys[role] = fingerprint(runner.server_key(role))
         facts[role] = host_facts(runner, role, settings.relay)
         yield Check("PASS", f"ssh to {role}", f"{runner.settings.user}@{host} ({keys[role]})")
     if len(facts) < 2:

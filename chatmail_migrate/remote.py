@@ -329,6 +329,10 @@ class Runner:
                 + (f": {' / '.join(tail)}" if tail else "")
             )
 
+    def server_key(self, role: str) -> paramiko.PKey:
+        """The host key the tool's own (checked) connection to ``role`` saw."""
+        return self.connection(role).client.get_transport().get_remote_server_key()
+
     def host_key_line(self, role: str, alias: str) -> str:
         """known_hosts lines naming ``alias`` with the host's keys this machine trusts.
 
@@ -345,7 +349,7 @@ class Runner:
             if path.is_file():
                 keys.update(paramiko.HostKeys(str(path)).lookup(name) or {})
         if not keys:
-            key = self.connection(role).client.get_transport().get_remote_server_key()
+            key = self.server_key(role)
             keys = {key.get_name(): key}
         return "\n".join(f"{alias} {t} {k.get_base64()}" for t, k in sorted(keys.items()))
 

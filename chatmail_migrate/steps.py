@@ -75,6 +75,8 @@ def copy_data(
 ):
     """Step 2, OLD → NEW: tar pipe of mailboxes, TLS, DKIM, echobot, mail queue.
 
+    What goes depends on the relay's release and chatmail.ini (README: Relay
+    releases). Refused when the new host serves mail or DNS points at it.
     After a presync the mailboxes go by rsync (changes only, deletions mirrored).
     Runs on the old host with your agent forwarded for that command only.
     Examples: fab -H 13.37.13.37 copy-data --new-host 13.12.23.42 |
@@ -161,9 +163,12 @@ def switch_dns(
 
 @task(help=flag_help("new_host", "relay_dir"))
 def enable_mail(c, new_host=None, relay_dir=None):
-    """Step 7, NEW host: cmdeploy run; check postfix/dovecot are active and enabled.
+    """Step 7, NEW host: cmdeploy run; check postfix/dovecot run, milters reachable.
 
-    Relay >= 1.8, after a staged install: only CMDEPLOY_STAGES=activate.
+    Restarts opendkim and nginx first (they read the copied keys and certificates at
+    start). Relay >= 1.8, after a staged install: only CMDEPLOY_STAGES=activate. Then
+    your known_hosts names only the new host's key for the mail domain, once DNS
+    points there.
 
     Examples: fab -H 13.12.23.42 enable-mail | invoke enable-mail --new-host 13.12.23.42
     """
@@ -216,6 +221,7 @@ def preflight(
 def rollback(c, old_host=None, relay_dir=None):
     """OLD host: re-enable mail there (cmdeploy run) and check postfix/dovecot run again.
 
+    Mail stops on the new host (unless DNS sends clients there and it took mail);
     migrate does this by itself when a step fails before DNS is switched.
     Examples: fab -H 13.37.13.37 rollback | invoke rollback --old-host 13.37.13.37
     """
