@@ -27,6 +27,10 @@ SPOOL_RUNTIME = ("etc", "lib", "usr", "dev", "pid", "public", "private")
 def lab_name(base: str) -> str:
     """A lab name of this test process: pytest-xdist workers run labs side by side."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    # Two test runs on one machine (two developers' sessions) keep apart by offset.
+    offset = os.environ.get("CHATMAIL_TEST_LAB_OFFSET")
+    if offset:
+        worker = str(int(worker or 0) + int(offset))
     name = f"{base}{worker}"
     assert len(name) <= 8, f"lab name {name} is too long"
     return name
