@@ -18,7 +18,7 @@ from .journal import Journal
 from .progress import CopyProgress
 from .relay import MAILBOX_ROOT, copy_paths
 from .remote import Runner, existing_paths, have_program, path_exists
-from .settings import Settings
+from .settings import Settings, split_host
 
 
 def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
@@ -137,7 +137,8 @@ def _copy_target(settings: Settings, runner: Runner) -> dict:
     """Where the old host sends to, and the key it must see there (this machine's view)."""
     host, port, user = runner.address("new")
     if settings.new_host_from_old:
-        host = settings.new_host_from_old
+        other = split_host(settings.new_host_from_old)
+        host, port, user = other.host, other.port or port, other.user or user
     # Pin the keys this machine trusts for the new host.
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
     return {"host": host, "port": port, "user": user, "host_key_line": key_line}
@@ -392,10 +393,8 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     new_out = runner.capture("new", command, display)
     if settings.dry:
         return
+    # The summary's first line says what was compared and what was not.
     report = verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))
-    what = "type, size, mode, mtime, symlink target, owner and group"
-    what += ", content (sha256)" if settings.checksum else " (--checksum adds content)"
-    print(f"  compared {what}")
     if journal:
         journal.note(
             "verified", ok=report.ok, checksum=settings.checksum,

@@ -169,7 +169,9 @@ def rsync_mailboxes(
     elif compress:
         flags += " --compress"
     receive = f"{STOP_STALE_RECEIVER}; echo $$ > {RECEIVE_PID_FILE}; exec rsync"
-    target = shlex.quote(f"{user}@{host}:{tree}/")
+    # rsync splits HOST:PATH at the first colon: an IPv6 address goes in brackets.
+    bracketed = f"[{host}]" if ":" in host else host
+    target = shlex.quote(f"{user}@{bracketed}:{tree}/")
     return [
         f"( {measure_command('rsync', [tree])} ) & m=$!",
         ': > "$idx"',

@@ -7,6 +7,7 @@ resolver finds them. Every record itself is read from each authoritative server.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -98,8 +99,57 @@ def _text(rdata) -> str:
     return rdata.to_text()
 
 
-def authoritative_servers(domain: str, given: list[Server]) -> tuple[str, list[Server]]:
-    """The zone holding ``domain`` and the addresses of all its authoritative servers."""
+def canonical(values) -> set[str]:
+    """Addresses compared as addresses (``2001:DB8:0::42`` is ``2001:db8::42``)."""
+    out = set()
+    for value in values:
+        try:
+            out.add(str(ipaddress.ip_address(value)))
+        except ValueError:
+            out.add(value)
+    return out
+
+
+def answering(servers: list[Server], zone: str) -> tuple[list[Server], list[str]]:
+    """Per nameserver, the addresses that answer, and why the others were left out.
+
+    A workstation without IPv6 cannot ask a server's AAAA address; that server still
+    counts as long as one of its addresses answers. A server none of whose addresses
+    answers keeps them all: the questions asked of it later say what is wrong.
+    """
+    by_name: dict[str, list[Server]] = {}
+    for server in servers:
+        by_name.setdefault(server.name, []).append(server)
+    kept, left = [], []
+    for group in by_name.values():
+        if len(group) == 1:
+            kept += group
+            continue
+        ok, bad = [], []
+        for server in group:
+            try:
+                ask(server, zone, "SOA")
+                ok.append(server)
+            except DNSError as e:
+                bad.append(str(e))
+        kept += ok or group
+        left += bad if ok else []
+    return kept, left
+
+
+def authoritative_servers(
+    domain: str, given: list[Server], left_out: list[str] | None = None
+) -> tuple[str, list[Server]]:
+    """The zone holding ``domain`` and the addresses of all its authoritative servers
+    that answer (``left_out`` gets why the others were left out)."""
+    zone, servers = _authoritative_servers(domain, given)
+    servers, left = answering(servers, zone)
+    if left_out is not None:
+        left_out += left
+    return zone, servers
+
+
+def _authoritative_servers(domain: str, given: list[Server]) -> tuple[str, list[Server]]:
     if given:
         response = ask(given[0], domain, "SOA")
         zone = None
@@ -170,7 +220,10 @@ def wait_for(
         done, pending = [], []
         for server in servers:
             try:
-                ok = all(lookup(server, domain, t).values == sorted(v) for t, v in want.items())
+                ok = all(
+                    canonical(lookup(server, domain, t).values) == canonical(v)
+                    for t, v in want.items()
+                )
             except DNSError:
                 ok = False
             (done if ok else pending).append(server)
@@ -196,9 +249,11 @@ def points_at(domain: str, servers: list[Server], want: dict[str, list[str]]) ->
     authoritative server now: True when every one answers exactly that, False when
     none answers any of those values, None when they are mixed."""
     current = address_records(domain, servers)
-    if all(sorted(a[t].values) == sorted(v) for a in current.values() for t, v in want.items()):
+    if all(
+        canonical(a[t].values) == canonical(v) for a in current.values() for t, v in want.items()
+    ):
         return True
-    values = {v for vs in want.values() for v in vs}
-    if not any(set(a[t].values) & values for a in current.values() for t in ("A", "AAAA")):
+    values = canonical(v for vs in want.values() for v in vs)
+    if not any(canonical(a[t].values) & values for a in current.values() for t in ("A", "AAAA")):
         return False
     return None

@@ -32,8 +32,10 @@ HELP = {
     "default: found through your resolver. Example: --nameserver 192.0.2.53",
     "dns_timeout": "Seconds to wait for every nameserver to answer the new address (default 3600). "
     "Example: --dns-timeout 600",
-    "new_address": "The new host's public address(es), when they are not on its own "
-    "interfaces (NAT). Example: --new-address 13.12.23.42,2001:db8::42",
+    "new_address": "The address(es) clients will reach the new host at, for its DNS records. "
+    "Default: the address the tool reached it at when public (NAT included), else the "
+    "public ones on its interfaces (never private, docker or temporary). "
+    "Example: --new-address 13.12.23.42,2001:db8::42",
     "wait": "Wait for every nameserver to answer the new address (default); --no-wait does not. "
     "Example: --no-wait",
     "wait_caches": "After the switch, also wait until resolver caches can no longer hold "

@@ -327,7 +327,7 @@ def check_relay_files(relay: Relay, old: dict, new: dict):
             )
     address = relay.mtail_address
     if address and address not in ("127.0.0.1", "::1", "localhost"):
-        if address in new.get("addresses", []):
+        if dnscheck.canonical([address]) & dnscheck.canonical(new.get("addresses", [])):
             yield Check("PASS", "mtail address", f"{address} is on new")
         else:
             yield Check(
@@ -392,13 +392,16 @@ def check_dns(settings: Settings, old_addresses: list[str]):
     """The relay's A/AAAA records as its authoritative servers have them now."""
     domain = settings.mail_domain or ""
     try:
+        left_out: list[str] = []
         zone, servers = dnscheck.authoritative_servers(
-            domain, dnscheck.parse_nameservers(settings.nameservers)
+            domain, dnscheck.parse_nameservers(settings.nameservers), left_out
         )
         answers = dnscheck.address_records(domain, servers)
     except MigrateError as e:
         yield Check("FAIL", "DNS", f"{e}; give the nameservers with --nameserver if need be")
         return
+    for why in left_out:
+        yield Check("WARN", "DNS", f"{why}; asked that server's other addresses")
     values = sorted({v for a in answers.values() for t in ("A", "AAAA") for v in a[t].values})
     if not values:
         yield Check(
@@ -424,7 +427,7 @@ def check_dns(settings: Settings, old_addresses: list[str]):
         )
     else:
         yield Check("PASS", "DNS TTL", f"{ttl} s")
-    if old_addresses and not set(values) & set(old_addresses):
+    if old_addresses and not dnscheck.canonical(values) & dnscheck.canonical(old_addresses):
         yield Check(
             "WARN",
             "DNS points at old",

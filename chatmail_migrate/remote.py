@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import ipaddress
 import logging
 import select
 import shlex
@@ -26,7 +27,7 @@ from invoke.exceptions import UnexpectedExit
 
 from . import audit
 from .errors import HostKeyError, MigrateError
-from .settings import Settings
+from .settings import Settings, split_host
 
 # paramiko reports transport errors from its own thread as logged tracebacks; the
 # tool reports them itself, in one line.
@@ -66,19 +67,50 @@ def known_hosts_files(conn: fabric.Connection) -> tuple[list[Path], list[Path]]:
 
 
 class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse hosts whose key is not known, or (trust on first use) record it."""
+    """Refuse hosts whose key is not known, or (trust on first use) record it.
 
-    def __init__(self, accept_new: bool, record_to: Path, searched: list[Path]):
+    ``known_as``: other names the operator's known_hosts may know the host by (the
+    mail domain, for an old host the tool reached at the address DNS gave); a key
+    recorded there, of the same type, is accepted as known.
+    """
+
+    def __init__(
+        self,
+        accept_new: bool,
+        record_to: Path,
+        searched: list[Path],
+        known_as: tuple[str, ...] = (),
+        what: str = "",
+    ):
         self.accept_new = accept_new
         self.record_to = record_to
         self.searched = searched
+        self.known_as = known_as
+        self.what = what
+
+    def _known_under_other_name(self, hostname: str, key: paramiko.PKey) -> str | None:
+        port = hostname.rpartition("]:")[2] if hostname.startswith("[") else "22"
+        for name in self.known_as:
+            entry = name if port == "22" else f"[{name}]:{port}"
+            for path in self.searched:
+                if not path.is_file():
+                    continue
+                known = (paramiko.HostKeys(str(path)).lookup(entry) or {}).get(key.get_name())
+                if known is not None and known.asbytes() == key.asbytes():
+                    return entry
+        return None
 
     def missing_host_key(self, client, hostname, key):
+        other = self._known_under_other_name(hostname, key)
+        if other:
+            print(f"  host key of {hostname} is the one known_hosts has for {other}")
+            return
         if not self.accept_new:
+            also = f" (nor under {', '.join(self.known_as)})" if self.known_as else ""
             raise HostKeyError(
-                f"host key of {hostname} ({fingerprint(key)}) is not in "
-                f"{' or '.join(str(p) for p in self.searched)}: check that fingerprint, then "
-                f"add it (ssh {hostname} once), or rerun with --accept-new-host-keys"
+                f"host key of {self.what}{hostname} ({fingerprint(key)}) is not in "
+                f"{' or '.join(str(p) for p in self.searched)}{also}: check that fingerprint, "
+                f"then add it (ssh {hostname} once), or rerun with --accept-new-host-keys"
             )
         self.record_to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.record_to, "a") as f:
@@ -86,7 +118,9 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         print(f"  recorded new host key of {hostname} ({fingerprint(key)}) in {self.record_to}")
 
 
-def trust_known_hosts(conn: fabric.Connection, accept_new: bool) -> None:
+def trust_known_hosts(
+    conn: fabric.Connection, accept_new: bool, known_as: tuple[str, ...] = (), what: str = ""
+) -> None:
     """Check host keys as OpenSSH does, instead of Fabric's accept-anything default."""
     user, system = known_hosts_files(conn)
     for path in system:
@@ -95,30 +129,44 @@ def trust_known_hosts(conn: fabric.Connection, accept_new: bool) -> None:
     for path in user:
         if path.is_file():
             conn.client.get_host_keys().load(str(path))
+    record_to = user[0] if user else Path("~/.ssh/known_hosts").expanduser()
     conn.client.set_missing_host_key_policy(
-        KnownHostsPolicy(accept_new, user[0] if user else Path("~/.ssh/known_hosts").expanduser(),
-                         [*user, *system])
-    )  # fmt: skip
+        KnownHostsPolicy(accept_new, record_to, [*user, *system], known_as, what)
+    )
 
 
-def connect(settings: Settings, host: str, *, forward_agent: bool = False) -> fabric.Connection:
+def connect(
+    settings: Settings, host: str, *, forward_agent: bool = False, known_as: tuple[str, ...] = ()
+) -> fabric.Connection:
     """A Connection honouring the ssh config, with root as the default user.
 
     ``forward_agent`` is always set explicitly, so a ``ForwardAgent yes`` in the
     operator's ssh config never forwards the agent to a session that does not need it.
+    Jump hosts (``ProxyJump``) are checked against known_hosts like the host itself:
+    Fabric would accept any key they present.
     """
     config = fabric.Config(runtime_ssh_path=settings.ssh_config)
     config.user = settings.user  # ssh config's User and user@host still win
     timeout = settings.connect_timeout
+    spec = split_host(host)
+    kwargs = {"banner_timeout": timeout, "auth_timeout": timeout, **settings.connect_kwargs}
     conn = fabric.Connection(
-        host,
+        spec.host,
+        user=spec.user,
+        port=spec.port,
         config=config,
         forward_agent=forward_agent,
         connect_timeout=timeout,
-        connect_kwargs={"banner_timeout": timeout, "auth_timeout": timeout,
-                        **settings.connect_kwargs},
-    )  # fmt: skip
-    trust_known_hosts(conn, settings.accept_new_host_keys)
+        connect_kwargs=kwargs,
+    )
+    trust_known_hosts(conn, settings.accept_new_host_keys, known_as)
+    target, jump = conn, conn.gateway
+    while isinstance(jump, fabric.Connection):
+        jump.connect_timeout = timeout
+        jump.connect_kwargs = {**jump.connect_kwargs, **kwargs}
+        what = f"jump host (ProxyJump of {target.host}) "
+        trust_known_hosts(jump, settings.accept_new_host_keys, what=what)
+        target, jump = jump, jump.gateway
     return conn
 
 
@@ -169,10 +217,25 @@ class Runner:
             self.settings.need(f"{role}_host")
         return host  # type: ignore[return-value]
 
+    def known_as(self, role: str) -> tuple[str, ...]:
+        """Other names known_hosts may know the host by: the old host reached at an
+        address (the mail domain pinned to the address DNS gave) by the mail domain."""
+        domain = self.settings.mail_domain
+        if role != "old" or not domain:
+            return ()
+        try:
+            ipaddress.ip_address(split_host(self.host(role)).host)
+        except ValueError:
+            return ()
+        return (domain,)
+
     def connection(self, role: str, *, forward_agent: bool = False) -> fabric.Connection:
         key = (role, forward_agent)
         if key not in self._connections:
-            conn = connect(self.settings, self.host(role), forward_agent=forward_agent)
+            conn = connect(
+                self.settings, self.host(role), forward_agent=forward_agent,
+                known_as=self.known_as(role),
+            )  # fmt: skip
             try:
                 conn.open()
             except (OSError, paramiko.SSHException, HostKeyError) as e:
@@ -352,6 +415,19 @@ class Runner:
             key = self.server_key(role)
             keys = {key.get_name(): key}
         return "\n".join(f"{alias} {t} {k.get_base64()}" for t, k in sorted(keys.items()))
+
+    def reached_address(self, role: str) -> str | None:
+        """The IP address the tool's connection reached the host at (None through a
+        jump host or a ProxyCommand, whose peer is not the host)."""
+        conn = self.connection(role)
+        try:
+            return str(ipaddress.ip_address(conn.host))
+        except ValueError:
+            pass
+        if conn.gateway:
+            return None
+        peer = conn.client.get_transport().sock.getpeername()
+        return str(ipaddress.ip_address(peer[0].split("%")[0]))
 
     def address(self, role: str) -> tuple[str, int, str]:
         """(hostname, port, user) of ``role`` after ssh config resolution."""

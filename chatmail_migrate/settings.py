@@ -10,6 +10,8 @@ is needed and visible there (``migration.pin_old_host`` for the old host).
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -65,6 +67,57 @@ HOST_RE = re.compile(
     r"(?:[A-Za-z0-9_][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)"
     r"(?::[0-9]{1,5})?"
 )
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A host as typed (``USER@HOST:PORT``), split the way OpenSSH reads it."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and self.port else self.host
+        port = f":{self.port}" if self.port else ""
+        return (f"{self.user}@" if self.user else "") + host + port
+
+
+def split_host(value: str) -> HostSpec:
+    """``USER@HOST:PORT``: an IPv6 address is bare (no port) or bracketed (``[ADDR]:PORT``).
+
+    Fabric reads ``2001:db8::2:2222`` as a host without a port and ``[2001:db8::2]:2222``
+    as a host named with its brackets; the tool hands Fabric host, user and port apart.
+    """
+    user, _, hostport = value.rpartition("@")
+    port = None
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif hostport.count(":") == 1:
+        host, port = hostport.split(":")
+    else:
+        host = hostport
+    return HostSpec(host, user or None, int(port) if port else None)
+
+
+def canonical_address(text: str) -> str:
+    """An IP address in its one written form (``2001:DB8:0::42`` is ``2001:db8::42``);
+    anything else (a name) as it is."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return text
+
+
+def same_host(a: str, b: str) -> bool:
+    one, other = split_host(a), split_host(b)
+    return (canonical_address(one.host), one.port or 22) == (
+        canonical_address(other.host),
+        other.port or 22,
+    )
+
+
 ENV_RELAY_DIR = "CHATMAIL_RELAY_DIR"
 ENV_CMDEPLOY = "CMDEPLOY"
 ENV_SSH_CONFIG = "CHATMAIL_MIGRATE_SSH_CONFIG"
@@ -264,6 +317,19 @@ def resolve(
                 f"{name.replace('_', ' ')} {value!r} is not a host name or address; "
                 "give HOST, USER@HOST or HOST:PORT (or an alias from your ssh config)"
             )
+        if value and not 0 < (split_host(value).port or 22) < 65536:
+            raise SettingsError(f"{name.replace('_', ' ')} {value!r}: the port must be 1-65535")
+    for address in settings.new_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise SettingsError(
+                f"new address {address!r} is not an IP address; give --new-address "
+                "IPV4,IPV6 (what the new host's A and AAAA records should say)"
+            ) from None
+    settings = dataclasses.replace(
+        settings, new_addresses=[canonical_address(a) for a in settings.new_addresses]
+    )
     if settings.cmdeploy_stages not in ("auto", "yes", "no"):
         raise SettingsError(
             f"cmdeploy_stages is {settings.cmdeploy_stages!r}; set it to auto, yes or no"
@@ -272,7 +338,7 @@ def resolve(
         raise SettingsError(
             f"ssh config {settings.ssh_config} does not exist; fix {ENV_SSH_CONFIG}"
         )
-    if settings.old_host and settings.new_host and settings.old_host == settings.new_host:
+    if settings.old_host and settings.new_host and same_host(settings.old_host, settings.new_host):
         raise SettingsError(
             f"old and new host are both {settings.old_host}; give the new host with --new-host"
         )

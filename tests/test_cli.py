@@ -137,6 +137,8 @@ def _refused_port() -> int:
         # cmdeploy would drop the port and reach port 22, maybe another machine.
         (["migrate", "--new-host", "b.example:2222"], "b.example:2222: cmdeploy cannot use a port"),
         (["disable-mail", "--old-host", "[2001:db8::1]:2222"], "cmdeploy cannot use a port"),
+        (["copy-data", "--new-host", "b.example:70000"], "the port must be 1-65535"),
+        (["switch-dns", "--new-address", "new.example"], "is not an IP address"),
     ],
 )
 def test_malformed_input_is_refused(tmp_path: Path, relay_dir: Path, args, message):

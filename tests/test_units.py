@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from pathlib import Path
 
+import paramiko
 import pytest
 from invoke import Config, Context
 
-from chatmail_migrate import commands, migration, steps, verify
+from chatmail_migrate import commands, dnscheck, migration, steps, switch_dns, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
+from chatmail_migrate.errors import HostKeyError
 from chatmail_migrate.journal import STEPS, Journal, plan
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
 from chatmail_migrate.relay import DEFAULT_COPY_PATHS
-from chatmail_migrate.remote import connect
-from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve
+from chatmail_migrate.remote import KnownHostsPolicy, connect
+from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve, same_host, split_host
 
 
 @pytest.fixture
@@ -237,6 +240,105 @@ def test_verify_compares_queues_by_content_and_skips_sockets():
     assert verify.compare(listed(old), listed(extra)).by_kind() == {"extra": 1}
 
 
+def test_verify_compares_acls_xattrs_and_hard_links():
+    def entry(path, **extra):
+        return {"p": path, "t": "f", "m": 0o600, "s": 10, "mt": 1, "u": "vmail", "g": "vmail",
+                **extra}  # fmt: skip
+
+    acct = "/home/vmail/mail/d/a@d"
+    old = [
+        entry(f"{acct}/.Trash/cur/m1"),
+        entry(f"{acct}/cur/m1", hl=f"{acct}/.Trash/cur/m1"),
+        entry(f"{acct}/cur/m2", x={"user.seen": "0123456789ab"}),
+        entry("/run/echobot/password", a="g::---,u:vmail:r--"),
+        entry("/var/spool/postfix/deferred/A/A1", x={"user.q": "aa"}),
+    ]
+    same = verify.compare(old, old)
+    assert same.ok
+    assert same.summary() == (
+        "5 files, 0.0 MB compared (type, mode, owner, group, size, mtime, symlink targets, "
+        "ACLs, xattrs, hard links; content not compared: --checksum compares it): "
+        "no differences (0 sockets and Postfix runtime entries not compared; queue files "
+        "matched without their names)"
+    )
+    new = [
+        entry(f"{acct}/.Trash/cur/m1"),
+        entry(f"{acct}/cur/m1"),
+        entry(f"{acct}/cur/m2", x={"user.seen": "0123456789ab", "user.more": "ffffffffffff"}),
+        entry("/run/echobot/password"),
+        entry("/var/spool/postfix/deferred/B/B2", x={"user.q": "aa"}),  # renamed by Postfix
+    ]
+    report = verify.compare(old, new)
+    assert report.by_kind() == {"ACL": 1, "hard links": 1, "xattrs": 1}
+    assert [message for _, message in report.differences] == [
+        f"{acct}/cur/m1: hard links: one file with {acct}/.Trash/cur/m1 on old, separate on new",
+        f"{acct}/cur/m2: xattrs user.seen=0123456789ab on old, "
+        "user.more=ffffffffffff,user.seen=0123456789ab on new",
+        "/run/echobot/password: ACL g::---,u:vmail:r-- on old, (none) on new",
+    ]
+    # A queue file's xattrs are part of what matches it across the rename.
+    new[-1] = entry("/var/spool/postfix/deferred/B/B2", x={"user.q": "bb"})
+    assert verify.compare(old, new).by_kind()["queue"] == 1
+    # With every file's sha256 in the listings, the summary says content was compared.
+    hashed = [{**e, "h": "0" * 64} for e in old]
+    summary = verify.compare(hashed, hashed).summary()
+    assert "hard links, content (sha256)): no differences" in summary
+    assert "not compared: --checksum" not in summary
+
+
+def test_verify_listing_has_acls_xattrs_and_hard_links(tmp_path: Path):
+    import os
+    import shutil
+    import subprocess
+
+    root = tmp_path / "tree"
+    (root / "cur").mkdir(parents=True)
+    (root / ".Trash" / "cur").mkdir(parents=True)
+    message = root / "cur" / "m1"
+    message.write_bytes(b"hello")
+    os.link(message, root / ".Trash" / "cur" / "m1")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"linked from outside the tree")
+    os.link(outside, root / "cur" / "m2")
+    os.setxattr(root / "cur" / "m2", "user.lab", b"value")
+    acls = bool(shutil.which("setfacl"))
+    if acls:
+        subprocess.run(["setfacl", "-m", "u:root:r,g:root:r", str(message)], check=True)
+        subprocess.run(["setfacl", "-d", "-m", "u:root:rx", str(root / "cur")], check=True)
+
+    def listed() -> dict[str, dict]:
+        out = subprocess.run(["python3", "-c", verify.LISTING_PY, "1", str(root)],
+                             capture_output=True, check=True).stdout  # fmt: skip
+        return {e["p"].removeprefix(str(root)): e for e in verify.parse_listing(out)}
+
+    before = listed()
+    # The walk meets .Trash first: its name stands for the inode.
+    assert "hl" not in before["/.Trash/cur/m1"]
+    assert before["/cur/m1"]["hl"] == f"{root}/.Trash/cur/m1"
+    assert "hl" not in before["/cur/m2"], "its partner lies outside the listed tree"
+    assert before["/cur/m2"]["x"] == {"user.lab": hashlib.sha256(b"value").hexdigest()[:12]}
+    assert "x" not in before["/cur/m1"] and "a" not in before["/cur/m2"]
+    if acls:
+        # Owner, mask and others are the mode; a default ACL is listed whole.
+        assert before["/cur/m1"]["a"] == "g::r--,g:root:r--,u:root:r--"
+        assert before["/cur/m1"]["a"] == before["/.Trash/cur/m1"]["a"]
+        assert before["/cur"]["a"] == "d:g::r-x,d:m::r-x,d:o::r-x,d:u::rwx,d:u:root:r-x"
+    ordered = list(before.values())
+    assert verify.compare(ordered, ordered).ok
+
+    # What a copy may lose: the link, the xattr, the ACL (mtimes kept, as a copy does).
+    folder = (root / "cur").stat()
+    copy = root / "cur" / "m1.copy"
+    shutil.copyfile(message, copy)
+    os.utime(copy, ns=(message.stat().st_atime_ns, message.stat().st_mtime_ns))
+    os.chmod(copy, message.stat().st_mode & 0o7777)
+    copy.replace(message)
+    os.removexattr(root / "cur" / "m2", "user.lab")
+    os.utime(root / "cur", ns=(folder.st_atime_ns, folder.st_mtime_ns))
+    report = verify.compare(ordered, list(listed().values()))
+    assert report.by_kind() == {"hard links": 1, "xattrs": 1, **({"ACL": 1} if acls else {})}
+
+
 def test_copy_progress_bar_on_terminal_and_lines_otherwise():
     import io
 
@@ -287,3 +389,84 @@ def test_journal_takes_new_hosts_until_a_step_is_done(relay: Path):
     assert journal.new_host == "second", "once a step is done the hosts are the journal's"
     journal.record_rollback()
     assert journal.new_host is None, "after a rollback another new host may come"
+
+
+@pytest.mark.parametrize(
+    "typed, host, user, port",
+    [
+        ("relay.example", "relay.example", None, None),
+        ("admin@relay.example:2222", "relay.example", "admin", 2222),
+        ("2001:db8::2", "2001:db8::2", None, None),
+        ("[2001:db8::2]", "2001:db8::2", None, None),
+        ("root@[2001:db8::2]:2222", "2001:db8::2", "root", 2222),
+        ("192.0.2.7:22", "192.0.2.7", None, 22),
+    ],
+)
+def test_hosts_are_split_as_openssh_reads_them(typed, host, user, port):
+    spec = split_host(typed)
+    assert (spec.host, spec.user, spec.port) == (host, user, port)
+    assert split_host(str(spec)) == spec
+    conn = connect(resolve(context(), new_host=typed), typed)
+    assert (conn.host, conn.port) == (host, port or 22)
+
+
+def test_addresses_are_compared_as_addresses():
+    assert same_host("2001:DB8:0:0::42", "[2001:db8::42]:22")
+    assert not same_host("2001:db8::42", "[2001:db8::42]:2222")
+    assert dnscheck.canonical(["2001:DB8:0:0::42", "192.0.2.1"]) == {"2001:db8::42", "192.0.2.1"}
+    settings = resolve(context(), new_host="n", new_addresses="2001:DB8:0:0::42, 192.0.2.9")
+    assert settings.new_addresses == ["2001:db8::42", "192.0.2.9"]
+
+
+def test_rsync_target_brackets_an_ipv6_address():
+    lines = commands.rsync_mailboxes(host="fd00::2", port=2222, user="root", compress=None)
+    assert "root@[fd00::2]:/home/vmail/mail/" in "\n".join(lines)
+    assert "-p 2222" in "\n".join(lines)
+
+
+def _addr(local: str, ifname: str = "eth0", **flags) -> dict:
+    return {"local": local, "ifname": ifname, **flags}
+
+
+def test_dns_proposes_only_what_clients_reach():
+    host = [
+        _addr("10.0.0.5"),  # private
+        _addr("192.88.99.5"),  # public
+        _addr("172.17.0.1", "docker0"),
+        _addr("2a01:4f8::5"),  # public
+        _addr("2a01:4f8::dead", temporary=True),
+        _addr("2a01:4f8::beef", "br-1a2b"),  # a docker network with global IPv6
+        _addr("fd00::5"),  # ULA
+    ]
+    records, left = switch_dns.addresses_for_clients("10.0.0.5", host)
+    assert records == {"A": ["192.88.99.5"], "AAAA": ["2a01:4f8::5"]}
+    assert "172.17.0.1 (on docker0, a container bridge)" in left
+    assert "2a01:4f8::dead (temporary)" in left and "fd00::5 (private)" in left
+    # Reached at a public address that no interface has (NAT): that one for IPv4.
+    records, _ = switch_dns.addresses_for_clients("9.9.9.9", host)
+    assert records == {"A": ["9.9.9.9"], "AAAA": ["2a01:4f8::5"]}
+    # A lab or LAN relay: nothing public, so the address the tool reached, said so.
+    records, left = switch_dns.addresses_for_clients("10.0.0.5", [_addr("10.0.0.5")])
+    assert records == {"A": ["10.0.0.5"], "AAAA": []}
+    assert any("no public address" in line for line in left)
+
+
+def test_old_host_key_is_accepted_under_the_mail_domain(tmp_path: Path):
+    key = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k1")))
+    other = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k2")))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"relay.example {key.get_name()} {key.get_base64()}\n")
+    policy = KnownHostsPolicy(False, known, [known], known_as=("relay.example",))
+    policy.missing_host_key(None, "192.0.2.7", key)  # accepted: no exception
+    with pytest.raises(HostKeyError, match=r"nor under relay.example"):
+        policy.missing_host_key(None, "192.0.2.7", other)
+    with pytest.raises(HostKeyError):  # on another port, the name's port-22 entry is no proof
+        policy.missing_host_key(None, "[192.0.2.7]:2222", key)
+    assert known.read_text().count("\n") == 1, "nothing recorded"
+
+
+def _ed25519(path: Path) -> Path:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
