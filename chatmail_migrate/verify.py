@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 # Runs on each host with its python3 (a relay has one): one JSON line per entry,
 # gzip-compressed (100,000 files make about 20 MB of listing).
 LISTING_PY = r"""
-import grp, gzip, hashlib, json, os, pwd, stat, sys
+import grp, gzip, hashlib, json, os, pwd, stat, struct, sys
 checksum = sys.argv[1] == "1"
 users, groups = {}, {}
+links = {}
+ACCESS, DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
 def name(cache, lookup, ident):
     if ident not in cache:
         try:
@@ -26,6 +28,21 @@ def name(cache, lookup, ident):
     return cache[ident]
 KINDS = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFSOCK: "s",
          stat.S_IFIFO: "p"}
+# The kernel's ACL xattr: a version-2 header, then (tag, perm, id) entries. Users
+# and groups go by name: the hosts give the same names different ids.
+ACL_TAGS = {1: "u", 2: "u", 4: "g", 8: "g", 0x10: "m", 0x20: "o"}
+def acl_entries(raw):
+    entries = []
+    for off in range(4, len(raw) - 7, 8):
+        tag, perm, ident = struct.unpack_from("<HHI", raw, off)
+        who = ""
+        if tag == 2:
+            who = name(users, pwd.getpwuid, ident)
+        elif tag == 8:
+            who = name(groups, grp.getgrgid, ident)
+        rwx = "".join(c if perm & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))
+        entries.append("%s:%s:%s" % (ACL_TAGS.get(tag, "?%d" % tag), who, rwx))
+    return entries
 def emit(path):
     st = os.lstat(path)
     kind = KINDS.get(stat.S_IFMT(st.st_mode), "o")
@@ -39,8 +56,37 @@ def emit(path):
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             item["h"] = h.hexdigest()
+        if st.st_nlink > 1:
+            # The first path of an inode stands for it: equal structures list alike.
+            first = links.setdefault((st.st_dev, st.st_ino), path)
+            if first != path:
+                item["hl"] = first
     elif kind == "l":
         item["l"] = os.readlink(path)
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        names = []
+    acl, attrs = [], {}
+    for n in names:
+        try:
+            value = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+        if n == ACCESS:
+            # The mode holds the owner's, others' and the mask's bits (the group's
+            # without a mask): compared as the mode, so a minimal ACL lists as none.
+            entries = acl_entries(value)
+            base = {"u::", "o::", "m::" if any(e[:3] == "m::" for e in entries) else "g::"}
+            acl += [e for e in entries if e[:3] not in base]
+        elif n == DEFAULT:
+            acl += ["d:" + e for e in acl_entries(value)]
+        else:
+            attrs[n] = hashlib.sha256(value).hexdigest()[:12]
+    if acl:
+        item["a"] = ",".join(sorted(acl))
+    if attrs:
+        item["x"] = attrs
     out.write((json.dumps(item, separators=(",", ":")) + "\n").encode())
 out = gzip.GzipFile(fileobj=sys.stdout.buffer, mode="wb", compresslevel=1)
 # Pre-order with sorted names: both hosts list in the same order (that of path_key),
@@ -96,6 +142,16 @@ def _spool_part(path: str) -> str | None:
 KEEP_DIFFERENCES = 200
 
 
+# What compare() compares, its label in messages, in the summary's order.
+LABELS = {"t": "type", "m": "mode", "u": "owner", "g": "group", "s": "size", "mt": "mtime",
+          "l": "symlink target", "a": "ACL", "x": "xattrs", "hl": "hard links",
+          "h": "content"}  # fmt: skip
+# Always in a listing (when present at all); content ("h") only with --checksum.
+METADATA = ["t", "m", "u", "g", "s", "mt", "l", "a", "x", "hl"]
+# In the summary: what each key stands for, in the plural.
+COMPARED = {"l": "symlink targets", "a": "ACLs", "h": "content (sha256)"}
+
+
 @dataclass
 class Report:
     files: int = 0
@@ -103,6 +159,9 @@ class Report:
     differences: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
     kinds: Counter = field(default_factory=Counter)
     skipped: int = 0
+    # Files (counted in ``files``) whose content old's listing hashed.
+    hashed: int = 0
+    keys: list[str] = field(default_factory=lambda: list(METADATA))
 
     @property
     def ok(self) -> bool:
@@ -116,12 +175,22 @@ class Report:
     def by_kind(self) -> Counter:
         return self.kinds
 
+    def compared(self) -> str:
+        """What was compared, and what was not, in words."""
+        what = ", ".join(COMPARED.get(k, LABELS[k]) for k in self.keys if k != "h")
+        if self.hashed == self.files:
+            return f"{what}, {COMPARED['h']}"
+        if self.hashed:
+            left = self.files - self.hashed
+            return f"{what}, content (sha256) of {self.hashed}; content of {left} not compared"
+        return f"{what}; content not compared: --checksum compares it"
+
     def summary(self, first: int = 5) -> str:
-        head = f"{self.files} files, {self.bytes / 1e6:.1f} MB compared"
+        head = f"{self.files} files, {self.bytes / 1e6:.1f} MB compared ({self.compared()})"
         if self.ok:
             return (
-                f"{head}: no differences "
-                f"({self.skipped} sockets and Postfix runtime entries not compared)"
+                f"{head}: no differences ({self.skipped} sockets and Postfix runtime "
+                "entries not compared; queue files matched without their names)"
             )
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind().items()))
         count = sum(self.kinds.values())
@@ -130,15 +199,28 @@ class Report:
         return "\n".join(lines)
 
 
+def _shown(key: str, value) -> str:
+    if value is None:
+        return "(none)"
+    if key == "m":
+        return oct(value)
+    if key == "x":
+        return ",".join(f"{n}={digest}" for n, digest in sorted(value.items()))
+    if key == "hl":
+        return f"one file with {value}"
+    return str(value)
+
+
 def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) -> Report:
     """What differs between old's and new's trees (sockets and Postfix runtime skipped).
 
     Both listings must come in :func:`path_key` order; they are read as streams.
+    Content is compared where the listings hold it (``--checksum``).
     """
-    report = Report()
-    keys = ["t", "m", "s", "mt", "l", "h"] + (["u", "g"] if owners else [])
-    labels = {"t": "type", "m": "mode", "s": "size", "mt": "mtime", "l": "target",
-              "h": "content", "u": "owner", "g": "group"}  # fmt: skip
+    keys = [k for k in METADATA if owners or k not in ("u", "g")] + ["h"]
+    report = Report(keys=keys)
+    # Postfix renames queue files, so their hard-link partners' paths differ too.
+    queue_keys = [k for k in keys if k != "hl"]
     queues: dict[str, Counter] = {"old": Counter(), "new": Counter()}
 
     def skipped(item: dict) -> bool:
@@ -148,15 +230,18 @@ def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) ->
         return item["t"] == "s" or part in SPOOL_RUNTIME
 
     def seen(side: str, item: dict) -> bool:
-        """Count a queue file (compared by content); whether the entry is compared."""
+        """Count a queue file (matched by its attributes); whether the entry is compared."""
         part = _spool_part(item["p"])
         if part in QUEUE_DIRS and item["t"] == "f":
-            queues[side][(part, *(item.get(k) for k in keys))] += 1
+            attrs = (json.dumps(item.get(k), sort_keys=True) for k in queue_keys)
+            queues[side][(part, *attrs)] += 1
+            report.hashed += side == "old" and "h" in item
         if side == "old" and skipped(item):
             report.skipped += item["t"] == "s" or part in SPOOL_RUNTIME
         elif side == "old" and item["t"] == "f":
             report.files += 1
             report.bytes += item.get("s", 0)
+            report.hashed += "h" in item
         return not skipped(item)
 
     def pair(item: dict, other: dict) -> None:
@@ -164,11 +249,18 @@ def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) ->
         for key in keys:
             if key == "mt" and (item["t"] == "d" and _spool_part(path) is not None):
                 continue  # queue directories change as Postfix renames their files
-            if item.get(key) != other.get(key):
-                mine, theirs = item.get(key), other.get(key)
-                if key == "m":
-                    mine, theirs = oct(mine), oct(theirs or 0)
-                report.add(labels[key], f"{path}: {labels[key]} {mine} on old, {theirs} on new")
+            mine, theirs = item.get(key), other.get(key)
+            if mine != theirs:
+                if key == "hl" and theirs is None:
+                    message = f"{path}: hard links: one file with {mine} on old, separate on new"
+                elif key == "hl" and mine is None:
+                    message = f"{path}: hard links: separate on old, one file with {theirs} on new"
+                else:
+                    message = (
+                        f"{path}: {LABELS[key]} {_shown(key, mine)} on old, "
+                        f"{_shown(key, theirs)} on new"
+                    )
+                report.add(LABELS[key], message)
         if owners and (other.get("u", "").startswith("#") or other.get("g", "").startswith("#")):
             report.add("numeric owner", f"{path}: owned by ids with no name on new")
 
