@@ -8,6 +8,7 @@ remove exactly those, even after an ``up`` that failed half-way.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -49,6 +50,11 @@ class Host:
     machine: str
     root: str
     pid: int | None = None
+    # The host's address in the lab's IPv6 (unique local) /64.
+    address6: str = ""
+    # Where sshd listens and who may log in (see Lab.move_ssh); how the lab reaches it.
+    ssh_port: int = 22
+    jump: str = ""
     cgroups: list[str] = field(default_factory=list)
     mounted: bool = False
     # nspawn locks the image by inode and cannot remove the lock file here.
@@ -60,6 +66,7 @@ class Lab:
     name: str = DEFAULT_NAME
     domain: str = DEFAULT_DOMAIN
     subnet: str = ""
+    subnet6: str = ""
     bridge: str = ""
     agent_pid: int | None = None
     hosts: dict[str, Host] = field(default_factory=dict)
@@ -190,13 +197,19 @@ class Lab:
             with open(state_root() / ".subnet.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 subnet = net.free_subnet()
-                self.subnet = str(subnet)
+                subnet6 = net.ula_subnet(subnet)
+                self.subnet, self.subnet6 = str(subnet), str(subnet6)
                 self.bridge = f"{self.name}br"
                 self.save()
                 hosts_ip = list(subnet.hosts())
-                net.add_bridge(self.bridge, f"{hosts_ip[-1]}/{subnet.prefixlen}")
+                net.add_bridge(
+                    self.bridge,
+                    f"{hosts_ip[-1]}/{subnet.prefixlen}",
+                    f"{subnet6[254]}/{subnet6.prefixlen}",
+                )
             for index, hostname in enumerate(HOST_NAMES):
-                self._boot_host(hostname, f"{hosts_ip[index]}", subnet.prefixlen, rootfs)
+                address6 = str(subnet6[index + 1])
+                self._boot_host(hostname, f"{hosts_ip[index]}", subnet.prefixlen, rootfs, address6)
             self._write_ssh_files()
             self._write_relay_dir()
             for hostname in HOST_NAMES:
@@ -245,11 +258,14 @@ class Lab:
             env={**os.environ, "SSH_AUTH_SOCK": str(self.agent_sock)},
         )
 
-    def _boot_host(self, hostname: str, address: str, prefixlen: int, rootfs: Path) -> None:
+    def _boot_host(
+        self, hostname: str, address: str, prefixlen: int, rootfs: Path, address6: str
+    ) -> None:
         hdir = self.host_dir(hostname)
         host = Host(
             name=hostname,
             address=address,
+            address6=address6,
             netns=f"{self.name}-{hostname}",
             veth=f"{self.name}-{hostname}",
             machine=f"{self.name}-{hostname}",
@@ -257,7 +273,9 @@ class Lab:
         )
         self.hosts[hostname] = host
         self.save()
-        net.add_host_link(host.netns, host.veth, self.bridge, f"{address}/{prefixlen}")
+        net.add_host_link(
+            host.netns, host.veth, self.bridge, f"{address}/{prefixlen}", f"{address6}/64"
+        )
         for sub in ("root", "upper", "work"):
             (hdir / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -364,22 +382,16 @@ class Lab:
         ]
         known = []
         for host in self.hosts.values():
-            aliases = [host.name, host.address]
-            lines.append(
-                f"Host {' '.join(aliases)}\n"
-                f"    HostName {host.address}\n"
-                "    User root\n"
-                f"    IdentityFile {self.key}\n"
-                f"    IdentityAgent {self.agent_sock}\n"
-                f"    UserKnownHostsFile {self.known_hosts}\n"
-                "    StrictHostKeyChecking yes\n"
-                "    BatchMode yes\n"
-                "    ConnectTimeout 5\n"
-                "    LogLevel ERROR\n"
-            )
+            blocks = [([host.name, host.address], host.address)]
+            if host.address6:  # reached over IPv6 when named by its IPv6 address
+                blocks.append(([host.address6], host.address6))
+            lines += [self._ssh_block(host, aliases, hostname) for aliases, hostname in blocks]
+            aliases = [a for names, _ in blocks for a in names]
             pub = Path(host.root, "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
             # As on an operator's machine that logged into the relay by its name.
             names = [*aliases, self.domain] if host.name == "old" else aliases
+            if host.ssh_port != 22:  # known_hosts names a host on another port so
+                names = [f"[{n}]:{host.ssh_port}" for n in names]
             known.append(f"{','.join(names)} {pub[0]} {pub[1]}\n")
         # Any other name (the mail domain, say) is checked against the lab's file too,
         # never against the known_hosts of whoever runs the lab.
@@ -388,6 +400,66 @@ class Lab:
         )
         self.ssh_config.write_text("\n".join(lines))
         self.known_hosts.write_text("".join(known))
+
+    def _ssh_block(self, host: Host, aliases: list[str], hostname: str) -> str:
+        return (
+            f"Host {' '.join(aliases)}\n"
+            f"    HostName {hostname}\n"
+            "    User root\n"
+            + (f"    Port {host.ssh_port}\n" if host.ssh_port != 22 else "")
+            + (f"    ProxyJump {host.jump}\n" if host.jump else "")
+            + f"    IdentityFile {self.key}\n"
+            f"    IdentityAgent {self.agent_sock}\n"
+            f"    UserKnownHostsFile {self.known_hosts}\n"
+            "    StrictHostKeyChecking yes\n"
+            "    BatchMode yes\n"
+            "    ConnectTimeout 5\n"
+            "    LogLevel ERROR\n"
+        )
+
+    # -- the networks operators have ----------------------------------------
+    def address6(self, host: str) -> str:
+        return self.hosts[host].address6
+
+    def add_address(self, host: str, address: str, dev: str = "eth0", *flags: str) -> None:
+        """Give ``host`` another address (``ADDR/PREFIX``; ``flags`` as ``ip address add``
+        takes them, e.g. ``preferred_lft 0`` for a deprecated one).
+
+        An address outside the lab's subnets gets a host route onto the lab's bridge
+        first, so whatever is sent to it reaches this lab host and nothing beyond.
+        """
+        ip = ipaddress.ip_interface(address).ip
+        inside = any(ip in ipaddress.ip_network(n) for n in (self.subnet, self.subnet6) if n)
+        if not inside and dev == "eth0":
+            net.ip("route", "replace", f"{ip}/{ip.max_prefixlen}", "dev", self.bridge)
+        nodad = ["nodad"] if ip.version == 6 else []
+        net.ip("-n", self.hosts[host].netns, "address", "add", address, "dev", dev, *nodad, *flags)
+
+    def add_guest_bridge(self, host: str, name: str, address: str) -> None:
+        """A bridge inside ``host`` as Docker or libvirt make one (docker0, 172.17.0.1/16)."""
+        netns = self.hosts[host].netns
+        net.ip("-n", netns, "link", "add", name, "type", "bridge")
+        net.ip("-n", netns, "address", "add", address, "dev", name)
+        net.ip("-n", netns, "link", "set", name, "up")
+
+    def move_ssh(
+        self, host: str, port: int = 22, *, allow_from: tuple[str, ...] = (), jump: str = ""
+    ) -> None:
+        """Make ``host``'s sshd listen on ``port`` only and, with ``allow_from``, accept
+        logins from those addresses only; the lab then reaches it there (via ``jump``)."""
+        conf = f"Port {port}\n"
+        if allow_from:
+            conf += "AllowUsers " + " ".join(f"root@{a}" for a in allow_from) + "\n"
+        self.ssh(host, f"printf '%s' {shlex.quote(conf)} > /etc/ssh/sshd_config.d/lab-net.conf"
+                       " && systemctl reload ssh")  # fmt: skip
+        self.hosts[host].ssh_port, self.hosts[host].jump = port, jump
+        self.save()
+        self._write_ssh_files()
+        deadline = time.monotonic() + 20
+        while self.ssh(host, "true", check=False, timeout=10).returncode != 0:
+            if time.monotonic() > deadline:
+                raise LabError(f"lab host {host}: no SSH on port {port} after moving sshd")
+            time.sleep(0.3)
 
     def tag_relay_checkout(self, version: str) -> None:
         """Mark the lab's relay checkout as release ``version`` (a git tag, as upstream)."""

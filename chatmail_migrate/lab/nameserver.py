@@ -40,6 +40,8 @@ def zone_text(lab: Lab, records: dict, serial: int) -> str:
         f"ns1 IN A {ns['ns1']}",
         f"ns2 IN A {ns['ns2']}",
     ]
+    # Nameserver IPv6 addresses, e.g. ones a workstation without IPv6 cannot reach.
+    lines += [f"{name} IN AAAA {a}" for name, a in records.get("ns_aaaa", {}).items()]
     lines += [f"{label} {ttl} IN A {a}" for a in records["a"]]
     lines += [f"{label} {ttl} IN AAAA {a}" for a in records.get("aaaa", [])]
     lines += [f"mta-sts.{label} IN CNAME {label}", f"www.{label} IN CNAME {label}"]

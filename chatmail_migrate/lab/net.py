@@ -37,17 +37,30 @@ def free_subnet(base: str = "10.213.0.0/16") -> ipaddress.IPv4Network:
     raise RuntimeError(f"no free /24 left in {base} for another lab")
 
 
-def add_bridge(name: str, address: str) -> None:
+def ula_subnet(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """The lab's IPv6 /64 (unique local), named after its IPv4 /24 so labs never share one."""
+    third = (int(subnet.network_address) >> 8) & 0xFFFF
+    return ipaddress.ip_network(f"fd6c:6162:{third:x}::/64")
+
+
+def add_bridge(name: str, address: str, address6: str | None = None) -> None:
     ip("link", "add", name, "type", "bridge")
     ip("addr", "add", address, "dev", name)
+    if address6:
+        # nodad: usable at once, not "tentative" for a second.
+        ip("-6", "addr", "add", address6, "dev", name, "nodad")
     ip("link", "set", name, "up")
 
 
-def add_host_link(netns: str, veth: str, bridge: str, address: str) -> None:
+def add_host_link(
+    netns: str, veth: str, bridge: str, address: str, address6: str | None = None
+) -> None:
     ip("netns", "add", netns)
     ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
     ip("link", "set", veth, "master", bridge, "up")
     ip("-n", netns, "addr", "add", address, "dev", "eth0")
+    if address6:
+        ip("-n", netns, "-6", "addr", "add", address6, "dev", "eth0", "nodad")
     ip("-n", netns, "link", "set", "eth0", "up")
     ip("-n", netns, "link", "set", "lo", "up")
 

@@ -1,0 +1,140 @@
+"""The networks operators have: a new host with several addresses, IPv6 only, sshd on
+another port behind a jump host, and an old host known by the mail domain's name."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from chatmail_migrate.lab import Lab, SeedParams, nameserver
+
+from .helpers import listing, run_tool, run_tool_with_fault
+from .test_migrate import assert_migrated, journal
+from .test_safety import unchanged
+
+
+def public_looking(lab: Lab) -> str:
+    """A globally routable address for this lab's new host (kept on the lab's bridge by
+    a host route, so nothing sent to it leaves this machine)."""
+    third = ipaddress.ip_network(lab.subnet).network_address.packed[2]
+    return f"192.88.99.{third % 254 + 1}"
+
+
+def test_switch_dns_proposes_only_the_address_clients_reach(make_lab, tmp_path: Path):
+    lab = make_lab("cmnet", seed=SeedParams(version="1.8.0", accounts=3))
+    public = public_looking(lab)
+    lab.add_address("new", f"{public}/32")
+    lab.add_address("new", "192.168.77.2/24")
+    lab.add_guest_bridge("new", "docker0", "172.17.0.1/16")
+    # A global IPv6 address being retired (6to4 of the public one): clients must not get it.
+    sixto4 = ipaddress.IPv6Address((0x2002 << 112) | (int(ipaddress.IPv4Address(public)) << 80) | 1)
+    lab.add_address("new", f"{sixto4}/64", "eth0", "preferred_lft", "0")
+    before = listing(lab, "old")
+
+    def operator_changes_dns(proc):
+        assert proc.poll() is None, "switch-dns must wait until the record changes"
+        nameserver.update(lab, a=[public])
+
+    code, output = run_tool_with_fault(
+        lab, ["migrate", "--old-host", "old", "--new-host", "new", "--yes", "--dns-timeout", "60"],
+        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
+    )  # fmt: skip
+    assert code == 0, output
+    row = next(line for line in output.splitlines() if f"{lab.domain}." in line and " A " in line)
+    assert row.split()[3] == public, row
+    assert "AAAA" not in output.split("Change these records")[1].split("waiting for DNS")[0]
+    for why in (
+        f"{lab.address('new')} (private)",
+        "192.168.77.2 (private)",
+        "172.17.0.1 (on docker0, a container bridge)",
+        f"{sixto4} (deprecated)",
+        f"{lab.address6('new')} (private)",
+    ):
+        assert f"not proposed: {why}" in output
+    assert "all 2 nameservers answer the new values" in output
+    assert journal(tmp_path, lab)["steps"]["enable-mail"]
+    assert_migrated(lab, before)
+
+
+def test_ipv6_only_migration_with_presync(make_lab, tmp_path: Path):
+    lab = make_lab("cmnet", seed=SeedParams(accounts=4, messages=3))  # relay 1.7: ssh to domain
+    old6, new6 = lab.address6("old"), lab.address6("new")
+    prefix = ipaddress.ip_network(lab.subnet6)
+    # The zone serves only AAAA for the relay, and its nameservers have IPv6 addresses
+    # this workstation cannot reach (no one in the lab has them): as from an IPv4-only one.
+    nameserver.update(lab, a=[], aaaa=[old6],
+                      ns_aaaa={"ns1": str(prefix[0x35]), "ns2": str(prefix[0x36])})  # fmt: skip
+    before = listing(lab, "old")
+    # Written as operators may type it: upper case, zeros spelled out.
+    typed = ipaddress.IPv6Address(new6).exploded.upper()
+
+    def operator_changes_dns(proc):
+        assert proc.poll() is None
+        nameserver.update(lab, aaaa=[new6])
+
+    code, output = run_tool_with_fault(
+        lab, ["migrate", "--old-host", old6, "--new-host", f"[{new6}]", "--presync", "--yes",
+              "--new-address", typed, "--dns-timeout", "60"],
+        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
+    )  # fmt: skip
+    assert code == 0, output
+    assert f"WARN  DNS: nameserver ns1.lab.example ({prefix[0x35]})" in output
+    assert "all 2 nameservers answer the new values" in output
+    assert_migrated(lab, before)
+    assert any(e["event"] == "presync-done" for e in journal(tmp_path, lab)["events"])
+    # Every login on new came over IPv6: the tool's, cmdeploy's, and old's (rsync, tar).
+    logins = lab.ssh("new", "journalctl -q -o cat _COMM=sshd | grep Accepted").stdout
+    assert f"from {old6} " in logins, logins
+    assert f"from {lab.address('old')} " not in logins, logins
+
+
+def operator_ssh(lab: Lab, tmp_path: Path, *, jump_known: bool) -> dict[str, str]:
+    """An operator's ~/.ssh: the lab's config with its own known_hosts, where the old
+    relay is known by its name only (they always typed ``ssh root@DOMAIN``)."""
+    known = tmp_path / "known_hosts"
+    lines = []
+    for line in lab.known_hosts.read_text().splitlines():
+        names, key = line.split(" ", 1)
+        if lab.domain in names.split(","):
+            names = lab.domain
+        elif lab.address("spare") in names and not jump_known:
+            continue
+        lines.append(f"{names} {key}")
+    known.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(lab.ssh_config.read_text().replace(str(lab.known_hosts), str(known)))
+    return {"CHATMAIL_MIGRATE_SSH_CONFIG": str(config), "CHATMAIL_LAB_SSH_CONFIG": str(config)}
+
+
+def test_port_jump_host_and_old_host_known_by_name(make_lab, tmp_path: Path):
+    lab = make_lab("cmnet", seed=SeedParams(accounts=3, messages=2))
+    # New listens on 2222 only, and takes logins only through the jump host and from old.
+    lab.move_ssh("new", 2222, allow_from=(lab.address("spare"), lab.address("old")), jump="spare")
+    new = f"{lab.address('new')}:2222"
+
+    # The jump host's key is unknown: refused in one line, before anything changes.
+    env = operator_ssh(lab, tmp_path, jump_known=False)
+    result = run_tool(lab, "invoke", "presync", "--new-host", new, state_dir=tmp_path, **env)
+    assert result.returncode != 0
+    first, *rest = result.stderr.strip().splitlines()
+    assert f"host key of jump host (ProxyJump of {lab.address('new')}) {lab.address('spare')}" in (
+        first
+    )
+    assert rest == ["Done: nothing. Rerun the same migrate command to resume at disable-mail."]
+    unchanged(lab)
+
+    # Known: the tool reaches new through spare on 2222, old by the address DNS gives
+    # (no --old-host), accepted under the domain's name; old's own ssh uses 2222.
+    env = operator_ssh(lab, tmp_path, jump_known=True)
+    result = run_tool(lab, "invoke", "presync", "--new-host", new, state_dir=tmp_path, **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"old host: {lab.domain} points at {lab.address('old')}" in result.stdout
+    assert f"host key of {lab.address('old')} is the one known_hosts has for {lab.domain}" in (
+        result.stdout
+    )
+    assert "--accept-new-host-keys" not in result.stdout + result.stderr
+    count = f"find /home/vmail/mail/{lab.domain} -type f | wc -l"
+    assert lab.ssh("new", count).stdout == lab.ssh("old", count).stdout
+    logins = lab.ssh("new", "journalctl -q -o cat _COMM=sshd | grep Accepted").stdout
+    assert f"from {lab.address('old')} port" in logins
+    assert f"from {lab.address('spare')} port" in logins
