@@ -256,7 +256,7 @@ class Journal:
                 )
         nxt = self.next_step()
         if nxt:
-            parts.append(f"Rerun the same migrate command to resume at {nxt}.")
+            parts.append(f"Next step: {nxt} (rerun migrate to resume at {nxt}).")
         return " ".join(parts)
 
 

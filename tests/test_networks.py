@@ -120,7 +120,9 @@ def test_port_jump_host_and_old_host_known_by_name(make_lab, tmp_path: Path):
     assert f"host key of jump host (ProxyJump of {lab.address('new')}) {lab.address('spare')}" in (
         first
     )
-    assert rest == ["Done: nothing. Rerun the same migrate command to resume at disable-mail."]
+    assert rest == [
+        "Done: nothing. Next step: disable-mail (rerun migrate to resume at disable-mail)."
+    ]
     unchanged(lab)
 
     # Known: the tool reaches new through spare on 2222, old by the address DNS gives
