@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,15 +103,27 @@ class Journal:
             )
         return cls(path=path, **data)
 
-    def check_hosts(self, settings: Settings) -> None:
-        """Refuse to mix two migrations (other hosts) in one journal."""
+    def check_hosts(self, settings: Settings, same: Callable[[str, str], bool]) -> None:
+        """Refuse to mix two migrations (other hosts) in one journal; ``same`` says
+        whether two host strings reach one host (an alias and its ``ADDR:PORT``)."""
         for name in ("old_host", "new_host"):
             mine, theirs = getattr(self, name), getattr(settings, name)
-            if self.steps and mine and theirs and mine != theirs:
+            if self.steps and mine and theirs and not same(mine, theirs):
                 raise SettingsError(
                     f"the journal {self.path} records a migration with {name.replace('_', ' ')} "
                     f"{mine}, not {theirs}; use the same hosts, or --restart to begin anew"
                 )
+
+    def spell_hosts_as(self, settings: Settings, same: Callable[[str, str], bool]) -> None:
+        """Take this run's spelling of a host the journal names otherwise (the ssh
+        config alias ``new`` for ``203.0.113.5:2222``), in its events too."""
+        for name in ("old_host", "new_host"):
+            mine, theirs = getattr(self, name), getattr(settings, name)
+            if mine and theirs and mine != theirs and same(mine, theirs):
+                setattr(self, name, theirs)
+                for event in self.events:
+                    if event.get("host") == mine:
+                        event["host"] = theirs
 
     def adopt_hosts(self, settings: Settings) -> None:
         """Record this run's hosts: until a step is done they may still change (a

@@ -26,7 +26,7 @@ from .cmdeploy import cmdeploy_host, stages_supported
 from .errors import MigrateError, SettingsError
 from .journal import STEPS, Journal, plan, report
 from .lock import migration_lock
-from .remote import Runner, connect
+from .remote import Runner, connect, same_endpoint
 from .settings import Settings, check_cmdeploy, resolve
 
 # What each step does: a plain function of (settings, runner, journal).
@@ -137,13 +137,15 @@ class Migration:
 
     def _load_journal(self) -> None:
         self.journal = journal = Journal.for_settings(self.settings)
+        if journal:
+            journal.spell_hosts_as(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
         if not self.whole:
             return
         assert journal is not None  # migrate needs relay_dir, hence a mail domain
         try:
             if self.restart:
                 journal.reset()
-            journal.check_hosts(self.settings)
+            journal.check_hosts(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
         except SettingsError as e:
             raise Exit(f"error: {e}", code=2) from None
         staged, _ = stages_supported(self.settings)

@@ -27,7 +27,7 @@ from invoke.exceptions import UnexpectedExit
 
 from . import audit
 from .errors import HostKeyError, MigrateError
-from .settings import Settings, split_host
+from .settings import Settings, canonical_address, split_host
 
 # paramiko reports transport errors from its own thread as logged tracebacks; the
 # tool reports them itself, in one line.
@@ -103,7 +103,13 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key):
         other = self._known_under_other_name(hostname, key)
         if other:
-            print(f"  host key of {hostname} is the one known_hosts has for {other}")
+            # As OpenSSH's CheckHostIP would: cmdeploy's own ssh (and pyinfra) look the
+            # host up by this address, and without a terminal refuse an unknown key.
+            self._record(hostname, key)
+            print(
+                f"  host key of {hostname} is the one known_hosts has for {other}: "
+                f"recorded it for {hostname} too, in {self.record_to}"
+            )
             return
         if not self.accept_new:
             also = f" (nor under {', '.join(self.known_as)})" if self.known_as else ""
@@ -112,10 +118,13 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                 f"{' or '.join(str(p) for p in self.searched)}{also}: check that fingerprint, "
                 f"then add it (ssh {hostname} once), or rerun with --accept-new-host-keys"
             )
+        self._record(hostname, key)
+        print(f"  recorded new host key of {hostname} ({fingerprint(key)}) in {self.record_to}")
+
+    def _record(self, hostname: str, key: paramiko.PKey) -> None:
         self.record_to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.record_to, "a") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        print(f"  recorded new host key of {hostname} ({fingerprint(key)}) in {self.record_to}")
 
 
 def trust_known_hosts(
@@ -168,6 +177,16 @@ def connect(
         trust_known_hosts(jump, settings.accept_new_host_keys, what=what)
         target, jump = jump, jump.gateway
     return conn
+
+
+def same_endpoint(settings: Settings, a: str, b: str) -> bool:
+    """Whether two host strings reach one host once the ssh config is applied."""
+
+    def endpoint(host: str) -> tuple[str, int, str]:
+        conn = connect(settings, host)
+        return canonical_address(conn.host), conn.port, conn.user
+
+    return a == b or endpoint(a) == endpoint(b)
 
 
 def describe_connect_error(host: str, e: BaseException) -> str:

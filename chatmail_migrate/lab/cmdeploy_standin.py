@@ -11,7 +11,11 @@ with the upstream file it comes from):
 - up to 1.7 it logs in to ``mail_domain`` over OpenSSH itself, before deploying
   (DNS check) and after a deploy (echobot's invite link), whatever ``--ssh-host``
   says: at the address the lab's DNS gives now, checked against the operator's
-  known_hosts; from 1.8 it logs in to ``--ssh-host``;
+  known_hosts; from 1.8 it logs in to ``--ssh-host`` first (execnet: OpenSSH with
+  the operator's ssh config, an unknown key refused without a terminal);
+- the deploy itself (pyinfra) accepts an unknown host key and appends it to the
+  ssh config's UserKnownHostsFile, whatever StrictHostKeyChecking says; a changed
+  key fails it;
 - it checks the domain's A/AAAA and the mta-sts/www CNAMEs (``--skip-dns-check``
   from 1.8), asked of the lab's nameservers;
 - stages (1.8+: ``CMDEPLOY_STAGES``, split on "," as upstream): install creates
@@ -65,6 +69,10 @@ class Release:
     @property
     def logs_in_to_mail_domain(self) -> bool:  # cmdeploy.py run_cmd, 1.6/1.7
         return not self.at_least(1, 8)
+
+    @property
+    def logs_in_to_ssh_host(self) -> bool:  # sshexec.py execnet gateway to --ssh-host, 1.8+
+        return self.at_least(1, 8)
 
     @property
     def staged(self) -> bool:  # basedeploy.py CMDEPLOY_STAGES, 1.8+
@@ -396,6 +404,13 @@ def main(argv: list[str] | None = None) -> int:
             print(login.stderr.strip(), file=sys.stderr)
             print(f"execnet.gateway_base.HostNotFound: root@{domain}", file=sys.stderr)
             return 1
+    if release.logs_in_to_ssh_host:
+        login = subprocess.run([*_ssh_base(), f"root@{host}", "true"], capture_output=True,
+                               text=True)  # fmt: skip
+        if login.returncode != 0:
+            print(login.stderr.strip(), file=sys.stderr)
+            print(f"execnet.gateway_base.HostNotFound: root@{host}", file=sys.stderr)
+            return 1
     if not (args.skip_dns_check or ini.ip_only) and not check_dns(domain):
         return 1
     if args.dry_run:
@@ -416,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (mail disabled)' if args.disable_mail else ''}",
         flush=True,
     )
-    result = subprocess.run([*_ssh_base(), f"root@{host}", "sh -s"], input=script, text=True)
+    # pyinfra's own ssh: accept-new whatever the ssh config says (pyinfra >= 3 default).
+    pyinfra_ssh = [*_ssh_base(), "-o", "StrictHostKeyChecking=accept-new"]
+    result = subprocess.run([*pyinfra_ssh, f"root@{host}", "sh -s"], input=script, text=True)
     if result.returncode == 255:
         print(f"error: cannot reach {host} over SSH", file=sys.stderr)
         return 1
