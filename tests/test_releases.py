@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
-from chatmail_migrate.lab.seed import RELEASES
+from chatmail_migrate.lab.seed import RELEASES, seeded_accounts
 from chatmail_migrate.relay import read_relay
 
 from .helpers import domain_keys, host_key, listing, run_tool, run_tool_with_fault
+from .relay_client import RelayClient, assert_relay_serves, pinned_context, relay_certificate
 from .test_migrate import assert_migrated, journal
 from .test_safety import unchanged
 
@@ -80,6 +81,7 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
     before = listing(lab, "old", relay.copy_paths())
     old_key, new_key = host_key(lab, "old"), host_key(lab, "new")
     assert domain_keys(lab.known_hosts, lab.domain) == [old_key]
+    served = relay_certificate(lab, "old")
     # An operator's shell may export CMDEPLOY_STAGES: runs meant to deploy everything
     # (disable-mail, the pre-1.8 install) must not inherit it.
     pause = 2 if case == "1.7.0" else 0
@@ -100,6 +102,10 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
     assert "mail was down for" in output
     copied_at = steps["copy-data"]["started_ts"] + steps["copy-data"]["seconds"]
     assert_opendkim_signs_with_copied_state(lab, copied_at)
+    # New serves the moved accounts with old's certificate, signs with the published key.
+    sender, recipient = seeded_accounts(lab, "new")[:2]
+    client = RelayClient(lab.address("new"), lab.domain, pinned_context(served))
+    assert_relay_serves(lab, client, sender, recipient)
     if relay.logs_in_to_mail_domain:
         # The stand-in logged in to the domain after the switch: the new host's key
         # was accepted because the tool had added it beside the old one's.

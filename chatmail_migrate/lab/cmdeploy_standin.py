@@ -26,7 +26,12 @@ with the upstream file it comes from):
 - 1.10+: configure fails when tls_external_cert_and_key names a missing file, and
   makes the self-signed pair of ``_`` domains when missing; 1.11+: IP-only relays
   (no DKIM, self-signed pair);
-- ``--disable-mail`` stops and disables postfix and dovecot; everything else runs.
+- ``--disable-mail`` stops and disables postfix and dovecot; everything else runs;
+- configure writes a working relay's Dovecot (IMAP on 993, LMTP for Postfix,
+  accounts by the lab's doveauth, ``relay_auth.py``) and Postfix (its domain
+  delivered by LMTP, submission on 465 with SASL), serving the release's
+  certificate (``tls_pair``); activate makes acmetool's certificate when there is
+  none and mail is to run (no ACME server here: self-signed).
 
 For fault tests, ``CHATMAIL_LAB_CMDEPLOY_FAIL=before|after[@HOST]`` makes it fail
 before touching the host or after doing its work. For pre-sync tests and the
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import ipaddress
+import json
 import os
 import shlex
 import subprocess
@@ -51,6 +57,8 @@ DEFAULT_VERSION = "1.7.0"
 ALL_STAGES = ("install", "configure", "activate")
 OPENDKIM_SOCKET = "/var/spool/postfix/opendkim/opendkim.sock"
 SELF_SIGNED = ("/etc/ssl/certs/mailserver.pem", "/etc/ssl/private/mailserver.key")
+# The lab's doveauth: Dovecot's checkpassword driver runs this (relay_auth.py).
+CHECKPASSWORD = "/usr/local/lib/chatmail-lab/checkpassword"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -114,6 +122,11 @@ class RelayIni:
     mail_domain: str
     tls_external: tuple[str, ...] = ()
     mtail_address: str = ""
+    mailboxes_dir: str = ""
+    # doveauth's rules for accounts created at first login (config.py defaults).
+    username_min_length: int = 9
+    username_max_length: int = 9
+    password_min_length: int = 9
 
     @property
     def ip_only(self) -> bool:
@@ -121,6 +134,15 @@ class RelayIni:
             return isinstance(ipaddress.ip_address(self.mail_domain), ipaddress.IPv4Address)
         except ValueError:
             return False
+
+    @property
+    def address_domain(self) -> str:
+        """What follows the @ of the relay's addresses (config.py: ``[IP]`` when IP-only)."""
+        return f"[{self.mail_domain}]" if self.ip_only else self.mail_domain
+
+    @property
+    def mailboxes(self) -> str:
+        return self.mailboxes_dir or f"/home/vmail/mail/{self.mail_domain}"  # config.py
 
 
 def read_ini(path: Path) -> RelayIni:
@@ -131,6 +153,10 @@ def read_ini(path: Path) -> RelayIni:
         mail_domain=params["mail_domain"].strip(),
         tls_external=tuple(params.get("tls_external_cert_and_key", "").split()),
         mtail_address=params.get("mtail_address", "").strip(),
+        mailboxes_dir=params.get("mailboxes_dir", "").strip(),
+        username_min_length=int(params.get("username_min_length", 9)),
+        username_max_length=int(params.get("username_max_length", 9)),
+        password_min_length=int(params.get("password_min_length", 9)),
     )
 
 
@@ -182,6 +208,141 @@ def opendkim_conf(domain: str) -> str:
     )
 
 
+def tls_pair(release: Release, ini: RelayIni) -> tuple[str, str]:
+    """The certificate and key Dovecot and Postfix serve (config.py ``tls_cert_path``,
+    1.10+; earlier releases always acmetool's): the operator's files, the self-signed
+    pair, or acmetool's live names."""
+    if release.checks_external_tls and len(ini.tls_external) == 2:
+        return ini.tls_external[0], ini.tls_external[1]
+    if ini.ip_only or (release.self_signed_underscore and ini.mail_domain.startswith("_")):
+        return SELF_SIGNED
+    live = f"/var/lib/acme/live/{ini.mail_domain}"
+    return f"{live}/fullchain", f"{live}/privkey"
+
+
+def dovecot_conf(ini: RelayIni, cert: str, key: str) -> str:
+    """IMAP (993, and 143 with STARTTLS) and LMTP for Postfix, accounts by the lab's doveauth."""
+    return f"""# chatmail-migrate lab: Dovecot as the chatmail relay runs it (LAB STAND-IN)
+protocols = imap lmtp
+listen = *
+auth_mechanisms = plain
+mail_location = maildir:{ini.mailboxes}/%u
+ssl = required
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.3
+# An account is its mailbox directory with a password file (upstream: doveauth).
+passdb {{
+  driver = checkpassword
+  args = {CHECKPASSWORD}
+}}
+userdb {{
+  driver = checkpassword
+  args = {CHECKPASSWORD}
+  default_fields = uid=vmail gid=vmail
+}}
+service auth {{
+  # The password files are vmail's, and first logins create accounts as vmail.
+  user = vmail
+  unix_listener /var/spool/postfix/private/auth {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
+}}
+service lmtp {{
+  user = vmail
+  unix_listener /var/spool/postfix/private/dovecot-lmtp {{
+    mode = 0600
+    user = postfix
+    group = postfix
+  }}
+}}
+service anvil {{
+  # No growing delay for an address after failed logins, as upstream: many users
+  # share an address, and one wrong password would slow all their logins.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+
+
+def checkpassword_program(ini: RelayIni) -> str:
+    """relay_auth.py with this relay's settings in front."""
+    config = {
+        "mail_domain": ini.address_domain,
+        "mailboxes_dir": ini.mailboxes,
+        "username_min_length": ini.username_min_length,
+        "username_max_length": ini.username_max_length,
+        "password_min_length": ini.password_min_length,
+    }
+    source = (Path(__file__).parent / "relay_auth.py").read_text()
+    return f"#!/usr/bin/python3\nCONFIG = {json.dumps(config)}\n{source}"
+
+
+# Submission with TLS from the first byte (465) and SASL through Dovecot, as
+# upstream's master.cf ``smtps`` (without filtermail, which the lab does not run).
+SMTPS_OPTIONS = (
+    "syslog_name=postfix/smtps",
+    "smtpd_tls_wrappermode=yes",
+    "smtpd_tls_security_level=encrypt",
+    "smtpd_tls_mandatory_protocols=>=TLSv1.3",
+    "smtpd_sasl_auth_enable=yes",
+    "smtpd_sasl_type=dovecot",
+    "smtpd_sasl_path=private/auth",
+    "smtpd_reject_unlisted_recipient=no",
+    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_recipient_restrictions=",
+    "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+    "milter_macro_daemon_name=ORIGINATING",
+)
+
+
+def postfix_lines(ini: RelayIni, cert: str, key: str) -> list[str]:
+    """main.cf: the relay's domain delivered by LMTP to Dovecot, its certificate;
+    master.cf: smtps. Postfix restarts when this changed anything."""
+    main = {
+        "virtual_mailbox_domains": ini.address_domain,
+        "virtual_transport": "lmtp:unix:private/dovecot-lmtp",
+        "smtpd_tls_cert_file": cert,
+        "smtpd_tls_key_file": key,
+    }
+    state = "$(cat /etc/postfix/main.cf /etc/postfix/master.cf)"
+    settings = " ".join(shlex.quote(f"{k} = {v}") for k, v in main.items())
+    options = " ".join(shlex.quote(f"smtps/inet/{o}") for o in SMTPS_OPTIONS)
+    return [
+        f'postfix_before="{state}"',
+        f"postconf -e {settings}",
+        "grep -q '^smtps[[:space:]]' /etc/postfix/master.cf || "
+        "postconf -M 'smtps/inet=smtps inet n - y - - smtpd'",
+        f"postconf -P {options}",
+        f'[ "$postfix_before" = "{state}" ] || restart_postfix=1',
+    ]
+
+
+def acmetool_lines(ini: RelayIni) -> list[str]:
+    """The lab's acmetool: with no ACME server to ask, a certificate for the relay's
+    names, self-signed, in acmetool's layout, only when there is none (a real relay
+    obtains one at its first deploy; a moved relay brings its own)."""
+    domain = ini.mail_domain
+    names = ",".join(f"DNS:{n}" for n in (domain, f"mta-sts.{domain}", f"www.{domain}"))
+    acme = "/var/lib/acme"
+    return [
+        f"if [ ! -e {acme}/live/{domain}/fullchain ]; then "
+        f"id=lab$(date +%s); install -d -m 700 {acme}/keys/$id; "
+        f"install -d -m 755 {acme}/certs/$id {acme}/live; "
+        f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        f"-days 90 -subj /CN={domain} "
+        f"-addext subjectAltName={names} -keyout {acme}/keys/$id/privkey "
+        f"-out {acme}/certs/$id/cert 2>/dev/null; chmod 600 {acme}/keys/$id/privkey; "
+        f"cp {acme}/certs/$id/cert {acme}/certs/$id/fullchain; "
+        f"ln -s ../../keys/$id/privkey {acme}/certs/$id/privkey; "
+        f"for n in {domain} mta-sts.{domain} www.{domain}; do "
+        f"ln -sfn ../certs/$id {acme}/live/$n; done; fi"
+    ]
+
+
 def configure_lines(release: Release, ini: RelayIni) -> list[str]:
     """chatmail's configure: config files, each change noted in this process only."""
     domain = ini.mail_domain
@@ -206,6 +367,13 @@ def configure_lines(release: Release, ini: RelayIni) -> list[str]:
             f"ip -o address | awk '{{print $4}}' | cut -d/ -f1 | grep -qxF {shlex.quote(address)}"
             f" || {{ echo 'mtail_address {address} is not an address of this host' >&2; exit 1; }}"
         )
+    cert, key = tls_pair(release, ini)
+    lines += [
+        "install -d -m 755 /usr/local/lib/chatmail-lab",
+        _put(CHECKPASSWORD, checkpassword_program(ini), "auth_changed", mode="755"),
+        _put("/etc/dovecot/dovecot.conf", dovecot_conf(ini, cert, key), "restart_dovecot"),
+        *postfix_lines(ini, cert, key),
+    ]
     if ini.ip_only:
         return lines  # no DKIM for IP-only relays (1.11+)
     lines += [
@@ -249,6 +417,8 @@ def activate_lines(release: Release, ini: RelayIni, disable_mail: bool) -> list[
         )
 
     lines = [] if ini.ip_only else [ensure("opendkim", "restart_opendkim")]
+    if not disable_mail and tls_pair(release, ini)[0].startswith("/var/lib/acme/"):
+        lines += acmetool_lines(ini)
     if disable_mail:
         lines.append(
             "for s in postfix dovecot; do if systemctl is-active --quiet $s; then "
@@ -264,7 +434,7 @@ def deploy_script(
     release: Release, ini: RelayIni, githash: str, stages: list[str], disable_mail: bool
 ) -> str:
     """The shell the deploy runs on the host; its flags live as long as this one run."""
-    lines = ["set -e", "restart_opendkim=0 restart_postfix=0 restart_dovecot=0"]
+    lines = ["set -e", "restart_opendkim=0 restart_postfix=0 restart_dovecot=0 auth_changed=0"]
     if "install" in stages:
         lines += install_lines(release)
     if "configure" in stages:

@@ -1,4 +1,10 @@
-"""Make the lab's ``old`` host a believable relay, and ``new`` a target for it."""
+"""Make the lab's ``old`` host a believable relay, and ``new`` a target for it.
+
+The relay really works (the stand-in configures Postfix, Dovecot and OpenDKIM): IMAP
+on 993, submission on 465, delivery by LMTP, DKIM signing. Every seeded account's
+password is known: ``account_password(address)``, "lab-" and the first 12 hex
+digits of the address's SHA-256 (``invoke lab.seed`` prints one account with it).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ from .cmdeploy_standin import (
     user_commands,
 )
 from .lab import Lab
+from .seed_host import account_password
+
+__all__ = ["account_password", "seed_relay", "seeded_accounts", "SeedParams"]
 
 NEW_HOST_USERS = ("different", "none")
 RELEASES = ("1.6.0", "1.7.0", "1.8.0", "1.9.0", "1.10.0", "1.11.0", "1.12.0")
@@ -64,6 +73,14 @@ def serve_relay_zone(lab: Lab, ttl: int) -> None:
     if len(facts) > 1:
         records["accounturi"] = facts[1]
     nameserver.start(lab, records)
+
+
+def seeded_accounts(lab: Lab, host: str = "old") -> list[str]:
+    """The addresses with an account on ``host`` (a password file in their mailbox)."""
+    ini = read_ini(lab.relay_dir / "chatmail.ini")
+    listing = f"cd {shlex.quote(ini.mailboxes)} && ls -d *@*/password 2>/dev/null || true"
+    out = lab.ssh(host, listing).stdout
+    return sorted(line.rsplit("/", 1)[0] for line in out.split())
 
 
 def deploy_on_old(lab: Lab, version: str) -> None:
@@ -122,6 +139,9 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
         deploy_on_old(lab, p.version)
     if p.nocreate:
         lab.ssh("old", "touch /etc/chatmail-nocreate")
+    # The seed replaced the certificate the first deploy made for itself (the lab's
+    # acmetool): the relay serves the seeded one, as a relay serves its own.
+    lab.ssh("old", "systemctl try-reload-or-restart dovecot postfix")
     # The image boots with Postfix running; a new host has no mail service yet.
     # Other system users come first there, so the relay's users get other UIDs/GIDs
     # than on old, and old's numeric ids name other users on new.

@@ -10,7 +10,14 @@ from ..cli import task
 from . import nameserver
 from .lab import DEFAULT_DOMAIN, DEFAULT_NAME, Lab, LabError
 from .rehearse import rehearse as run_rehearsal
-from .seed import NEW_HOST_USERS, RELEASES, SeedParams, seed_relay
+from .seed import (
+    NEW_HOST_USERS,
+    RELEASES,
+    SeedParams,
+    account_password,
+    seed_relay,
+    seeded_accounts,
+)
 
 NAME_HELP = (
     f"Lab name (1-8 letters/digits; default {DEFAULT_NAME}); two labs may run side by side. "
@@ -52,6 +59,12 @@ def _seed(lab: Lab, accounts, messages, size, relay_version, new_users, **varian
         f"{accounts} accounts, {summary['mail_files']} files, "
         f"{summary['mail_bytes'] / 1e6:.1f} MB in {summary['seconds']}s"
     )
+    addresses = seeded_accounts(lab)
+    if addresses:
+        print(
+            f"accounts: each password is 'lab-' + the first 12 hex digits of sha256(address), "
+            f"e.g. {addresses[0]} {account_password(addresses[0])}"
+        )
 
 
 def _print_usage(lab: Lab) -> None:
