@@ -160,10 +160,14 @@ def rsync_mailboxes(
     if live:
         wait = 'wait "$t" || { rc=$?; [ "$rc" = 24 ] || exit "$rc"; }'
     # --modify-window=-1: compare mtimes to the nanosecond, or a file changed within the
-    # second of the pre-sync, at the same size, would be taken as unchanged. No --acls
-    # or --xattrs: they double rsync's time on a large tree, the relay keeps none in
-    # mailboxes, and copy-data carries every ACL beside the data anyway.
-    flags = "--archive --hard-links --delete --mkpath --modify-window=-1 --out-format='%i %l %n'"
+    # second of the pre-sync, at the same size, would be taken as unchanged. --xattrs:
+    # as the tar pipe, keep users' xattrs (verify compares them); on 62,000 files it
+    # added about 0.1 s of CPU to a pass with nothing to send. No --acls: copy-data
+    # carries every ACL beside the data, restored by name.
+    flags = (
+        "--archive --hard-links --xattrs --delete --mkpath --modify-window=-1 "
+        "--out-format='%i %l %n'"
+    )
     if compress == "zstd":
         flags += " --compress --compress-choice=zstd"
     elif compress:

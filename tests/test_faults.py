@@ -40,11 +40,12 @@ def after_fault(lab: Lab, before: dict, state_dir: Path, code: int, output: str,
     assert events[-2:] == ["failed", "rollback"]
 
 
-def rerun_completes(lab: Lab, before: dict, state_dir: Path) -> None:
+def rerun_completes(lab: Lab, before: dict, state_dir: Path) -> str:
     result = run_tool(lab, "invoke", *MIGRATE, state_dir=state_dir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "replacing what an earlier attempt left" in result.stdout
     assert_migrated(lab, before)
+    return result.stdout
 
 
 def test_new_disk_fills_up_during_copy(make_lab, tmp_path: Path):
@@ -139,6 +140,57 @@ def test_verify_finds_a_file_altered_on_new(make_lab, tmp_path: Path):
     assert json.loads((tmp_path / "chatmail-migrate" / f"{lab.domain}.json").read_text())["steps"][
         "verify"
     ]
+
+
+# On new: break the seeded hard link (a copy takes the place of one of its names,
+# the folder's mtime kept) and print both names.
+BREAK_LINK = r"""
+import os, subprocess
+mail = "/home/vmail/mail"
+first = subprocess.run(["find", mail, "-path", "*/.Trash/cur/*", "-type", "f"],
+                       capture_output=True, text=True, check=True).stdout.split()[0]
+other = subprocess.run(["find", mail, "-samefile", first, "!", "-path", first],
+                       capture_output=True, text=True, check=True).stdout.split()[0]
+folder = os.stat(os.path.dirname(other))
+subprocess.run(["cp", "-p", other, other + ".copy"], check=True)
+os.replace(other + ".copy", other)
+os.utime(os.path.dirname(other), ns=(folder.st_atime_ns, folder.st_mtime_ns))
+print(first, other)
+"""
+
+
+def test_verify_finds_acl_xattr_and_hard_link_changed_on_new(make_lab, tmp_path: Path):
+    lab = make_lab(seed=SeedParams(accounts=5, messages=2))
+    before = listing(lab, "old")
+    first = run_tool(lab, "invoke", *MIGRATE, "--no-rollback", state_dir=tmp_path,
+                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
+    assert first.returncode != 0 and "--no-rollback: mail stays off" in first.stderr
+    # fix-ownership restores old's ACLs: run it (and install) by hand, then alter new.
+    for step in ("install", "fix-ownership"):
+        assert run_tool(lab, "fab", "-H", "new", step, state_dir=tmp_path).returncode == 0
+    # The seed's xattr and hard link came across (the copy carries both).
+    assert compare_trees(before, listing(lab, "new")) == []
+    lab.ssh("new", "setfacl -m u:postfix:r /run/echobot/password")
+    message = lab.ssh("new", "find /home/vmail/mail -path '*/cur/*' -type f -links 1 | sort | "
+                      "head -n1").stdout.strip()  # fmt: skip
+    lab.ssh("new", f"python3 -c 'import os, sys; os.setxattr(sys.argv[1], \"user.lab.new\", "
+            f"b\"x\")' '{message}'")  # fmt: skip
+    linked, separate = lab.ssh("new", "python3 -", input=BREAK_LINK).stdout.split()
+
+    resumed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
+    output = resumed.stdout + resumed.stderr
+    after_fault(lab, before, tmp_path, resumed.returncode, output, "[5/7] verify")
+    assert "3 differences (1 ACL, 1 hard links, 1 xattrs)" in output
+    assert (
+        "/run/echobot/password: ACL g::---,u:vmail:r-- on old, "
+        "g::---,u:postfix:r--,u:vmail:r-- on new"
+    ) in output
+    assert f"{message}: xattrs " in output and "user.lab.new=" in output
+    assert f"{separate}: hard links: one file with {linked} on old, separate on new" in output
+    # Without --checksum the summary says content was not compared.
+    assert "ACLs, xattrs, hard links; content not compared: --checksum compares it" in output
+    rerun = rerun_completes(lab, before, tmp_path)
+    assert "hard links; content not compared: --checksum compares it): no differences (" in rerun
 
 
 def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(

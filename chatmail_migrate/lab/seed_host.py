@@ -62,6 +62,7 @@ def seed_mailboxes(p, rng, now):
     pool = base64.encodebytes(rng.randbytes(max(p["size"], 4096) * 3 // 4 + 4096))
     files = size = 0
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    first_messages = []
     for _ in range(p["accounts"]):
         local = "".join(rng.choice(alphabet) for _ in range(9))
         addr = f"{local}@{domain}"
@@ -89,6 +90,8 @@ def seed_mailboxes(p, rng, now):
             seen = rng.random() < 0.8
             path = f"{acct}/cur/{name}:2,S" if seen else f"{acct}/new/{name}"
             write(path, body, "vmail", 0o600, mtime)
+            if not first_messages or first_messages[0].startswith(acct + "/"):
+                first_messages.append(path)
             files += 1
             size += sz
             total += sz
@@ -107,7 +110,24 @@ def seed_mailboxes(p, rng, now):
                 0o600,
             )
             files += 1
+    if first_messages:
+        files += dovecot_extras(first_messages)
     return files, size
+
+
+def dovecot_extras(messages):
+    """What Dovecot leaves in an account that the copy must keep: a message copied to
+    another folder as a hard link (its Maildir copies link), and a user xattr."""
+    acct = os.path.dirname(os.path.dirname(messages[0]))
+    trash = f"{acct}/.Trash"
+    mkdir(trash, "vmail")
+    for sub in ("cur", "new", "tmp"):
+        mkdir(f"{trash}/{sub}", "vmail")
+    write(f"{trash}/maildirfolder", "", "vmail", 0o600)
+    name = os.path.basename(messages[0])
+    os.link(messages[0], f"{trash}/cur/{name if ':2,' in name else name + ':2,S'}")
+    os.setxattr(messages[-1], "user.lab.seeded", b"kept by the copy")
+    return 2
 
 
 def seed_dkim(domain):
