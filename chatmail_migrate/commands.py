@@ -130,12 +130,19 @@ REPORTER = (
 )
 
 
-def measure_command(phase: str, paths: list[str]) -> str:
-    """Print the bytes (regular files) and entries under ``paths``: the progress total."""
+def measure_command(phase: str, paths: list[str], known: tuple[int, int] | None = None) -> str:
+    """Print the bytes (regular files) and entries under ``paths``: the progress total.
+
+    ``known`` (bytes, entries), e.g. what the pre-sync found, is printed instead of
+    walking the trees again inside the downtime.
+    """
+    if known:
+        return f'echo "{PROGRESS_TAG} total {phase} {int(known[0])} {int(known[1])} presync" >&3'
     quoted = " ".join(shlex.quote(p) for p in paths)
     return (
         # A live relay renames files while find runs: what vanished is no error here.
-        f"{{ find {quoted} -printf '%y %s\\n' 2>/dev/null || true; }} | "
+        # Niced: on a small host the copier must not wait for its progress display.
+        f"{{ nice -n 19 find {quoted} -printf '%y %s\\n' 2>/dev/null || true; }} | "
         'awk \'{n++; if ($1 == "f") b += $2} '
         f'END {{printf "{PROGRESS_TAG} total {phase} %d %d\\n", b, n}}\' >&3'
     )
@@ -149,12 +156,15 @@ def rsync_mailboxes(
     compress: str | None,
     live: bool = False,
     tree: str = MAILBOX_ROOT,
+    known: tuple[int, int] | None = None,
 ) -> list[str]:
     """Lines of bash: mirror the mailbox tree to new with rsync, deletions included.
 
     Only changed files travel; ``--delete`` is confined to the mailbox tree by the
     trailing slashes, so nothing outside it is ever removed on new. ``live``: the
     relay still serves, so files vanishing under rsync (its exit 24) are expected.
+    ``known``: the tree's size as the pre-sync found it (the progress total), so the
+    final sync does not walk the tree a second time beside rsync.
     """
     wait = 'wait "$t"'
     if live:
@@ -177,7 +187,7 @@ def rsync_mailboxes(
     bracketed = f"[{host}]" if ":" in host else host
     target = shlex.quote(f"{user}@{bracketed}:{tree}/")
     return [
-        f"( {measure_command('rsync', [tree])} ) & m=$!",
+        f"( {measure_command('rsync', [tree], known)} ) & m=$!",
         ': > "$idx"',
         f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh", "$cm")}" '
         f'--rsync-path={shlex.quote(receive)} {shlex.quote(tree)}/ {target} > "$idx" & t=$!; '
@@ -232,6 +242,8 @@ def copy_script(
     sync_mailboxes: bool = False,
     compress: str | None = None,
     mailbox_tree: str = MAILBOX_ROOT,
+    owners_by_name: bool = False,
+    rsync_total: tuple[int, int] | None = None,
 ) -> str:
     """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
 
@@ -245,23 +257,41 @@ def copy_script(
     With ``sync_mailboxes`` (after a pre-sync), the mailbox tree is mirrored by rsync
     instead, which sends only what changed and removes what old no longer has.
     ``compress`` is "zstd" (both hosts have it), "ssh" (ssh's zlib) or None.
+    ``owners_by_name``: the relay's users exist on new before the data lands, so tar
+    (pax headers carry owner names and ACLs by name) and rsync (it maps owners by
+    name, also on files it does not send) restore them as they write: no walk over
+    the trees beside the copy, only the names tar saw, for fix-ownership to check.
+    ``rsync_total``: the mailbox tree's (bytes, entries) as the pre-sync found it.
     """
     lines = _script_head(host_key_line)
-    absolute = " ".join(shlex.quote(p) for p in paths)
-    # Read while the copy runs (mail is off, the trees do not change): every file's
-    # numeric owner and group, old's id-to-name maps (names only, no hashes), the ACLs.
-    lines.append(
-        "{ if command -v getfacl >/dev/null; then getfacl --absolute-names --skip-base "
-        f'--recursive {absolute} > "$meta/acls"; fi; '
-        f"find {absolute} -printf '%U:%G\\0%p\\0' > \"$meta/owners\"; "
-        'getent passwd | cut -d: -f1,3 > "$meta/users"; '
-        'getent group | cut -d: -f1,3 > "$meta/groups"; } & lists=$!'
-    )
     tar_paths = [p for p in paths if not (sync_mailboxes and p == mailbox_tree)]
-    if sync_mailboxes and mailbox_tree in paths:
-        lines += rsync_mailboxes(
-            host=host, port=port, user=user, compress=compress, tree=mailbox_tree
+    synced = [p for p in paths if p not in tar_paths]
+    if owners_by_name:
+        # rsync carries no ACLs (the relay keeps none in mailboxes): read them there only.
+        lists = " ".join(shlex.quote(p) for p in synced)
+        acls = (
+            "if command -v getfacl >/dev/null; then nice -n 19 getfacl --absolute-names "
+            f'--skip-base --recursive {lists} > "$meta/acls"; fi; '
+            if synced
+            else ""
         )
+        lines.append(f"{{ {acls}true; }} & lists=$!")
+    else:
+        absolute = " ".join(shlex.quote(p) for p in paths)
+        # Read while the copy runs (mail is off, the trees do not change): every file's
+        # numeric owner and group, old's id-to-name maps (names only, no hashes), the ACLs.
+        lines.append(
+            "{ if command -v getfacl >/dev/null; then getfacl --absolute-names --skip-base "
+            f'--recursive {absolute} > "$meta/acls"; fi; '
+            f"find {absolute} -printf '%U:%G\\0%p\\0' > \"$meta/owners\"; "
+            'getent passwd | cut -d: -f1,3 > "$meta/users"; '
+            'getent group | cut -d: -f1,3 > "$meta/groups"; } & lists=$!'
+        )
+    if synced:
+        lines += rsync_mailboxes(
+            host=host, port=port, user=user, compress=compress, tree=mailbox_tree,
+            known=rsync_total,
+        )  # fmt: skip
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
     ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"')
     # The whole relay goes through a connection of its own: a shared one would pass
@@ -279,11 +309,17 @@ def copy_script(
     if tar_paths:
         lines += [
             f"( {measure_command('copy', tar_paths)} ) & m=$!",
-            f'{{ {TAR_CREATE} --verbose --index-file="$idx" {relative} & t=$!; '
+            # Twice verbose: each index line names the entry's owner/group as sent.
+            f'{{ {TAR_CREATE} --verbose --verbose --index-file="$idx" {relative} & t=$!; '
             f'report "$t" "$idx" copy >/dev/null & wait "$t"; }}{zstd} | '
             f"{bulk} {shlex.quote(receive)}",
             f'wait "$m"; echo "{PROGRESS_TAG} done copy $(wc -l < "$idx")" >&3',
         ]
+    if owners_by_name:
+        # The owner/group names tar wrote (the index's second column), once each; the
+        # file also tells fix-ownership that no owner list was made.
+        names = "awk '!seen[$2]++ {print $2}' \"$idx\"" if tar_paths else "true"
+        lines.append(f'{names} > "$meta/names"')
     lines.append('wait "$lists"')
     meta_receive = (
         f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
@@ -303,15 +339,39 @@ def stop_copy_command() -> str:
     )
 
 
+# Written by a copy made while the relay's users existed on new (owners_by_name):
+# the owner/group names tar sent, one ``user/group`` a line.
+NAMES_FILE = f"{META_DIR}/names"
+
+
 def fix_ownership_script(paths: list[str], mailbox_tree: str = MAILBOX_ROOT) -> str:
     """The seed's chowns (for what exists), then owners by name as on old, then ACLs.
 
     The seed's ``chown -R`` also hands files in those trees that old gave to another
     user (e.g. root's README in /etc/dkimkeys) to the tree's user, and it leaves out
     the Postfix spool; the owner list recorded on old puts every name back.
+    When the copy found the relay's users on new (``NAMES_FILE``), tar and rsync
+    already gave every file its owner, group and ACLs by name: no walk, only a check
+    that every name tar sent exists here, and the DKIM key's mode.
     """
     quoted_tree = shlex.quote(mailbox_tree)
+    fast = [
+        "set -euo pipefail",
+        # A name missing here would have left old's number on the file: name it.
+        'missing=$(while IFS=/ read -r u g; do getent passwd "$u" >/dev/null || '
+        'echo "user $u"; getent group "$g" >/dev/null || echo "group $g"; '
+        f"done < {NAMES_FILE} | sort -u | tr '\\n' ' ')",
+        'if [ -n "$missing" ]; then echo "owners on old that this host lacks: $missing'
+        '(create them, or run install first, then copy-data again)" >&2; exit 3; fi',
+        "if [ -e /etc/dkimkeys/opendkim.private ]; then "
+        "chmod 600 /etc/dkimkeys/opendkim.private; fi",
+        f"if [ -s {META_DIR}/acls ]; then setfacl --restore={META_DIR}/acls; fi",
+    ]
     lines = [
+        f"if [ -e {NAMES_FILE} ]; then",
+        *fast,
+        "exit 0",
+        "fi",
         "set -euo pipefail",
         'need() { id -u "$1" >/dev/null 2>&1 || { echo "user $1 does not exist on this '
         'host: run the install step first" >&2; exit 3; }; }',
@@ -358,10 +418,16 @@ for owner, path in zip(items[0::2], items[1::2]):
 
 
 def ownership_check_command(paths: list[str]) -> str:
-    """Lists files owned by ids with no name, the DKIM key's owner/mode, and postfix check."""
+    """Lists files owned by ids with no name, the DKIM key's owner/mode, and postfix check.
+
+    After a copy that restored owners by name (``NAMES_FILE``) the orphan walk is
+    left out: fix-ownership checked every name tar sent, and verify compares every
+    entry's owner by name (an id without a name there is a difference).
+    """
     quoted = " ".join(shlex.quote(p) for p in paths)
     return (
-        f"echo '== orphans'; "
+        f"echo '== by name'; [ ! -e {NAMES_FILE} ] || wc -l < {NAMES_FILE}; "
+        f"echo '== orphans'; [ -e {NAMES_FILE} ] || "
         f"find {quoted} \\( -nouser -o -nogroup \\) -print 2>/dev/null | head -20; "
         "echo '== dkim'; stat -c '%U %a' /etc/dkimkeys/opendkim.private 2>/dev/null || true; "
         "echo '== postfix check'; postfix check 2>&1 || echo \"postfix check exited $?\""

@@ -181,6 +181,16 @@ class Journal:
             e.get("event") == "presync-done" and e.get("host") == new_host for e in self.events
         )
 
+    def presync_total(self, new_host: str | None) -> tuple[int, int] | None:
+        """The mailbox tree's (bytes, entries) the last pre-sync to ``new_host`` measured."""
+        for event in reversed(self.events):
+            if event.get("event") == "presync-done" and event.get("host") == new_host:
+                for copy in event.get("copies", []):
+                    if copy.get("entries_total"):
+                        return copy.get("bytes_total", 0), copy["entries_total"]
+                return None
+        return None
+
     def record_rollback(self) -> None:
         """Mail runs on old again: everything from disable-mail on must be redone, maybe
         to another new host (the first one's disk was too small, say)."""

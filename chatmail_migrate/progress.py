@@ -52,13 +52,16 @@ class CopyProgress:
         if not line.startswith(PROGRESS_TAG + " "):
             return False
         words = line.split()[1:]
+        # "total PHASE BYTES ENTRIES presync": the pre-sync's figures, not measured now.
+        source = "as the pre-sync found it" if words[-1:] == ["presync"] else ""
+        words = words[:-1] if source else words
         try:
             kind, phase, numbers = words[0], words[1], [int(w) for w in words[2:]]
         except (IndexError, ValueError):
             return True
         if kind == "total" and len(numbers) == 2:
             self.start(phase)
-            self.measured(*numbers)
+            self.measured(*numbers, source=source or "measured on the old host")
         elif kind == "progress" and len(numbers) == 2:
             self.start(phase)
             self.update(*numbers)
@@ -75,13 +78,14 @@ class CopyProgress:
         self.bytes = self.files = 0
         self.started = self.last_line = self.clock()
 
-    def measured(self, total_bytes: int, total_files: int) -> None:
+    def measured(
+        self, total_bytes: int, total_files: int, source: str = "measured on the old host"
+    ) -> None:
         self.total_bytes, self.total_files = total_bytes, total_files
         label = LABELS.get(self.phase, self.phase)
         bound = " at most" if self.phase == "rsync" else ""
         self._line(
-            f"{label}:{bound} {human_bytes(total_bytes)} in {total_files:,} entries "
-            "(measured on the old host)"
+            f"{label}:{bound} {human_bytes(total_bytes)} in {total_files:,} entries ({source})"
         )
 
     def update(self, done_bytes: int, done_files: int) -> None:
@@ -102,6 +106,7 @@ class CopyProgress:
             "phase": self.phase,
             "entries": files,
             "bytes_total": self.total_bytes,
+            "entries_total": self.total_files,
             "bytes_sent": self.bytes,
             "seconds": round(elapsed, 2),
         }

@@ -142,6 +142,33 @@ def test_copy_script_is_checked_end_to_end_and_pins_the_key():
         ["/home/vmail/mail"], host="h", port=22, user="root", host_key_line="k", replace=True
     )
     assert "rm -rf /home/vmail/mail; echo $$" in replacing
+    # Without the relay's users on new: owners and ACLs listed on old beside the copy.
+    assert "find /home/vmail/mail" in script and "getfacl" in script
+    assert "meta/names" not in script
+
+
+def test_copy_onto_a_host_with_the_relay_users_walks_nothing_beside_tar():
+    kwargs = dict(host="h", port=22, user="root", host_key_line="k", owners_by_name=True)
+    script = commands.copy_script(DEFAULT_COPY_PATHS, **kwargs)
+    # tar's twice-verbose index names every entry's owner: the only list made.
+    assert "--verbose --verbose --index-file" in script
+    assert "getfacl" not in script and "%U:%G" not in script and "getent" not in script
+    assert 'awk \'!seen[$2]++ {print $2}\' "$idx" > "$meta/names"' in script
+    assert "nice -n 19 find" in script  # the progress total only, niced
+    synced = commands.copy_script(
+        DEFAULT_COPY_PATHS, **kwargs, sync_mailboxes=True, rsync_total=(4000, 4)
+    )
+    # rsync maps owners by name but carries no ACLs: read in the mailbox tree only.
+    assert "--recursive /home/vmail/mail >" in synced
+    # The final sync's progress total comes from the pre-sync, not from another walk.
+    assert "total rsync 4000 4 presync" in synced and "find /home/vmail/mail" not in synced
+    fix = commands.fix_ownership_script(["/home/vmail/mail"])
+    fast, slow = fix.split("exit 0\nfi\n")
+    assert fast.startswith(f"if [ -e {commands.NAMES_FILE} ]")
+    assert "chown" not in fast and "getent passwd" in fast
+    assert "chown -R vmail:" in slow and "python3" in slow
+    check = commands.ownership_check_command(["/home/vmail/mail"])
+    assert f"[ -e {commands.NAMES_FILE} ] || find" in check
 
 
 def test_service_problems():
@@ -189,6 +216,11 @@ def test_journal_resume_and_standing(relay: Path):
     assert again.done_steps() == ["disable-mail", "copy-data"]
     assert again.next_step() == "install"
     assert "Mail is DOWN" in again.where_things_stand()
+    # The final sync's progress total: the last pre-sync's figures for this host.
+    assert again.presync_total("new") is None
+    again.note("presync-done", host="new", copies=[{"bytes_total": 9, "entries_total": 3}])
+    again.note("presync-done", host="other", copies=[{"bytes_total": 1, "entries_total": 1}])
+    assert Journal.for_settings(s).presync_total("new") == (9, 3)
     with pytest.raises(SettingsError, match="records a migration with new host new"):
         again.check_hosts(
             resolve(context(), relay_dir=str(relay), new_host="other"), lambda a, b: a == b
@@ -365,8 +397,8 @@ def test_copy_progress_bar_on_terminal_and_lines_otherwise():
     assert lines[2] == "  copy (tar): done, 1.0 MB, 100 entries in 13.0s (76.9 kB/s)"
     assert "\r" not in plain.getvalue()
     assert p.summaries == [
-        {"phase": "copy", "entries": 100, "bytes_total": 1000000, "bytes_sent": 1000000,
-         "seconds": 13.0}
+        {"phase": "copy", "entries": 100, "bytes_total": 1000000, "entries_total": 100,
+         "bytes_sent": 1000000, "seconds": 13.0}
     ]  # fmt: skip
 
     term = io.StringIO()
@@ -378,6 +410,14 @@ def test_copy_progress_bar_on_terminal_and_lines_otherwise():
     assert "\r\x1b[K  [############------------]  50% mailboxes (rsync): 2.0 kB of 4.0 kB" in drawn
     assert "ETA 0:02 or less" in drawn
     assert "done, 3 entries updated (of 4), 2.5 kB of 4.0 kB in 4.0s" in drawn
+
+    # The final sync after a pre-sync shows the pre-sync's figures, walked no second time.
+    known = io.StringIO()
+    k = CopyProgress(out=known, tty=False, clock=iter([0.0, 1.0]).__next__)
+    assert k.feed("@chatmail-migrate total rsync 4000 4 presync")
+    assert known.getvalue() == (
+        "  mailboxes (rsync): at most 4.0 kB in 4 entries (as the pre-sync found it)\n"
+    )
 
 
 def test_journal_takes_new_hosts_until_a_step_is_done(relay: Path):
