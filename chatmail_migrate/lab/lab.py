@@ -627,11 +627,14 @@ def _cgroup_pids(path: Path) -> set[int]:
     pids: set[int] = set()
     if not path.is_dir():
         return pids
-    for procs in path.rglob("cgroup.procs"):
-        try:
-            pids.update(int(p) for p in procs.read_text().split())
-        except OSError:
-            pass
+    # os.walk, not Path.rglob: cgroups vanish while they are walked (a host's
+    # systemd removing its own), and rglob raises on a directory gone mid-walk.
+    for directory, _, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                pids.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
+            except (OSError, ValueError):
+                pass
     return pids
 
 
@@ -649,10 +652,13 @@ def _kill(pids: list[int], timeout: float = 10) -> None:
 def _remove_cgroup(path: Path) -> None:
     if not path.is_dir():
         return
-    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    subs = [Path(d) for d, _, _ in os.walk(path, topdown=False) if Path(d) != path]
+    for sub in subs:  # deepest first
         for _ in range(50):
             try:
                 sub.rmdir()
+                break
+            except FileNotFoundError:
                 break
             except OSError:
                 time.sleep(0.05)
