@@ -98,6 +98,11 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
+    # What old serves while it still does, for check-relay (imported here: it uses
+    # preflight's Check, and preflight imports this module).
+    from .check_relay import record_old_state
+
+    record_old_state(settings, runner, journal)
     cmdeploy_run(settings, settings.old_host, disable_mail=True)
     expect_mail_services(runner, "old", running=False)
 

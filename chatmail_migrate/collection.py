@@ -17,6 +17,7 @@ def migration_collection() -> Collection:
         steps.verify,
         steps.switch_dns,
         steps.enable_mail,
+        steps.check_relay,
         steps.preflight,
         steps.rollback,
         steps.migrate,

@@ -191,6 +191,19 @@ class Journal:
                 return None
         return None
 
+    def record_services_before_disable(
+        self, host: str | None, services: list[str], listening: list[str]
+    ) -> None:
+        """What old ran and listened on just before disable-mail: check-relay expects
+        the same of new."""
+        self.note("before-disable-mail", host=host, services=services, listening=listening)
+
+    def services_before_disable(self) -> dict | None:
+        """The last record of old's services and TCP ports before disable-mail."""
+        return next(
+            (e for e in reversed(self.events) if e.get("event") == "before-disable-mail"), None
+        )
+
     def record_rollback(self) -> None:
         """Mail runs on old again: everything from disable-mail on must be redone, maybe
         to another new host (the first one's disk was too small, say)."""
@@ -335,6 +348,14 @@ def report(journal: Journal, log: Path | None) -> str:
         lines.append("DNS: change confirmed, but not every nameserver answered it yet")
     else:
         lines.append("DNS: still points at the old host")
+    checked = last_event("relay-checked")
+    if checked:
+        failed = checked.get("failed") or []
+        lines.append(
+            f"check-relay on {checked.get('host')}: "
+            + (f"FAILED ({', '.join(failed)})" if failed else "passed")
+        )
+        lines += [f"  {line}" for line in checked.get("lines", [])]
     failures = [e for e in journal.events if e.get("event") == "failed"]
     if failures and journal.next_step():
         lines.append(f"last failure: {failures[-1]['step']}: {failures[-1]['message']}")

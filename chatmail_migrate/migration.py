@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from invoke import Exit
 
-from . import actions, audit, dnscheck, switch_dns
+from . import actions, audit, check_relay, dnscheck, switch_dns
 from . import preflight as checks
 from .cli import debugging, paint
 from .cmdeploy import cmdeploy_host, stages_supported
@@ -194,7 +194,16 @@ class Migration:
             run_preflight(s, journal)
             for name in self.plan:
                 self.run_step(name)
+            failed = run_check_relay(s, journal)
             self.summary()
+            if failed:
+                raise Exit(
+                    f"check-relay: {len(failed)} check(s) failed on the new host {s.new_host} "
+                    f"({failed[0].name}: {failed[0].detail}). Mail runs there and nothing was "
+                    "rolled back: fix it and run check-relay again, or point DNS back at the "
+                    "old host and run `rollback`.",
+                    code=1,
+                )
         finally:
             if not s.dry:
                 write_report(s, journal)
@@ -383,6 +392,40 @@ def run_preflight(s: Settings, journal: Journal | None) -> None:
             code=1,
         )
     print(f"preflight passed in {seconds:.1f}s")
+
+
+def run_check_relay(s: Settings, journal: Journal | None) -> list[checks.Check]:
+    """check-relay's lines, PASS/WARN/FAIL, on the new host; returns the failed ones."""
+    print(paint(f"check-relay {s.mail_domain} on {s.new_host}", "bold"), flush=True)
+    runner = Runner(s)
+    started = time.monotonic()
+    try:
+        lines = check_relay.check_relay(s, runner, journal)
+    except (MigrateError, SettingsError) as e:
+        raise Exit(f"check-relay stopped: {e}", code=1) from None
+    finally:
+        runner.close()
+    if s.dry:
+        print("dry run: checks not evaluated")
+        return []
+    for check in lines:
+        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[check.status]
+        print(paint(f"{check.status:4}", colour) + check.line()[4:], flush=True)
+    failed = [c for c in lines if c.status == "FAIL"]
+    verdict = paint("FAILED", "red") if failed else paint("passed", "green")
+    print(f"check-relay {verdict} in {time.monotonic() - started:.1f}s", flush=True)
+    return failed
+
+
+def check_relay_by_hand(s: Settings) -> None:
+    """The check-relay task: the checks, recorded in the journal; FAILs exit 1."""
+    with migration_lock(s):
+        failed = run_check_relay(s, Journal.for_settings(s))
+    if failed:
+        raise Exit(
+            f"check-relay: {len(failed)} check(s) failed ({failed[0].name}: {failed[0].detail})",
+            code=1,
+        )
 
 
 def roll_back(s: Settings) -> None:

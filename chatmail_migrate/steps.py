@@ -18,6 +18,7 @@ from .migration import (
     NEEDS,
     USES_CMDEPLOY,
     Migration,
+    check_relay_by_hand,
     roll_back,
     run_preflight,
     show_status,
@@ -215,6 +216,21 @@ def preflight(
         nameservers=nameserver,
     )
     run_preflight(s, Journal.for_settings(s))
+
+
+@task(help=flag_help("new_host", "relay_dir", "nameserver"))
+def check_relay(c, new_host=None, relay_dir=None, nameserver=None):
+    """NEW host, changing nothing: does the relay serve as old did? PASS/WARN/FAIL per check.
+
+    Services and TCP ports old had just before disable-mail (journal), IMAP 993 and
+    submission 465 (TLS, login offered, the relay's certificate), SMTP 25, LMTP
+    recipients (nothing delivered), DKIM milters, the queue, DNS. migrate runs it
+    after enable-mail.
+    Examples: fab -H 13.12.23.42 check-relay | invoke check-relay --new-host 13.12.23.42
+    """
+    needs = ("new_host", "relay_dir")
+    flags = {"new_host": new_host, "relay_dir": relay_dir, "nameservers": nameserver}
+    check_relay_by_hand(task_settings(c, "new", needs, False, **flags))
 
 
 @task(help=flag_help("old_host", "relay_dir"))

@@ -18,7 +18,7 @@ from .helpers import BIN, REPO
 
 MIGRATION_TASKS = sorted(
     ["disable-mail", "copy-data", "install", "fix-ownership", "verify", "switch-dns",
-     "enable-mail", "preflight", "presync", "rollback", "migrate", "status"]
+     "enable-mail", "check-relay", "preflight", "presync", "rollback", "migrate", "status"]
 )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ key the lab's DNS publishes. Clients reach the hosts by their lab addresses only
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,15 @@ def test_seeded_relay_serves_mail_and_so_does_new_after_migrate(make_lab, tmp_pa
     result = run_tool(lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
                       "--yes", "--no-wait", state_dir=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    # migrate ends with check-relay: new does what old did before disable-mail.
+    assert "check-relay passed" in result.stdout
+    for name in ("services", "ports", "IMAP 993", "submission 465", "certificate", "SMTP 25",
+                 "accounts", "DKIM", "mail queue"):  # fmt: skip
+        assert f"PASS  {name}: " in result.stdout, name
+    record = json.loads((tmp_path / "chatmail-migrate" / f"{lab.domain}.json").read_text())
+    before_disable = [e for e in record["events"] if e["event"] == "before-disable-mail"]
+    assert {"postfix@-.service", "dovecot.service"} <= set(before_disable[-1]["services"])
+    assert {"25", "465", "993"} <= set(before_disable[-1]["listening"])
 
     with pytest.raises(ConnectionRefusedError):
         old.imap(alice, account_password(alice))
@@ -52,3 +62,16 @@ def test_seeded_relay_serves_mail_and_so_does_new_after_migrate(make_lab, tmp_pa
     new.imap(newcomer, account_password(newcomer)).logout()
     assert_refuses_strangers(new, alice)
     assert_relay_serves(lab, new, bob, alice)
+
+    # check-relay by hand finds what broke, and says so in its exit code.
+    lab.ssh("new", "systemctl stop opendkim")
+    broken = run_tool(lab, "fab", "-H", "new", "check-relay", state_dir=tmp_path)
+    assert broken.returncode == 1
+    assert (
+        "FAIL  services: ran on old before disable-mail, not running on new: opendkim.service"
+    ) in broken.stdout
+    assert "FAIL  DKIM: Postfix's milter unix:opendkim/opendkim.sock does not answer" in (
+        broken.stdout
+    )
+    assert "PASS  IMAP 993: " in broken.stdout
+    assert "check-relay: 2 check(s) failed (services: " in broken.stderr
