@@ -239,6 +239,8 @@ def copy_data_old_to_new(
     if by_name:
         print("  the relay's users exist on new: owners and ACLs are restored by name as "
               "the data lands")  # fmt: skip
+    if journal:
+        secrets_changed_since_install(settings, runner, journal)
     if journal and not settings.dry:
         journal.record_start("copy-data", settings.new_host)
     script = commands.copy_script(
@@ -288,6 +290,9 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         journal.record_start("install", settings.new_host)
     staged, why = stages_supported(settings)
     if not staged:
+        # A deploy without them would make a new DKIM key and ask for a certificate.
+        carry_secrets_first(settings, runner, journal)
+        print(f"  cmdeploy deploys whole ({why}), with mail off on new")
         cmdeploy_run(settings, settings.new_host, disable_mail=True)
         expect_mail_services(runner, "new", running=False)
         return
@@ -335,6 +340,55 @@ def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[
     print(f"  carrying {', '.join(paths)} to new first: configure reads them")
     paths = with_link_targets(settings, runner, paths)
     _run_copy(settings, runner, commands.copy_script(paths, **_copy_target(settings, runner)))
+
+
+def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """Copy the relay's secrets (DKIM keys, ACME state, TLS files) to new while old still
+    serves, and note their digest: copy-data carries them again and says if they changed."""
+    if journal and journal.last_event("copied", settings.new_host):
+        # The seed's order, by hand: copy-data brought them (and its owner and ACL
+        # records, which another copy would replace).
+        print("  the secrets are on new already: copy-data brought them")
+        return
+    wanted = settings.relay.secret_paths() if settings.relay else []
+    if settings.relay and settings.relay.tls_external and not settings.dry:
+        missing = [p for p in settings.relay.tls_external if not path_exists(runner, "old", p)]
+        if missing:
+            raise MigrateError(
+                f"chatmail.ini's tls_external_cert_and_key names {', '.join(missing)}, which "
+                "the old host does not have: put the files there or fix chatmail.ini"
+            )
+    paths = wanted if settings.dry else existing_paths(runner, "old", wanted)
+    if not paths:
+        return
+    _need_agent(settings, "install")
+    print(f"  carrying {', '.join(paths)} to new first: the deploy finds them there")
+    paths = with_link_targets(settings, runner, paths)
+    digest = secrets_digest(runner, paths)
+    _run_copy(settings, runner, commands.copy_script(paths, **_copy_target(settings, runner)))
+    if journal and not settings.dry:
+        journal.note("secrets-carried", host=settings.new_host, paths=paths, digest=digest)
+
+
+def secrets_digest(runner: Runner, paths: list[str]) -> str:
+    out = runner.run("old", commands.digest_command(paths), hide=True, quiet=True).stdout
+    return out.split()[0] if out.split() else ""
+
+
+def secrets_changed_since_install(settings: Settings, runner: Runner, journal: Journal) -> None:
+    """Say whether the secrets install deployed with changed since (a renewed certificate):
+    the copy carries the new ones, enable-mail restarts what reads them."""
+    carried = journal.last_event("secrets-carried", settings.new_host)
+    if not carried or settings.dry:
+        return
+    if secrets_digest(runner, carried["paths"]) == carried["digest"]:
+        print("  the secrets install deployed with are unchanged on old")
+    else:
+        print(
+            "  the secrets changed on old since install (a renewed certificate?): this "
+            "copy carries the new ones, and enable-mail restarts what reads them"
+        )
+        journal.note("secrets-changed", host=settings.new_host)
 
 
 def fix_ownership_on_new(

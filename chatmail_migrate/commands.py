@@ -492,5 +492,14 @@ def live_relay_facts_command() -> str:
     )
 
 
+def digest_command(paths: list[str]) -> str:
+    """One sha256 over the names and contents of every file under ``paths``."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return (
+        f"find {quoted} -type f -print0 2>/dev/null | sort -z | "
+        "xargs -0r sha256sum | sha256sum | cut -d' ' -f1"
+    )
+
+
 def global_addresses_command() -> str:
     return "ip -j address show scope global"

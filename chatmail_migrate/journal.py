@@ -27,16 +27,16 @@ STEPS = [
 ]
 
 
-def plan(*, presync: bool, staged: bool) -> list[str]:
-    """The order of migrate's steps.
+def plan(*, presync: bool) -> list[str]:
+    """The order of migrate's steps: the seed's, with install moved before mail goes down.
 
-    With ``presync`` the mailboxes are copied while the relay still serves; with a
-    staged cmdeploy (relay >= 1.8) the new host is installed before mail goes down,
-    and enable-mail runs only the activate stage. Otherwise: the seed's order.
+    With ``presync`` the mailboxes are copied while the relay still serves. The new
+    host is installed while old still serves, for every release: a staged cmdeploy
+    (relay >= 1.8) installs and configures, older ones get the relay's secrets first
+    (the seed installs after the copy only so the deploy finds them) and deploy whole.
     """
-    order = [s for s in STEPS if not (staged and s == "install")]
-    before = (["presync"] if presync else []) + (["install"] if staged else [])
-    return before + order
+    order = [s for s in STEPS if s != "install"]
+    return (["presync"] if presync else []) + ["install"] + order
 
 
 def now() -> str:
@@ -179,6 +179,13 @@ class Journal:
         """Whether a pre-sync to ``new_host`` finished: rsync can mirror onto its copy."""
         return any(
             e.get("event") == "presync-done" and e.get("host") == new_host for e in self.events
+        )
+
+    def last_event(self, kind: str, host: str | None) -> dict | None:
+        """The latest ``kind`` event about ``host``."""
+        return next(
+            (e for e in reversed(self.events) if e.get("event") == kind and e.get("host") == host),
+            None,
         )
 
     def presync_total(self, new_host: str | None) -> tuple[int, int] | None:

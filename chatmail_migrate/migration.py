@@ -56,13 +56,14 @@ NEEDS = {
     "presync": ("old_host", "new_host", "relay_dir"),
     "disable-mail": ("old_host", "relay_dir"),
     "copy-data": ("old_host", "new_host"),
-    "install": ("new_host", "relay_dir"),
+    "install": ("old_host", "new_host", "relay_dir"),  # old: the secrets before 1.8
     "fix-ownership": ("new_host",),
     "verify": ("old_host", "new_host"),
     "switch-dns": ("old_host", "new_host", "relay_dir"),
     "enable-mail": ("new_host", "relay_dir"),
 }
-USES_CMDEPLOY = ("disable-mail", "install", "enable-mail")
+# The host each step runs cmdeploy against (checked for a port cmdeploy would drop).
+DEPLOYS_TO = {"disable-mail": ("old_host",), "install": ("new_host",), "enable-mail": ("new_host",)}
 # Which host ``fab -H`` names for each step run by hand: the step's own host.
 FAB_HOST_ROLE = {
     name: "old" if name in ("presync", "disable-mail", "copy-data", "verify") else "new"
@@ -70,16 +71,18 @@ FAB_HOST_ROLE = {
 }
 
 
-def task_settings(c, role: str | None, needs=(), cmdeploy: bool = False, **flags) -> Settings:
-    """Resolve and check a task's settings; bad input exits with one line, nothing touched."""
+def task_settings(c, role: str | None, needs=(), deploys_to=(), **flags) -> Settings:
+    """Resolve and check a task's settings; bad input exits with one line, nothing touched.
+
+    ``deploys_to``: the hosts (``old_host``/``new_host``) the task runs cmdeploy against.
+    """
     try:
         settings = resolve(c, role=role, **flags)
         settings.need(*needs)
-        if cmdeploy:
+        if deploys_to:
             check_cmdeploy(settings)
-            for name in ("old_host", "new_host"):
-                if name in needs:
-                    cmdeploy_host(getattr(settings, name))  # refuses a port it would drop
+            for name in deploys_to:
+                cmdeploy_host(getattr(settings, name))  # refuses a port it would drop
         if "old_host" in needs:
             settings = pin_old_host(settings)
     except SettingsError as e:
@@ -148,8 +151,7 @@ class Migration:
             journal.check_hosts(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
         except SettingsError as e:
             raise Exit(f"error: {e}", code=2) from None
-        staged, _ = stages_supported(self.settings)
-        wanted = plan(presync=self.settings.presync, staged=staged)
+        wanted = plan(presync=self.settings.presync)
         if journal.done_steps() and journal.plan != wanted:
             print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
         else:

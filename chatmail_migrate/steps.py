@@ -14,9 +14,9 @@ from .errors import SettingsError
 from .flags import DNS_FLAGS, dns_settings, flag_help
 from .journal import Journal
 from .migration import (
+    DEPLOYS_TO,
     FAB_HOST_ROLE,
     NEEDS,
-    USES_CMDEPLOY,
     Migration,
     check_relay_by_hand,
     roll_back,
@@ -29,7 +29,8 @@ from .settings import resolve
 
 def run_step(c, name: str, **flags) -> None:
     """A step run by hand: its settings (``fab -H`` names its own host), then the step."""
-    settings = task_settings(c, FAB_HOST_ROLE[name], NEEDS[name], name in USES_CMDEPLOY, **flags)
+    deploys_to = DEPLOYS_TO.get(name, ())
+    settings = task_settings(c, FAB_HOST_ROLE[name], NEEDS[name], deploys_to, **flags)
     Migration.one_step(settings, name).run()
 
 
@@ -95,15 +96,17 @@ def copy_data(
     )
 
 
-@task(help=flag_help("new_host", "relay_dir"))
-def install(c, new_host=None, relay_dir=None):
+@task(help=flag_help("new_host", "old_host", "relay_dir"))
+def install(c, new_host=None, old_host=None, relay_dir=None):
     """Step 3, NEW host: cmdeploy run --disable-mail; check postfix/dovecot stay off.
 
-    Relay >= 1.8: only CMDEPLOY_STAGES=install,configure (migrate runs it before step 1).
+    migrate runs it first, while old still serves. Relay >= 1.8: only
+    CMDEPLOY_STAGES=install,configure. Older relays: the secrets (DKIM keys, ACME state,
+    TLS files) are carried from old first, then the whole deploy runs.
 
     Examples: fab -H 13.12.23.42 install | invoke install --new-host 13.12.23.42
     """
-    run_step(c, "install", new_host=new_host, relay_dir=relay_dir)
+    run_step(c, "install", new_host=new_host, old_host=old_host, relay_dir=relay_dir)
 
 
 @task(help=flag_help("new_host", "relay_dir"))
@@ -206,7 +209,7 @@ def preflight(
         c,
         "old",
         ("old_host", "new_host", "relay_dir"),
-        True,
+        ("old_host", "new_host"),
         old_host=old_host,
         new_host=new_host,
         new_host_from_old=new_host_from_old,
@@ -243,7 +246,12 @@ def rollback(c, old_host=None, relay_dir=None):
     """
     roll_back(
         task_settings(
-            c, "old", ("old_host", "relay_dir"), True, old_host=old_host, relay_dir=relay_dir
+            c,
+            "old",
+            ("old_host", "relay_dir"),
+            ("old_host",),
+            old_host=old_host,
+            relay_dir=relay_dir,
         )
     )
 
@@ -288,10 +296,10 @@ def migrate(
 ):
     """OLD → NEW: preflight, then every step of this relay's plan; a rerun resumes.
 
-    The plan depends on the relay's release (migrate and --dry print it): up to 1.7
-    disable-mail, copy-data, install, fix-ownership, verify, switch-dns, enable-mail;
-    from 1.8 install (install,configure stages) comes first, before mail goes down,
-    and enable-mail only activates; --presync puts presync in front.
+    The plan (migrate and --dry print it): install, while old still serves (from 1.8
+    the install,configure stages; before, the secrets first, then the whole deploy),
+    then disable-mail, copy-data, fix-ownership, verify, switch-dns, enable-mail (from
+    1.8 only the activate stage); --presync puts presync in front.
     Examples: invoke migrate --new-host 13.12.23.42 |
     invoke migrate --new-host 13.12.23.42 --presync |
     fab -H 13.37.13.37 migrate --new-host 13.12.23.42 | invoke --dry migrate --new-host NEW
@@ -300,7 +308,7 @@ def migrate(
         c,
         "old",
         ("old_host", "new_host", "relay_dir"),
-        True,
+        ("old_host", "new_host"),
         old_host=old_host,
         new_host=new_host,
         relay_dir=relay_dir,

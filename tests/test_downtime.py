@@ -109,7 +109,7 @@ def test_presync_by_hand_then_file_deleted_on_old_is_gone_on_new(make_lab, tmp_p
     lab.ssh("old", f"rm '{victim}'")
     result = run_tool(lab, "invoke", "migrate", *args, "--yes", "--no-wait", state_dir=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "[2/7] copy-data done" in result.stdout  # relay 1.7: the seed's order, no stages
+    assert "[3/7] copy-data done" in result.stdout  # relay 1.7: install first, no stages
     assert "CMDEPLOY_STAGES" not in result.stdout
     assert lab.ssh("new", f"test -e '{victim}' || echo gone").stdout == "gone\n"
     assert_migrated(lab, listing(lab, "old"))

@@ -59,9 +59,9 @@ def test_new_disk_fills_up_during_copy(make_lab, tmp_path: Path):
                 "- 200000 )) /home/vmail/filler")  # fmt: skip
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=fill
+        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=fill
     )
-    after_fault(lab, before, tmp_path, code, output, "[2/7] copy-data")
+    after_fault(lab, before, tmp_path, code, output, "[3/7] copy-data")
     assert "No space left on device" in output
     lab.ssh("new", "rm /home/vmail/filler")
     rerun_completes(lab, before, tmp_path)
@@ -80,9 +80,9 @@ def test_network_between_old_and_new_cut_during_copy(make_lab, tmp_path: Path):
         subprocess.run(route, check=True)
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=cut
+        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=cut
     )
-    after_fault(lab, before, tmp_path, code, output, "[2/7] copy-data")
+    after_fault(lab, before, tmp_path, code, output, "[3/7] copy-data")
     import subprocess
 
     subprocess.run([*route[:4], "del", *route[5:]], check=True)
@@ -94,10 +94,16 @@ def test_standin_cmdeploy_fails_during_install(make_lab, tmp_path: Path):
     before = listing(lab, "old")
     result = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
                       CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
-    after_fault(lab, before, tmp_path, result.returncode, result.stdout + result.stderr,
-                "[3/7] install")  # fmt: skip
-    assert "exited 1" in result.stderr
-    rerun_completes(lab, before, tmp_path)
+    # Install runs while old still serves: its failure never takes mail down.
+    assert result.returncode != 0
+    assert "[1/7] install FAILED" in result.stderr and "exited 1" in result.stderr
+    assert "Done: nothing." in result.stderr and "Rolled back" not in result.stderr
+    assert "[2/7]" not in result.stdout
+    assert mail_services(lab, "old") == MAIL_ON
+    assert_old_untouched(before, listing(lab, "old"))
+    result = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_migrated(lab, before)
 
 
 def test_interrupted_during_copy(make_lab, tmp_path: Path):
@@ -110,24 +116,31 @@ def test_interrupted_during_copy(make_lab, tmp_path: Path):
         proc.send_signal(signal.SIGINT)
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=interrupt
+        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=interrupt
     )
     assert code == 130
     assert "interrupted" in output
     assert "stopped the copy still running on the old host" in output
-    after_fault(lab, before, tmp_path, code, output, "[2/7] copy-data")
+    after_fault(lab, before, tmp_path, code, output, "[3/7] copy-data")
     leftovers = lab.ssh("old", "pgrep -a -x tar || true").stdout
     assert leftovers == "", leftovers
     rerun_completes(lab, before, tmp_path)
 
 
+def steps_by_hand(lab: Lab, state_dir: Path, *steps: str) -> None:
+    """Steps as an operator types them, each on its own host (``fab -H``)."""
+    host = {"install": "new", "disable-mail": "old", "copy-data": "old", "fix-ownership": "new"}
+    for step in steps:
+        extra = ["--new-host", "new"] if step == "copy-data" else []
+        result = run_tool(lab, "fab", "-H", host[step], step, *extra, state_dir=state_dir)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_verify_finds_a_file_altered_on_new(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
-    # Stop after the copy (mail stays off on old), then alter a copied message on new.
-    first = run_tool(lab, "invoke", *MIGRATE, "--no-rollback", state_dir=tmp_path,
-                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
-    assert first.returncode != 0 and "--no-rollback: mail stays off" in first.stderr
+    # The first steps by hand (mail off on old), then alter a copied message on new.
+    steps_by_hand(lab, tmp_path, "install", "disable-mail", "copy-data")
     message = lab.ssh("new", "find /home/vmail/mail -path '*/cur/*' -type f | head -n1").stdout
     lab.ssh("new", f"echo tampered >> {message.strip()}")
 
@@ -162,12 +175,8 @@ print(first, other)
 def test_verify_finds_acl_xattr_and_hard_link_changed_on_new(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
-    first = run_tool(lab, "invoke", *MIGRATE, "--no-rollback", state_dir=tmp_path,
-                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
-    assert first.returncode != 0 and "--no-rollback: mail stays off" in first.stderr
-    # fix-ownership restores old's ACLs: run it (and install) by hand, then alter new.
-    for step in ("install", "fix-ownership"):
-        assert run_tool(lab, "fab", "-H", "new", step, state_dir=tmp_path).returncode == 0
+    # fix-ownership restores old's ACLs: the steps up to it by hand, then alter new.
+    steps_by_hand(lab, tmp_path, "install", "disable-mail", "copy-data", "fix-ownership")
     # The seed's xattr and hard link came across (the copy carries both).
     assert compare_trees(before, listing(lab, "new")) == []
     lab.ssh("new", "setfacl -m u:postfix:r /run/echobot/password")
@@ -212,7 +221,7 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
         proc.kill()
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[2/7] copy-data", fault=second_terminal
+        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=second_terminal
     )
     assert code == -signal.SIGKILL
     for refused in second.values():
@@ -222,7 +231,7 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
             f"error: another chatmail-migrate run is migrating {lab.domain}: pid "
         ), refused.stderr
         assert "running `" in lines[0] and "since" in lines[0]
-        assert "[2/7] copy-data" not in refused.stdout, "refused before any step"
+        assert "[3/7] copy-data" not in refused.stdout, "refused before any step"
     events = [e.get("step") for e in journal(tmp_path, lab)["events"]]
     assert events.count("copy-data") == 1, "only the first run started the copy"
     # The kernel released the dead run's lock: the rerun resumes and completes.
@@ -235,9 +244,9 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
 def test_after_a_rollback_the_migration_goes_to_another_new_host(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
-    # The first new host fails (its deploy breaks): mail goes back on at old.
+    # The first new host fails (turning mail on there breaks): mail goes back on at old.
     first = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
-                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
+                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new:enable")  # fmt: skip
     assert first.returncode != 0 and "Rolled back" in first.stderr
     # The operator rents another host (the lab's spare) and runs migrate to it.
     lab.ssh("spare", "systemctl disable --now postfix dovecot")

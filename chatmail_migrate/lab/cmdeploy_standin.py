@@ -33,8 +33,9 @@ with the upstream file it comes from):
   certificate (``tls_pair``); activate makes acmetool's certificate when there is
   none and mail is to run (no ACME server here: self-signed).
 
-For fault tests, ``CHATMAIL_LAB_CMDEPLOY_FAIL=before|after[@HOST]`` makes it fail
-before touching the host or after doing its work. For pre-sync tests and the
+For fault tests, ``CHATMAIL_LAB_CMDEPLOY_FAIL=before|after[@HOST][:enable]`` makes it
+fail before touching the host or after doing its work (``:enable``: only a run that
+turns mail on). For pre-sync tests and the
 benchmark, ``CHATMAIL_LAB_BEFORE_DISABLE_MAIL`` is shell run on the host
 ``CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST`` just before ``--disable-mail`` stops the
 mail there: the last mail a live relay takes.
@@ -221,7 +222,13 @@ def tls_pair(release: Release, ini: RelayIni) -> tuple[str, str]:
 
 
 def dovecot_conf(ini: RelayIni, cert: str, key: str) -> str:
-    """IMAP (993, and 143 with STARTTLS) and LMTP for Postfix, accounts by the lab's doveauth."""
+    """IMAP (993, and 143 with STARTTLS) and LMTP for Postfix, accounts by the lab's doveauth.
+
+    Unlike upstream, anvil's penalty for failed logins stays on: turned off (its
+    listener's mode 0), each start of the auth process waits 5 s for it, so the
+    first login after every restart does. Wrong passwords slow an address's next
+    logins instead.
+    """
     return f"""# chatmail-migrate lab: Dovecot as the chatmail relay runs it (LAB STAND-IN)
 protocols = imap lmtp
 listen = *
@@ -256,13 +263,6 @@ service lmtp {{
     mode = 0600
     user = postfix
     group = postfix
-  }}
-}}
-service anvil {{
-  # No growing delay for an address after failed logins, as upstream: many users
-  # share an address, and one wrong password would slow all their logins.
-  unix_listener anvil-auth-penalty {{
-    mode = 0
   }}
 }}
 """
@@ -556,9 +556,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown CMDEPLOY_STAGES {sorted(unknown)}", file=sys.stderr)
             return 1
 
-    fail = os.environ.get("CHATMAIL_LAB_CMDEPLOY_FAIL", "")
+    fail, _, only = os.environ.get("CHATMAIL_LAB_CMDEPLOY_FAIL", "").partition(":")
     fail_mode, _, fail_host = fail.partition("@")
-    if fail_host and fail_host != host:
+    # ":enable": only the run that turns mail on (enable-mail), not install's.
+    if (fail_host and fail_host != host) or (only == "enable" and args.disable_mail):
         fail_mode = ""
     if fail_mode == "before":
         print(
