@@ -99,8 +99,8 @@ def test_tests_and_benchmarks(lab_available, tmp_path: Path):
     assert tests in (REPO / ".ci" / "run").read_text()  # this very run
     result = shell(downtime, env=base_env(tmp_path), timeout=1200)
     assert result.returncode == 0, result.stderr
-    assert "A: seed's procedure by hand" in result.stdout
-    assert "target tool peak memory < 100 MB:" in result.stdout
+    assert "A: by hand" in result.stdout and "C: migrate --presync" in result.stdout
+    assert "  tool peak memory < 100 MB: " in result.stdout
     result = shell(preflight_verify, env=base_env(tmp_path), timeout=1200)
     assert result.returncode == 0, result.stderr
     assert "preflight" in result.stdout and "--checksum" in result.stdout
