@@ -121,6 +121,8 @@ def seed(
 ):
     """Seed old as a live relay of a release (mailboxes, DKIM, ACME, a deferred message).
 
+    The relay serves mail (IMAP 993, submission 465, LMTP, DKIM). Each account's
+    password is 'lab-' + the first 12 hex digits of sha256(address); one is printed.
     Example: invoke lab.seed --accounts 2000 --messages 25 --size 20000 |
     invoke lab.seed --relay-version 1.10.0 --upgraded-from 1.7.0
     """
