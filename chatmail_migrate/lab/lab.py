@@ -549,7 +549,9 @@ class Lab:
     def down(self, log=print) -> None:
         for host in self.hosts.values():
             self._stop_host(host)
-        if self.agent_pid and _cmdline(self.agent_pid).startswith("ssh-agent"):
+        # By pid, and only if that pid is still this lab's agent: pids are reused.
+        agent = _cmdline(self.agent_pid)
+        if self.agent_pid and agent.startswith("ssh-agent") and str(self.agent_sock) in agent:
             _kill([self.agent_pid])
         for host in self.hosts.values():
             net.remove_host_link(host.netns, host.veth)
@@ -562,7 +564,10 @@ class Lab:
         pids = set(net.netns_pids(host.netns)) if net.netns_exists(host.netns) else set()
         for cgroup in host.cgroups:
             pids.update(_cgroup_pids(Path(cgroup)))
-        if "systemd-nspawn" in _cmdline(host.pid):
+        # Only this host's nspawn: a dead host's pid may now be another lab's nspawn
+        # (a lab that failed half-way up, torn down while another boots), whose
+        # death would end that other lab's host.
+        if f" -M {host.machine} " in f" {_cmdline(host.pid)} ":
             pids.add(host.pid)
         _kill(sorted(pids))
         for cgroup in host.cgroups:
