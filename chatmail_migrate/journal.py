@@ -181,10 +181,14 @@ class Journal:
             e.get("event") == "presync-done" and e.get("host") == new_host for e in self.events
         )
 
-    def last_event(self, kind: str, host: str | None) -> dict | None:
-        """The latest ``kind`` event about ``host``."""
+    def last_event(self, kind: str, host: str | None = None) -> dict | None:
+        """The latest ``kind`` event (about ``host``, when given)."""
         return next(
-            (e for e in reversed(self.events) if e.get("event") == kind and e.get("host") == host),
+            (
+                e
+                for e in reversed(self.events)
+                if e.get("event") == kind and (host is None or e.get("host") == host)
+            ),
             None,
         )
 
@@ -324,11 +328,8 @@ def report(journal: Journal, log: Path | None) -> str:
     else:
         lines.append("mail downtime: none yet (disable-mail not done)")
 
-    def last_event(kind: str) -> dict | None:
-        return next((e for e in reversed(journal.events) if e.get("event") == kind), None)
-
     for kind, title in (("presync-done", "pre-sync"), ("copied", "copy")):
-        event = last_event(kind)
+        event = journal.last_event(kind)
         for copy in (event or {}).get("copies", []):
             lines.append(
                 f"{title} ({copy['phase']}): {copy['entries']} entries, "
@@ -338,24 +339,24 @@ def report(journal: Journal, log: Path | None) -> str:
     skipped = {e["path"]: e["reason"] for e in journal.events if e.get("event") == "skipped"}
     for path, reason in skipped.items():
         lines.append(f"skipped: {path} ({reason})")
-    verified = last_event("verified")
+    verified = journal.last_event("verified")
     if verified:
         kind = "with --checksum" if verified.get("checksum") else "metadata"
         verdict = "passed" if verified["ok"] else "FAILED"
         lines.append(f"verify ({kind}): {verdict}: {verified['summary']}")
     else:
         lines.append("verify: not run")
-    dns = last_event("dns-switched")
+    dns = journal.last_event("dns-switched")
     if dns:
         records = ", ".join(f"{t} {' '.join(v)}" for t, v in dns.get("records", {}).items())
         waited = "every nameserver answered" if dns.get("waited") else "not waited for (--no-wait)"
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dns["caches_expire"]))
         lines.append(f"DNS: switched to {records}; {waited}; caches may hold the old until {until}")
-    elif last_event("dns-change-confirmed"):
+    elif journal.last_event("dns-change-confirmed"):
         lines.append("DNS: change confirmed, but not every nameserver answered it yet")
     else:
         lines.append("DNS: still points at the old host")
-    checked = last_event("relay-checked")
+    checked = journal.last_event("relay-checked")
     if checked:
         failed = checked.get("failed") or []
         lines.append(
