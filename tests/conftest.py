@@ -50,6 +50,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ["PATH"] = f"{trap}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test that pytest-xdist's loadgroup did not group.
+
+    Tests sharing a lab by a fixed name ("rehearse", a module's seeded lab) rely on
+    ``xdist_group`` keeping them on one worker; with pytest 9.2 and pytest-xdist 3.8
+    that silently stopped, and two workers tore down each other's lab.
+    """
+    grouped = getattr(item.config.option, "loadgroup", False)
+    if grouped and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(
+            f"pytest-xdist did not group this test (pytest {pytest.__version__}): "
+            "install the versions setup.cfg names (./bootstrap)",
+            pytrace=False,
+        )
+
+
 def lab_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "lab tests need root (network namespaces, mounts, systemd-nspawn)"

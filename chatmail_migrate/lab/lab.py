@@ -147,31 +147,20 @@ class Lab:
         check: bool = True,
         forward_agent: bool = False,
         timeout: float | None = 120,
-        retry_dropped: bool = False,
     ) -> subprocess.CompletedProcess:
-        """Run ``command`` on lab host ``host`` as root with OpenSSH.
-
-        ``retry_dropped``: run it once more if the host dropped the connection (seen
-        in CI right after a host booted, cause not found yet); only for commands that
-        can run twice (the seed).
-        """
+        """Run ``command`` on lab host ``host`` as root with OpenSSH."""
         args = ["ssh", "-F", str(self.ssh_config)]
         if forward_agent:
             args.append("-A")
         env = {**os.environ, "SSH_AUTH_SOCK": str(self.agent_sock)}
-        for _ in range(2 if retry_dropped else 1):
-            result = subprocess.run(
-                [*args, host, command],
-                input=input,
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=timeout,
-            )
-            if not (result.returncode == 255 and "closed by remote host" in result.stderr):
-                break
-            print(f"lab host {host} dropped the connection; running {command[:40]!r} again")
-            time.sleep(2)
+        result = subprocess.run(
+            [*args, host, command],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             raise LabError(
                 f"on lab host {host}: {command!r} exited {result.returncode}: "

@@ -89,7 +89,7 @@ def deploy_on_old(lab: Lab, version: str) -> None:
     ini = read_ini(lab.relay_dir / "chatmail.ini")
     _, githash = checkout_version(lab.relay_dir)
     script = deploy_script(Release(version), ini, githash, list(ALL_STAGES), disable_mail=False)
-    lab.ssh("old", "sh -s", input=script, retry_dropped=True)
+    lab.ssh("old", "sh -s", input=script)
 
 
 def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
@@ -133,8 +133,7 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
         "mail_days": 20,
         "inactive_days": 90,
     }
-    out = lab.ssh("old", f"python3 - {shlex.quote(json.dumps(args))}", input=script, timeout=1800,
-                  retry_dropped=True)  # fmt: skip
+    out = lab.ssh("old", f"python3 - {shlex.quote(json.dumps(args))}", input=script, timeout=1800)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     if p.upgraded_from:
         deploy_on_old(lab, p.version)
