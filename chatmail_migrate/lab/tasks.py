@@ -188,6 +188,8 @@ def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
 
 @task(
     help={
+        "name": "Lab name (1-8 letters/digits; default rehearse), so that rehearsals or "
+        "labs can run side by side. Example: --name reh2",
         "keep": "Leave the lab up afterwards to look around (prints how to log in). "
         "Example: --keep",
         **SEED_HELP,
@@ -195,6 +197,7 @@ def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
 )
 def rehearse(
     c,
+    name="rehearse",
     accounts=200,
     messages=10,
     size=4096,
@@ -202,15 +205,17 @@ def rehearse(
     new_users="different",
     keep=False,
 ):
-    """Rehearse a whole migration on the lab: up, seed, migrate, verify, summary, down.
+    """Rehearse a whole migration on the lab: up, seed, Delta Chat users chatting on old,
+    migrate (check-relay at its end), verify, the users chatting on new, summary, down.
 
-    Needs root on a Debian-family machine. Example: invoke rehearse --accounts 1000 --keep
+    Needs root on a Debian-family machine, and Delta Chat's core (./bootstrap installs
+    it). Example: invoke rehearse --accounts 1000 --keep
     """
     params = SeedParams(
         accounts=accounts, messages=messages, size=size, version=relay_version, new_users=new_users
     )
     try:
-        code = run_rehearsal(params, keep=keep)
+        code = run_rehearsal(params, name=name, keep=keep)
     except (LabError, ValueError) as e:
         raise Exit(f"rehearse: {e}", code=1) from None
     if code:
