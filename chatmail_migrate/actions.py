@@ -100,11 +100,13 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     # What old serves while it still does, for check-relay (imported here: it uses
     # preflight's Check, and preflight imports this module).
-    from .check_relay import record_old_state
+    from .check_relay import record_old_queue, record_old_state
 
     record_old_state(settings, runner, journal)
     cmdeploy_run(settings, settings.old_host, disable_mail=True)
     expect_mail_services(runner, "old", running=False)
+    # Postfix is off: the queue copy-data carries is final. check-relay looks for it on new.
+    record_old_queue(settings, runner, journal)
 
 
 def _need_agent(settings: Settings, step: str) -> None:

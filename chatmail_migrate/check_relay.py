@@ -2,28 +2,48 @@
 
 ``migrate`` runs it right after enable-mail; run by hand it can be repeated at any
 time. One line per check, PASS, WARN or FAIL, as preflight's. It changes nothing on
-any host: no message is sent or delivered and no account is made (doveauth creates
-an account at a first login, so no login is tried; LMTP is asked about recipients
-and the transaction is then dropped).
+any host and creates no account: no message is sent or delivered (LMTP is asked
+about recipients and the transaction dropped; OpenDKIM is asked to sign a test
+message through its milter socket, which queues nothing), and no login is tried
+(doveauth creates an account at a first login) except ``--probe-account``'s, to an
+account that exists on new.
 
-The checks run on the new host, over the tool's SSH connection, against its own
-listeners: a firewall in front of it is not seen. What old ran and listened on is
-recorded in the journal at disable-mail, just before mail went off there.
+The checks run on the new host, over the tool's SSH connection, in one command,
+against its own listeners: a firewall in front of it is not seen. What old ran and
+listened on, its certificate and its mail queue are recorded in the journal at
+disable-mail (:func:`record_old_state` before mail goes off there,
+:func:`record_old_queue` once Postfix stopped); the DKIM record is asked of the
+domain's authoritative nameservers.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import getpass
+import hashlib
 import ipaddress
 import json
+import os
+import re
 import shlex
+import sys
 import time
+from pathlib import Path
 
-from . import audit
+import paramiko
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from . import audit, dnscheck
 from .commands import parse_sections
+from .errors import MigrateError, SettingsError
 from .journal import Journal
 from .preflight import Check
 from .relay import Relay
-from .remote import Runner
+from .remote import Runner, path_exists
 from .settings import Settings
 
 CERT_WARN_DAYS = 14
@@ -39,6 +59,15 @@ RELAY_SERVICES = (
 # pages, MTA-STS and ACME, submission, IMAP, TURN): one old served and new does not
 # FAILs, another port only WARNs. The first three are checked when old's record is missing.
 RELAY_PORTS = ("25", "465", "993", "80", "143", "443", "587", "3478")
+# Old's queue at disable-mail is recorded message by message up to this many (the
+# journal is rewritten at every note); a larger queue is compared for these only.
+QUEUE_RECORD_LIMIT = 2000
+# Deliveries on new are looked for in its mail log from this long before the
+# queue was recorded (the two hosts' clocks may differ a little).
+LOG_MARGIN = 3600
+# --probe-account's password, when not typed at the prompt (never a flag: a flag's
+# value stays in shell history and in the process list).
+PROBE_PASSWORD_ENV = "CHATMAIL_PROBE_PASSWORD"
 
 
 def live_state_command() -> str:
@@ -47,6 +76,17 @@ def live_state_command() -> str:
         "echo '== services'; systemctl list-units --type=service --state=running "
         "--no-legend --plain 2>/dev/null | awk '{print $1}'; "
         "echo '== listening'; ss -Htln 2>/dev/null | awk '{print $4}'"
+    )
+
+
+def old_state_command(relay: Relay | None) -> str:
+    """Old's live state, the SHA-256 of the certificate it serves, and Postfix's
+    myhostname (the name its SMTP greeting gives)."""
+    cert = shlex.quote(certificate_path(relay))
+    return (
+        f"{live_state_command()}; echo '== certificate'; "
+        f"openssl x509 -in {cert} -outform DER 2>/dev/null | sha256sum | cut -d' ' -f1; "
+        "echo '== myhostname'; postconf -h myhostname 2>/dev/null; true"
     )
 
 
@@ -78,20 +118,56 @@ def _port_order(item: str) -> tuple[int, int]:
     return (item.startswith("lo:"), int(port) if port.isdigit() else 0)
 
 
+# SHA-256 of nothing: what the certificate section says when the file cannot be read.
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
 def record_old_state(settings: Settings, runner: Runner, journal: Journal | None) -> None:
-    """Before disable-mail: what old runs and listens on while it still serves mail."""
-    result = runner.run("old", live_state_command(), hide=True)
+    """Before disable-mail: what old runs and listens on while it still serves mail,
+    the certificate it serves and the name its SMTP greeting gives."""
+    result = runner.run("old", old_state_command(settings.relay), hide=True)
     if settings.dry or journal is None:
         return
     services, listening = parse_live_state(result.stdout)
+    sections = parse_sections(result.stdout)
     # (Debian's postfix.service only starts the instance that runs: postfix@-.service.)
     mail_on = any(s.startswith(("postfix", "dovecot")) for s in services)
     if not mail_on and journal.services_before_disable():
         # disable-mail run again after mail already went off: keep the live record.
         print("  old host: mail is already off; keeping what was recorded while it ran")
         return
-    journal.record_services_before_disable(settings.old_host, services, listening)
-    print(f"  old host runs {len(services)} services, listens on {', '.join(listening)}")
+    sha = (sections.get("certificate") or [""])[0]
+    certificate = None
+    if re.fullmatch(r"[0-9a-f]{64}", sha) and sha != _EMPTY_SHA256:
+        certificate = {
+            "path": certificate_path(settings.relay), "sha256": sha, "recorded": time.time()
+        }  # fmt: skip
+    myhostname = (sections.get("myhostname") or [""])[0]
+    journal.record_services_before_disable(
+        settings.old_host, services, listening, certificate=certificate, myhostname=myhostname
+    )
+    cert = f"certificate SHA-256 {sha[:16]}…" if certificate else "no certificate file"
+    print(f"  old host runs {len(services)} services, listens on {', '.join(listening)}; {cert}")
+
+
+def record_old_queue(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """After disable-mail (Postfix stopped: nothing joins the queue any more): every
+    message in old's queue, for check-relay to find on new, queued or delivered."""
+    params = json.dumps({"mode": "queue", "limit": QUEUE_RECORD_LIMIT}).encode()
+    display = "python3 -c PROBE (old's queue: postqueue -j, postcat -hq ID for each Message-ID)"
+    stdout = run_with_input(runner, "old", f"python3 -c {shlex.quote(PROBE)}", params, display)
+    if settings.dry or journal is None:
+        return
+    try:
+        queue = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print("  old host's queue could not be listed: check-relay will not compare it")
+        return
+    journal.record_queue_at_disable(
+        settings.old_host, queue["total"], queue["messages"], recorded=time.time()
+    )
+    shown = "" if queue["total"] <= QUEUE_RECORD_LIMIT else f" (the first {QUEUE_RECORD_LIMIT})"
+    print(f"  old host's queue at disable-mail: {queue['total']} messages recorded{shown}")
 
 
 def certificate_path(relay: Relay | None) -> str:
@@ -103,152 +179,261 @@ def certificate_path(relay: Relay | None) -> str:
     return f"/var/lib/acme/live/{relay.mail_domain if relay else 'DOMAIN'}/fullchain"
 
 
-# Runs on the new host as root (Debian's python3, stdlib only); prints one JSON object.
-PROBE = r"""
-import glob, hashlib, imaplib, json, os, smtplib, socket, ssl, subprocess, sys, uuid
-
-p = json.loads(sys.argv[1])
-out = {}
-tls = ssl.create_default_context()
-tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE  # compared by fingerprint
+# The probe (and old's queue listing): a file of this package, run on the host as
+# ``python3 -c SOURCE`` with its parameters on stdin.
+PROBE = (Path(__file__).parent / "relay_probe.py").read_text()
 
 
-def sha(der):
-    return hashlib.sha256(der).hexdigest()
+def new_host_command() -> str:
+    """One command: new's live state, then the probe's JSON (parameters on stdin)."""
+    return (
+        f"{{ {live_state_command()}; }} </dev/null; echo '== probe'; "
+        f"python3 -c {shlex.quote(PROBE)}"
+    )
 
 
-def postconf(*args):
-    return subprocess.run(["postconf", *args], capture_output=True, text=True).stdout
-
-
-def probe(name, fn):
-    try:
-        out[name] = fn()
-    except Exception as e:
-        out[name] = {"error": f"{type(e).__name__}: {e}".strip()}
-
-
-class IMAP(imaplib.IMAP4_SSL):  # the relay's name for SNI, its own listener
-    def _create_socket(self, timeout):
-        sock = socket.create_connection(("127.0.0.1", 993), timeout)
-        return self.ssl_context.wrap_socket(sock, server_hostname=p["domain"])
-
-
-class SMTPS(smtplib.SMTP_SSL):
-    def _get_socket(self, host, port, timeout):
-        sock = socket.create_connection(("127.0.0.1", port), timeout)
-        return self.context.wrap_socket(sock, server_hostname=p["domain"])
-
-
-def imaps():
-    conn = IMAP(p["domain"], 993, ssl_context=tls, timeout=10)
-    try:
-        return {"cert": sha(conn.sock.getpeercert(True)), "auth": "AUTH=PLAIN" in conn.capabilities}
-    finally:
-        conn.shutdown()
-
-
-def smtps():
-    with SMTPS(p["domain"], 465, context=tls, timeout=10) as conn:
-        conn.ehlo("check-relay")
-        mechs = conn.esmtp_features.get("auth", "").upper().split()
-        return {"cert": sha(conn.sock.getpeercert(True)), "auth": "PLAIN" in mechs}
-
-
-def smtp():
-    with smtplib.SMTP("127.0.0.1", 25, timeout=10) as conn:
-        conn.ehlo("check-relay")
-        return {"starttls": conn.has_extn("starttls")}
-
-
-def spool_path(path):
-    return path if path.startswith("/") else os.path.join(p["spool"], path)
-
-
-def lmtp():
-    transport = postconf("-hx", "virtual_transport").strip()
-    kind, _, where = transport.partition(":")
-    if kind != "lmtp":
-        return {"error": f"virtual_transport is {transport!r}, not LMTP"}
-    if where.startswith("unix:"):
-        conn = smtplib.LMTP(spool_path(where[5:]), timeout=10)
-    else:
-        host, _, port = where.removeprefix("inet:").rpartition(":")
-        conn = smtplib.LMTP(host.strip("[]"), int(port), timeout=10)
-    with conn:
-        conn.ehlo("check-relay")
-        conn.mail("")
-        known = conn.rcpt(p["account"])[0] if p["account"] else None
-        unknown = conn.rcpt(f"check-relay-{uuid.uuid4().hex[:12]}@{p['domain']}")[0]
-        conn.rset()  # no DATA: nothing is delivered
-        return {"transport": transport, "known": known, "unknown": unknown}
-
-
-def milters():
-    names = postconf("-hx", "smtpd_milters", "non_smtpd_milters").split()
-    names += [line.split("=", 1)[1] for line in postconf("-P").splitlines() if "milters =" in line]
-    result = {}
-    for name in {m.strip(",") for n in names for m in n.split(",") if m.strip(",")}:
-        kind, _, where = name.partition(":")
-        try:
-            if kind == "unix":
-                sock = socket.socket(socket.AF_UNIX)
-                sock.settimeout(5)
-                sock.connect(spool_path(where))
-            else:
-                host, _, port = where.removeprefix("inet:").rpartition(":")
-                sock = socket.create_connection((host.strip("[]"), int(port)), 5)
-            sock.close()
-            result[name] = "ok"
-        except OSError as e:
-            result[name] = str(e)
-    return result
-
-
-def cert_file():
-    pem = open(p["cert"]).read()
-    der = ssl.PEM_cert_to_DER_cert(pem[: pem.index("-----END CERTIFICATE-----") + 25])
-    end = subprocess.run(
-        ["openssl", "x509", "-noout", "-enddate", "-in", p["cert"]],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().split("=", 1)[1]
-    return {"sha256": sha(der), "expires": ssl.cert_time_to_seconds(end)}
-
-
-def accounts():
-    found = sorted(glob.glob(os.path.join(glob.escape(p["mailboxes"]), "*@*", "password")))
-    first = os.path.basename(os.path.dirname(found[0])) if found else ""
-    return {"count": len(found), "first": first}
-
-
-def queue():
-    lines = subprocess.run(["postqueue", "-j"], capture_output=True, text=True, check=True)
-    items = [json.loads(line) for line in lines.stdout.splitlines() if line.strip()]
-    return {"total": len(items), "deferred": sum(i.get("queue_name") == "deferred" for i in items)}
-
-
-p["spool"] = postconf("-h", "queue_directory").strip() or "/var/spool/postfix"
-probe("accounts", accounts)
-p["account"] = out["accounts"].get("first", "")
-for name, fn in (("imaps", imaps), ("smtps", smtps), ("smtp", smtp), ("lmtp", lmtp),
-                 ("milters", milters), ("cert_file", cert_file), ("queue", queue)):
-    probe(name, fn)
-print(json.dumps(out))
-"""
-
-
-def new_host_command(relay: Relay | None, domain: str) -> str:
-    """One command: new's live state, then the probe's JSON."""
+def probe_params(
+    settings: Settings,
+    queue: dict | None,
+    probe_account: str | None = None,
+    password: str | None = None,
+) -> dict:
+    """What the probe is told (JSON on its stdin)."""
+    relay, domain = settings.relay, settings.mail_domain or ""
     params = {
         "domain": domain,
         "mailboxes": relay.mailbox_dir if relay else f"/home/vmail/mail/{domain}",
         "cert": certificate_path(relay),
+        "ip_only": bool(relay and relay.ip_only),
+        "queue_limit": QUEUE_RECORD_LIMIT + 500,
+        "senders": sorted({m["sender"] for m in (queue or {}).get("messages", [])}),
+        "log_since": (queue or {}).get("recorded", 0) - LOG_MARGIN,
+        "probe_account": probe_account or "",
     }
-    return (
-        f"{live_state_command()}; echo '== probe'; "
-        f"python3 - {shlex.quote(json.dumps(params))} <<'CHECK_RELAY_PROBE'\n{PROBE}\n"
-        "CHECK_RELAY_PROBE"
+    if probe_account:
+        params["password"] = password or ""
+    return params
+
+
+def run_with_input(runner: Runner, role: str, command: str, data: bytes, display: str) -> str:
+    """Run ``command`` with ``data`` on its stdin (never on its command line), echoing
+    ``display``; the audit log gets the command, never the input."""
+    runner.echo(f"[{role}: {runner.host(role)}] $ {display}")
+    if runner.dry:
+        return ""
+    client = runner.connection(role).client
+    started, clock, code = time.time(), time.monotonic(), -1
+    try:
+        stdin, stdout, stderr = client.exec_command(command)
+        stdin.write(data)
+        stdin.flush()
+        stdin.channel.shutdown_write()
+        out = stdout.read()
+        code = stdout.channel.recv_exit_status()
+        errors = stderr.read().decode(errors="replace").strip()
+    except (OSError, paramiko.SSHException) as e:
+        raise MigrateError(f"lost connection to {role} host {runner.host(role)}: {e}") from None
+    finally:
+        where = f"[{role}: {runner.host(role)}]"
+        audit.record(runner.settings, where, command, started, time.monotonic() - clock, code)
+    if code != 0 and not out:
+        raise MigrateError(
+            f"on {role} host {runner.host(role)}: `{display}` exited {code}: "
+            + " / ".join(errors.splitlines()[-3:])
+        )
+    return out.decode(errors="replace")
+
+
+# -- certificates ---------------------------------------------------------------
+
+
+def certificate_facts(der_b64: str) -> dict:
+    """SHA-256, names (SAN, else CN), validity of a DER certificate (base64)."""
+    der = base64.b64decode(der_b64)
+    cert = x509.load_der_x509_certificate(der)
+    names: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [*san.get_values_for_type(x509.DNSName)]
+        names += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.OID_COMMON_NAME)]
+    return {
+        "sha256": hashlib.sha256(der).hexdigest(),
+        "names": names,
+        "self_signed": cert.issuer == cert.subject,
+        "not_before": _utc(cert, "not_valid_before"),
+        "not_after": _utc(cert, "not_valid_after"),
+    }
+
+
+def _utc(cert: x509.Certificate, field: str) -> float:
+    value = getattr(cert, f"{field}_utc", None)  # cryptography >= 42
+    if value is None:
+        value = getattr(cert, field).replace(tzinfo=datetime.UTC)
+    return value.timestamp()
+
+
+def names_domain(names: list[str], domain: str) -> bool:
+    """Whether a certificate with these names is valid for ``domain`` (wildcards:
+    one label)."""
+    domain = domain.lower().rstrip(".")
+    for name in (n.lower().rstrip(".") for n in names):
+        if name == domain:
+            return True
+        if name.startswith("*.") and "." in domain and domain.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
+def _short(sha: str) -> str:
+    return f"{sha[:16]}…"
+
+
+def expected_certificate(old: dict | None, file_facts: dict | None) -> tuple[str | None, str]:
+    """The SHA-256 new's listeners should present, and what it is: the certificate old
+    had at disable-mail; one renewed on new since (its file, issued after that); or,
+    with no record of old's, the relay's certificate file on new."""
+    recorded = ((old or {}).get("certificate") or {}).get("sha256")
+    if recorded:
+        if file_facts and file_facts["sha256"] != recorded and _renewed(old, file_facts):
+            return file_facts["sha256"], "the certificate renewed on new since the move"
+        return recorded, "the certificate copied from old"
+    if file_facts:
+        return file_facts["sha256"], "the relay's certificate file (no record of old's)"
+    return None, ""
+
+
+def _renewed(old: dict | None, file_facts: dict) -> bool:
+    """A certificate on new that is not old's counts as renewed when a CA issued it
+    after the move (acmetool renews before expiry); a self-signed one never does."""
+    recorded = ((old or {}).get("certificate") or {}).get("recorded")
+    return bool(recorded) and file_facts["not_before"] > recorded and not file_facts["self_signed"]
+
+
+# -- DKIM ------------------------------------------------------------------------
+
+
+def dkim_tags(value: str) -> dict[str, str]:
+    """The tags of a DKIM-Signature or DKIM record, whitespace removed from values."""
+    tags = {}
+    for part in value.replace("\r", "").replace("\n", "").split(";"):
+        name, sep, tag_value = part.partition("=")
+        if sep:
+            tags[name.strip()] = re.sub(r"\s+", "", tag_value)
+    return tags
+
+
+def _crlf(value: str) -> str:
+    return re.sub(r"(?<!\r)\n", "\r\n", value)
+
+
+def _canon_header(name: str, value: str, relaxed: bool) -> str:
+    value = _crlf(value)
+    if not relaxed:
+        return f"{name}:{value}\r\n"
+    value = re.sub(r"[ \t]+", " ", value.replace("\r\n", "")).strip()
+    return f"{name.strip().lower()}:{value}\r\n"
+
+
+def _canon_body(body: str, relaxed: bool) -> bytes:
+    lines = _crlf(body).split("\r\n")
+    if relaxed:
+        lines = [re.sub(r"[ \t]+", " ", line).rstrip(" \t") for line in lines]
+    while lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return b"" if relaxed else b"\r\n"
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def dkim_verify(headers: list[list[str]], body: str, signature: str, public_b64: str) -> str | None:
+    """Whether ``signature`` (a DKIM-Signature value) signs the message ``headers`` +
+    ``body`` with the key ``public_b64`` (a DKIM record's p=): None, or why not."""
+    tags = dkim_tags(signature)
+    header_c, _, body_c = tags.get("c", "simple/simple").partition("/")
+    body_c = body_c or "simple"
+    algorithm = tags.get("a", "")
+    digest = hashlib.sha1 if algorithm == "rsa-sha1" else hashlib.sha256
+    body_hash = base64.b64encode(digest(_canon_body(body, body_c == "relaxed")).digest()).decode()
+    if body_hash != tags.get("bh"):
+        return "its body hash does not match the message"
+    remaining = [(n, v if v[:1] in (" ", "\t") else f" {v}") for n, v in headers]
+    data = ""
+    for name in tags.get("h", "").split(":"):
+        for i in range(len(remaining) - 1, -1, -1):
+            if remaining[i][0].strip().lower() == name.strip().lower():
+                data += _canon_header(*remaining.pop(i), header_c == "relaxed")
+                break
+    own = re.sub(r"((?:^|;)\s*b\s*=)[^;]*", r"\1", signature)
+    own = own if own[:1] in (" ", "\t") else f" {own}"
+    data += _canon_header("DKIM-Signature", own, header_c == "relaxed").removesuffix("\r\n")
+    try:
+        signed = base64.b64decode(tags.get("b", ""))
+        raw = base64.b64decode(public_b64)
+        if algorithm == "ed25519-sha256":
+            ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(
+                signed, hashlib.sha256(data.encode()).digest()
+            )
+        else:
+            key = serialization.load_der_public_key(raw)
+            if not isinstance(key, rsa.RSAPublicKey):
+                return f"the key is not an RSA key ({algorithm})"
+            chosen = hashes.SHA1() if algorithm == "rsa-sha1" else hashes.SHA256()
+            key.verify(signed, data.encode(), padding.PKCS1v15(), chosen)
+    except InvalidSignature:
+        return "it does not verify with that key"
+    except ValueError as e:
+        return f"the key or signature cannot be read ({e})"
+    return None
+
+
+def same_key(a: str, b: str) -> bool:
+    """Two public keys (base64 DER, as DKIM records hold them) are the same key."""
+    a, b = re.sub(r"\s+", "", a), re.sub(r"\s+", "", b)
+    if a == b:
+        return True
+    try:
+        load = serialization.load_der_public_key
+        pa, pb = load(base64.b64decode(a)), load(base64.b64decode(b))
+        return pa.public_numbers() == pb.public_numbers()  # type: ignore[union-attr]
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def dkim_records(settings: Settings, probe: dict) -> dict[str, dict]:
+    """Each DKIM record name opendkim signs the mail domain with, as every authoritative
+    nameserver answers it: {name: {"servers": {server: [p, ...]}}} or {"error": ...}."""
+    domain = (settings.mail_domain or "").lower()
+    item = probe.get("dkim")
+    if not isinstance(item, dict) or "keys" not in item:
+        return {}
+    names = sorted(
+        {f"{k['selector']}._domainkey.{domain}" for k in item["keys"] if _for(k, domain)}
     )
+    if not names:
+        return {}
+    try:
+        _, servers = dnscheck.authoritative_servers(
+            domain, dnscheck.parse_nameservers(settings.nameservers)
+        )
+        result = {}
+        for name in names:
+            answers = {}
+            for server in servers:
+                values = dnscheck.lookup(server, name, "TXT").values
+                answers[str(server)] = [dkim_tags(v).get("p", "") for v in values if "p=" in v]
+            result[name] = {"servers": answers}
+        return result
+    except MigrateError as e:
+        return {name: {"error": str(e)} for name in names}
+
+
+def _for(key: dict, domain: str) -> bool:
+    return key.get("domain", "").lower().rstrip(".") == domain.rstrip(".")
+
+
+# -- judging what new answered ---------------------------------------------------------
 
 
 def _error(item) -> str | None:
@@ -304,23 +489,103 @@ def check_ports(old: dict | None, listening: list[str]) -> Check:
     return Check("PASS", "ports", f"new listens on TCP {', '.join(wanted)}, {whose}")
 
 
-def check_tls(name: str, item, cert: dict | None, feature: str) -> Check:
+# Where each listener's certificate is configured, for the FAIL line.
+SERVED_BY = {
+    "IMAP 993": "Dovecot's ssl_cert",
+    "submission 465": "Postfix's smtpd_tls_cert_file",
+    "SMTP 25": "Postfix's smtpd_tls_cert_file",
+    "HTTPS 443": "nginx's ssl_certificate",
+}
+
+
+def _served(
+    name: str, cert_b64: str | None, expected: tuple[str | None, str], domain: str
+) -> Check | None:
+    """A FAIL when the served certificate is not the expected one or not for ``domain``."""
+    try:
+        facts = certificate_facts(cert_b64 or "")
+    except ValueError as e:
+        return Check("FAIL", name, f"its certificate cannot be read: {e}")
+    sha, what = expected
+    if sha and facts["sha256"] != sha:
+        return Check(
+            "FAIL", name,
+            f"serves another certificate (SHA-256 {_short(facts['sha256'])}) than {what} "
+            f"({_short(sha)}): check {SERVED_BY.get(name, 'its certificate setting')} on "
+            "new, then reload it",
+        )  # fmt: skip
+    if not names_domain(facts["names"], domain):
+        return Check(
+            "FAIL", name,
+            f"its certificate names {', '.join(facts['names']) or 'nothing'}, not {domain}: "
+            "clients refuse it",
+        )  # fmt: skip
+    return None
+
+
+def check_tls(
+    name: str, item, expected: tuple[str | None, str], domain: str, feature: str | None
+) -> Check:
     error = _error(item)
     if error:
-        return Check("FAIL", name, f"no TLS session: {error}")
-    if not item.get("auth"):
+        hint = ""
+        if "timed out" in error and name in ("submission 465", "SMTP 25"):
+            hint = (
+                " (Postfix throttles a service for 60 s when its processes fail at start: "
+                "see `journalctl -u postfix@-` on new)"
+            )
+        return Check("FAIL", name, f"no TLS session: {error}{hint}")
+    if feature and not item.get("auth"):
         return Check("FAIL", name, f"TLS works but {feature} is not offered: clients cannot log in")
-    if cert and "sha256" in cert and item["cert"] != cert["sha256"]:
-        return Check("FAIL", name, "serves another certificate than the relay's file")
-    return Check("PASS", name, f"TLS, {feature} offered, the relay's certificate")
+    problem = _served(name, item.get("cert"), expected, domain)
+    if problem:
+        return problem
+    offered = f"{feature} offered, " if feature else ""
+    return Check("PASS", name, f"TLS, {offered}{expected[1] or 'a certificate'} ({domain})")
 
 
-def check_certificate(path: str, cert, now: float) -> Check:
+def check_https(
+    item, old: dict | None, services: list[str], listening: list[str], expected, domain: str
+) -> Check | None:
+    """443 when nginx runs on new or old listened on it; None otherwise."""
+    old_443 = "443" in ((old or {}).get("listening") or [])
+    nginx = any(s.startswith("nginx") for s in services)
+    if not (old_443 or nginx):
+        return None
+    if "443" not in listening:
+        why = "old listened on it before disable-mail" if old_443 else "nginx runs"
+        return Check("FAIL", "HTTPS 443", f"new does not listen on 443 ({why}): see nginx on new")
+    return check_tls("HTTPS 443", item, expected, domain, None)
+
+
+def check_certificate(path: str, cert, old: dict | None, now: float, domain: str) -> Check:
     error = _error(cert)
     if error:
         return Check("FAIL", "certificate", f"{path}: {error}")
-    days = (cert["expires"] - now) / 86400
-    when = time.strftime("%Y-%m-%d", time.gmtime(cert["expires"]))
+    try:
+        facts = certificate_facts(cert.get("der", ""))
+    except ValueError as e:
+        return Check("FAIL", "certificate", f"{path} cannot be read: {e}")
+    recorded = ((old or {}).get("certificate") or {}).get("sha256")
+    origin = "no record of old's to compare"
+    if recorded:
+        origin = f"copied from old (SHA-256 {_short(recorded)})"
+        if facts["sha256"] != recorded:
+            if not _renewed(old, facts):
+                return Check(
+                    "FAIL", "certificate",
+                    f"{path} is not the certificate old had at disable-mail (SHA-256 "
+                    f"{_short(facts['sha256'])} on new, {_short(recorded)} on old): copy it "
+                    "from old again (copy-data carries it)",
+                )  # fmt: skip
+            origin = f"renewed on new since the move (SHA-256 {_short(facts['sha256'])})"
+    if not names_domain(facts["names"], domain):
+        return Check(
+            "FAIL", "certificate",
+            f"{path} names {', '.join(facts['names']) or 'nothing'}, not {domain}",
+        )  # fmt: skip
+    days = (facts["not_after"] - now) / 86400
+    when = time.strftime("%Y-%m-%d", time.gmtime(facts["not_after"]))
     if days < 0:
         return Check("FAIL", "certificate", f"{path} expired on {when}: renew it")
     if days < CERT_WARN_DAYS:
@@ -328,16 +593,49 @@ def check_certificate(path: str, cert, now: float) -> Check:
             "WARN", "certificate",
             f"{path} expires on {when}, in {days:.0f} days: check that it renews on new",
         )  # fmt: skip
-    return Check("PASS", "certificate", f"{path}, valid until {when} ({days:.0f} days)")
+    return Check(
+        "PASS", "certificate",
+        f"{path}, {origin}, for {domain}, valid until {when} ({days:.0f} days)",
+    )  # fmt: skip
 
 
-def check_smtp(item) -> Check:
+def check_smtp(
+    item, old: dict | None, expected, relay: Relay | None, domain: str, milter_down: bool = False
+) -> Check:
     error = _error(item)
     if error:
         return Check("FAIL", "SMTP 25", f"other servers cannot deliver: {error}")
+    code = item.get("code", 220)
+    greeting = str(item.get("banner", "")).strip()
+    if code != 220:
+        return Check("FAIL", "SMTP 25", f"greets with {code} {greeting}: other servers go away")
+    name = (greeting.split() or [""])[0]
+    as_old = (old or {}).get("myhostname")
+    ip_only = bool(relay and relay.ip_only)
+    if not ip_only and name.lower() != domain.lower() and name != as_old:
+        return Check(
+            "FAIL", "SMTP 25",
+            f"greets as {name or '(nothing)'}, not {domain}: chatmail's main.cf sets "
+            f"myhostname = {domain}; see `postconf myhostname` on new",
+        )  # fmt: skip
     if not item.get("starttls"):
-        return Check("WARN", "SMTP 25", "answers, but offers no STARTTLS")
-    return Check("PASS", "SMTP 25", "answers and offers STARTTLS (mail from other servers)")
+        return Check(
+            "FAIL", "SMTP 25",
+            f"220 {name}, but no STARTTLS offered: other servers send in plain text, or "
+            "(MTA-STS) not at all; see smtpd_tls_* in /etc/postfix/main.cf on new",
+        )  # fmt: skip
+    if item.get("starttls_error"):
+        why = (
+            " (Postfix tempfails every command while its milter does not answer: see DKIM)"
+            if milter_down
+            else ""
+        )
+        return Check("FAIL", "SMTP 25", f"STARTTLS fails: {item['starttls_error']}{why}")
+    problem = _served("SMTP 25", item.get("cert"), expected, domain if not ip_only else name)
+    if problem and not ip_only:
+        return problem
+    what = expected[1] or "a certificate"
+    return Check("PASS", "SMTP 25", f"220 {name}; STARTTLS offered, {what}")
 
 
 def check_accounts(accounts, lmtp) -> Check:
@@ -361,30 +659,259 @@ def check_accounts(accounts, lmtp) -> Check:
     )  # fmt: skip
 
 
-def check_milters(item) -> Check:
-    error = _error(item)
+def _milter_problem(name: str, item, services: list[str]) -> str | None:
+    """Why Postfix's milter ``name`` does not answer, with what to run; None when it does."""
+    if isinstance(item, str):  # an answer without details
+        item = {"answer": item}
+    answer = item.get("answer")
+    if answer == "ok":
+        return None
+    opendkim = any(s.startswith("opendkim") for s in services)
+    path = item.get("path")
+    if path and item.get("exists") is False and opendkim:
+        why = (
+            f"its socket {path} is gone while opendkim runs (deleted?): "
+            "`systemctl restart opendkim` on new makes it again"
+        )
+    elif path and item.get("exists") is False:
+        why = f"no socket {path}, opendkim does not run: `systemctl start opendkim` on new"
+    elif not opendkim and "opendkim" in name:
+        why = f"{answer}; opendkim does not run: `systemctl start opendkim` on new"
+    else:
+        why = f"{answer}; see `systemctl status opendkim` on new"
+    return (
+        f"Postfix's milter {name} does not answer: {why}. Until then outgoing mail is "
+        "tempfailed or leaves unsigned"
+    )
+
+
+def check_milters(item, services: list[str], relay: Relay | None) -> Check:
+    error = _error(item) if not isinstance(item, dict) or "error" in item else None
     if error:
         return Check("FAIL", "DKIM", f"cannot read Postfix's milters: {error}")
     if not item:
+        if relay and relay.ip_only:
+            return Check("PASS", "DKIM", "an IP-only relay: chatmail signs nothing")
         return Check("FAIL", "DKIM", "Postfix has no milter: outgoing mail leaves unsigned")
-    broken = {name: why for name, why in item.items() if why != "ok"}
-    if broken:
-        name, why = next(iter(broken.items()))
-        return Check(
-            "FAIL", "DKIM",
-            f"Postfix's milter {name} does not answer ({why}): outgoing mail is "
-            "tempfailed or unsigned; see `systemctl status opendkim` on new",
-        )  # fmt: skip
+    for name in sorted(item):
+        problem = _milter_problem(name, item[name], services)
+        if problem:
+            return Check("FAIL", "DKIM", problem)
     return Check("PASS", "DKIM", f"Postfix's milters answer: {', '.join(sorted(item))}")
 
 
-def check_queue(item) -> Check:
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "?"
+
+
+def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str) -> Check:
+    """opendkim's key for the mail domain: the file its config names is the key DNS
+    publishes, and the running opendkim signs with it (a test signature through its
+    socket: what it loaded, whatever the files say now)."""
+    name = "DKIM key"
+    if relay and relay.ip_only:
+        return Check("PASS", name, "an IP-only relay: no DKIM key")
     error = _error(item)
     if error:
-        return Check("FAIL", "mail queue", f"postqueue: {error}")
+        return Check("FAIL", name, f"cannot read opendkim's configuration on new: {error}")
+    keys = [k for k in item.get("keys", []) if _for(k, domain.lower())]
+    if not keys:
+        return Check(
+            "FAIL", name,
+            f"opendkim's configuration (/etc/opendkim.conf, its KeyTable) has no key for "
+            f"{domain}: outgoing mail leaves unsigned",
+        )  # fmt: skip
+    key = keys[0]
+    path, record = key["path"], f"{key['selector']}._domainkey.{domain}"
+    if key.get("error"):
+        return Check("FAIL", name, f"{path} (opendkim's key for {domain}): {key['error']}")
+    answer = (records or {}).get(record)
+    published, dns_note = None, ""
+    if answer is None:
+        dns_note = "DNS not asked"
+    elif answer.get("error"):
+        dns_note = f"DNS could not be asked ({answer['error']})"
+    else:
+        values = answer["servers"]
+        empty = [s for s, ps in values.items() if not ps]
+        if empty:
+            return Check(
+                "FAIL", name,
+                f"{', '.join(empty)} publishes no DKIM record at {record}: receivers cannot "
+                f"check the signature; publish the key of {path.removesuffix('.private')}.txt",
+            )  # fmt: skip
+        other = [s for s, ps in values.items() if not any(same_key(p, key["public"]) for p in ps)]
+        if other:
+            p = next(iter(values[other[0]]))
+            return Check(
+                "FAIL", name,
+                f"{path} is not the key {other[0]} publishes at {record} (p=…{p[-12:]} in "
+                f"DNS, …{key['public'][-12:]} in the file): copy /etc/dkimkeys from old "
+                "again, or publish this key",
+            )  # fmt: skip
+        published = key["public"]
+    signed = item.get("signed")
+    if not isinstance(signed, dict) or signed.get("error"):
+        why = (
+            f"its socket {item.get('socket')}: {_error(signed)}"
+            if signed
+            else "opendkim.conf names no Socket"
+        )
+        verdict = "is the key DNS publishes" if published else f"is opendkim's key ({dns_note})"
+        return Check("WARN", name, f"{path} {verdict}; no test signature: {why}")
+    signatures = [v for n, v in signed.get("added", []) if n.lower() == "dkim-signature"]
+    if not signatures:
+        return Check(
+            "FAIL", name,
+            f"opendkim did not sign a test message from postmaster@{domain} (nothing sent; "
+            f"it answered {signed.get('reply')!r}): check its SigningTable and Mode",
+        )  # fmt: skip
+    why_not = dkim_verify(
+        signed["headers"], signed["body"], signatures[0], published or key["public"]
+    )
+    if why_not:
+        changed = max(key.get("changed") or 0, item.get("config_changed") or 0)
+        since = item.get("started")
+        hint = ""
+        if since and changed > since:
+            hint = (
+                f" (it runs since {_when(since)}, before its key or config changed at "
+                f"{_when(changed)})"
+            )
+        return Check(
+            "FAIL", name,
+            f"opendkim signs with another key than {path}{hint}: {why_not}; run "
+            "`systemctl restart opendkim` on new",
+        )  # fmt: skip
+    if not published:
+        return Check(
+            "WARN", name, f"opendkim signs with {path}; {dns_note}: not compared with {record}"
+        )
     return Check(
-        "PASS", "mail queue",
-        f"{item['total']} messages queued ({item['deferred']} deferred, retried by Postfix)",
+        "PASS", name,
+        f"opendkim signs with {path}, the key DNS publishes at {record} (a test signature "
+        "through its socket, nothing sent)",
+    )  # fmt: skip
+
+
+def _message(m: dict) -> str:
+    mid = f", {m['message_id']}" if m.get("message_id") else ""
+    return f"{m['id']} (from {m['sender'] or '<>'}{mid})"
+
+
+def match_queue(
+    recorded: list[dict], queued: list[dict], deliveries: dict | None
+) -> tuple[list[dict], list[dict], list[tuple[dict, str]], list[dict]]:
+    """Old's recorded messages found on new: (queued, delivered, returned with status,
+    missing). Queued: same Message-ID, or the same sender, size, arrival time and
+    recipients; delivered: Postfix on new logged a message of that sender and size
+    whose every recipient got a final status, "sent" for all (else returned)."""
+    pool = list(queued)
+    found_queued, delivered, returned, missing = [], [], [], []
+    log_from = [list(x) for x in (deliveries or {}).get("from", [])]
+    log_to: dict[str, dict[str, str]] = {}
+    for qid, rcpt, status in (deliveries or {}).get("to", []):
+        if status in ("sent", "bounced", "expired"):
+            log_to.setdefault(qid, {})[rcpt.lower()] = status
+    for m in recorded:
+        twin = next((n for n in pool if _same_message(m, n)), None)
+        if twin:
+            pool.remove(twin)
+            found_queued.append(m)
+            continue
+        done = None
+        for entry in log_from:
+            qid, sender, size = entry
+            statuses = log_to.get(qid, {})
+            if (sender, size) == (m["sender"], m["size"]) and all(
+                r.lower() in statuses for r in m["recipients"]
+            ):
+                done = entry, {statuses[r.lower()] for r in m["recipients"]}
+                break
+        if done is None:
+            missing.append(m)
+            continue
+        log_from.remove(done[0])
+        if done[1] == {"sent"}:
+            delivered.append(m)
+        else:
+            returned.append((m, "/".join(sorted(done[1] - {"sent"}))))
+    return found_queued, delivered, returned, missing
+
+
+def _same_message(a: dict, b: dict) -> bool:
+    if a.get("message_id") and b.get("message_id"):
+        return a["message_id"] == b["message_id"] and a["sender"] == b["sender"]
+    keys = ("sender", "size", "arrival", "recipients")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def check_queue(item, record: dict | None, deliveries) -> Check:
+    name = "mail queue"
+    error = _error(item)
+    if error:
+        return Check("FAIL", name, f"postqueue on new: {error}")
+    now = f"{item['total']} messages queued on new now"
+    if not record:
+        return Check(
+            "WARN", name,
+            f"{now}; the journal holds no record of old's queue at disable-mail (recorded "
+            "by migrate and disable-mail): not compared",
+        )  # fmt: skip
+    if deliveries is not None and _error(deliveries):
+        deliveries = {}
+    queued, delivered, returned, missing = match_queue(
+        record["messages"], item.get("messages", []), deliveries
+    )
+    total = record["total"]
+    partial = (
+        f" (the first {len(record['messages'])} recorded)"
+        if total > len(record["messages"])
+        else ""
+    )
+    counts = f"{len(queued)} queued, {len(delivered)} delivered"
+    if missing:
+        shown = ", ".join(_message(m) for m in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return Check(
+            "FAIL", name,
+            f"{len(missing)} of {total} messages queued on old at disable-mail{partial} are "
+            f"neither queued on new nor delivered there ({counts}): {shown}{more}. They are "
+            "still in old's "
+            "queue (postcat -q ID on old): copy their files into the same queue directory "
+            "on new, then `postsuper -s; postqueue -f` there",
+        )  # fmt: skip
+    if returned:
+        shown = ", ".join(f"{_message(m)}: {status}" for m, status in returned[:5])
+        return Check(
+            "WARN", name,
+            f"{total} messages queued on old at disable-mail{partial}: {counts}, "
+            f"{len(returned)} returned to their sender by new: {shown}",
+        )  # fmt: skip
+    return Check(
+        "PASS", name,
+        f"all {total} messages queued on old at disable-mail{partial} are on new: {counts} "
+        f"({now})",
+    )  # fmt: skip
+
+
+def check_probe_account(item, address: str) -> Check:
+    name = "IMAP login"
+    error = _error(item)
+    if error:
+        hint = ""
+        if item and item.get("refused"):
+            hint = (
+                ": a wrong password, or the account's password file did not come across "
+                "(compare it with old's)"
+            )
+        return Check("FAIL", name, f"{address}: {error}{hint}")
+    folders = item.get("mailboxes", [])
+    inbox = item.get("inbox")
+    return Check(
+        "PASS", name,
+        f"{address} logged in over IMAP 993: {len(folders)} folders ({', '.join(folders[:6])}), "
+        f"INBOX holds {inbox} messages",
     )  # fmt: skip
 
 
@@ -406,43 +933,117 @@ def check_dns(settings: Settings, journal: Journal | None) -> Check:
     )  # fmt: skip
 
 
-def evaluate(relay: Relay | None, old: dict | None, stdout: str, now: float) -> list[Check]:
-    """The host's checks, from the new host's answer and ``old``, the journal's record of
-    what old ran before disable-mail (None: no record)."""
+def parse_answer(stdout: str) -> tuple[list[str], list[str], dict]:
+    """New's services, listeners and the probe's answers, from its output."""
     head, _, probe_text = stdout.partition("== probe\n")
     services, listening = parse_live_state(head)
     try:
         probe = json.loads(probe_text.strip().splitlines()[-1])
     except (ValueError, IndexError):
         probe = {}
-    cert_path = certificate_path(relay)
+    return services, listening, probe if isinstance(probe, dict) else {}
+
+
+def evaluate(
+    relay: Relay | None,
+    old: dict | None,
+    stdout: str,
+    now: float,
+    *,
+    domain: str | None = None,
+    queue: dict | None = None,
+    dkim: dict | None = None,
+    probe_account: str | None = None,
+) -> list[Check]:
+    """The host's checks, from the new host's answer and what the journal recorded at
+    disable-mail: ``old`` (old's services, ports, certificate, greeting; None: no
+    record) and ``queue`` (old's queue); ``dkim``: the DKIM records DNS publishes."""
+    domain = domain or (relay.mail_domain if relay else "")
+    services, listening, probe = parse_answer(stdout)
     cert = probe.get("cert_file")
-    usable_cert = cert if not _error(cert) else None
-    return [
+    file_facts = None
+    if not _error(cert):
+        try:
+            file_facts = certificate_facts(cert.get("der", ""))
+        except ValueError:
+            pass
+    expected = expected_certificate(old, file_facts)
+    milters = check_milters(probe.get("milters"), services, relay)
+    checks = [
         check_services(old, services),
         check_ports(old, listening),
-        check_tls("IMAP 993", probe.get("imaps"), usable_cert, "AUTH=PLAIN"),
-        check_tls("submission 465", probe.get("smtps"), usable_cert, "AUTH PLAIN"),
-        check_certificate(cert_path, cert, now),
-        check_smtp(probe.get("smtp")),
+        check_tls("IMAP 993", probe.get("imaps"), expected, domain, "AUTH=PLAIN"),
+        check_tls("submission 465", probe.get("smtps"), expected, domain, "AUTH PLAIN"),
+        check_https(probe.get("https"), old, services, listening, expected, domain),
+        check_certificate(certificate_path(relay), cert, old, now, domain),
+        check_smtp(probe.get("smtp"), old, expected, relay, domain, milters.status == "FAIL"),
         check_accounts(probe.get("accounts"), probe.get("lmtp")),
-        check_milters(probe.get("milters")),
-        check_queue(probe.get("queue")),
+        milters,
+        check_dkim_key(probe.get("dkim"), dkim, relay, domain),
+        check_queue(probe.get("queue"), queue, probe.get("deliveries")),
     ]
+    if probe_account:
+        checks.append(check_probe_account(probe.get("probe_account"), probe_account))
+    return [c for c in checks if c is not None]
 
 
-def check_relay(settings: Settings, runner: Runner, journal: Journal | None) -> list[Check]:
+# -- the task --------------------------------------------------------------------------
+
+
+def probe_password(settings: Settings, runner: Runner, address: str) -> str:
+    """--probe-account's password, once the account is known to exist on new (a login
+    to an address without one would create it): refused in one line otherwise."""
+    relay, domain = settings.relay, settings.mail_domain or ""
+    at = f"[{domain}]" if relay and relay.ip_only else domain
+    local, _, where = address.rpartition("@")
+    if not local or where.lower() != at.lower() or "/" in address or address.startswith("."):
+        raise SettingsError(f"--probe-account {address!r} is not an address of {at}")
+    mailboxes = relay.mailbox_dir if relay else f"/home/vmail/mail/{domain}"
+    path = f"{mailboxes}/{address}/password"
+    if settings.dry:
+        return ""
+    if not path_exists(runner, "new", path):
+        raise SettingsError(
+            f"--probe-account {address}: no such account on new ({path} is missing); not "
+            "logging in, since a first login would create it"
+        )
+    password = os.environ.get(PROBE_PASSWORD_ENV)
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise SettingsError(
+            f"--probe-account {address}: no password; set {PROBE_PASSWORD_ENV} or run in a "
+            "terminal to be asked"
+        )
+    return getpass.getpass(f"password of {address} (not shown, not logged): ")
+
+
+def check_relay(
+    settings: Settings,
+    runner: Runner,
+    journal: Journal | None,
+    probe_account: str | None = None,
+) -> list[Check]:
     """Ask the new host (one command) and judge; [] under --dry."""
-    command = new_host_command(settings.relay, settings.mail_domain or "")
-    runner.echo(
-        f"[new: {runner.host('new')}] $ {live_state_command()}; python3 - (probe: IMAP 993, "
-        "submission 465, SMTP 25, LMTP recipients, milters, certificate, queue)"
+    password = probe_password(settings, runner, probe_account) if probe_account else None
+    queue = journal.queue_at_disable() if journal else None
+    params = probe_params(settings, queue, probe_account, password)
+    extra = f", IMAP login as {probe_account}" if probe_account else ""
+    display = (
+        f"{live_state_command()}; python3 -c PROBE (IMAP 993, submission 465, HTTPS 443, "
+        "SMTP 25, LMTP recipients, milters, opendkim's key and a test signature, "
+        f"certificate, queue and mail log{extra}; nothing sent)"
     )
-    result = runner.run("new", command, hide=True, quiet=True)
+    stdout = run_with_input(runner, "new", new_host_command(), json.dumps(params).encode(), display)
+    del params, password
     if settings.dry:
         return []
     old = journal.services_before_disable() if journal else None
-    checks = evaluate(settings.relay, old, result.stdout, time.time())
+    dkim = dkim_records(settings, parse_answer(stdout)[2])
+    checks = evaluate(
+        settings.relay, old, stdout, time.time(), domain=settings.mail_domain,
+        queue=queue, dkim=dkim, probe_account=probe_account,
+    )  # fmt: skip
     checks.append(check_dns(settings, journal))
     for check in checks:
         audit.note(settings, f"check-relay {check.line()}")

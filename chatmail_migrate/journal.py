@@ -203,11 +203,25 @@ class Journal:
         return None
 
     def record_services_before_disable(
-        self, host: str | None, services: list[str], listening: list[str]
+        self, host: str | None, services: list[str], listening: list[str], **facts
     ) -> None:
-        """What old ran and listened on just before disable-mail: check-relay expects
-        the same of new."""
-        self.note("before-disable-mail", host=host, services=services, listening=listening)
+        """What old ran and listened on just before disable-mail, and ``facts`` (the
+        certificate it served, its SMTP greeting's name): check-relay expects the same
+        of new."""
+        self.note("before-disable-mail", host=host, services=services, listening=listening, **facts)
+
+    def record_queue_at_disable(
+        self, host: str | None, total: int, messages: list[dict], recorded: float
+    ) -> None:
+        """Old's mail queue once disable-mail stopped Postfix: check-relay finds each
+        message on new, queued or delivered."""
+        self.note(
+            "queue-at-disable-mail", host=host, total=total, messages=messages, recorded=recorded
+        )
+
+    def queue_at_disable(self) -> dict | None:
+        """The last record of old's queue at disable-mail."""
+        return self.last_event("queue-at-disable-mail")
 
     def services_before_disable(self) -> dict | None:
         """The last record of old's services and TCP ports before disable-mail."""

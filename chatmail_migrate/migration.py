@@ -396,14 +396,18 @@ def run_preflight(s: Settings, journal: Journal | None) -> None:
     print(f"preflight passed in {seconds:.1f}s")
 
 
-def run_check_relay(s: Settings, journal: Journal | None) -> list[checks.Check]:
+def run_check_relay(
+    s: Settings, journal: Journal | None, probe_account: str | None = None
+) -> list[checks.Check]:
     """check-relay's lines, PASS/WARN/FAIL, on the new host; returns the failed ones."""
     print(paint(f"check-relay {s.mail_domain} on {s.new_host}", "bold"), flush=True)
     runner = Runner(s)
     started = time.monotonic()
     try:
-        lines = check_relay.check_relay(s, runner, journal)
-    except (MigrateError, SettingsError) as e:
+        lines = check_relay.check_relay(s, runner, journal, probe_account)
+    except SettingsError as e:  # --probe-account refused: nothing was checked
+        raise Exit(f"error: {e}", code=2) from None
+    except MigrateError as e:
         raise Exit(f"check-relay stopped: {e}", code=1) from None
     finally:
         runner.close()
@@ -419,10 +423,10 @@ def run_check_relay(s: Settings, journal: Journal | None) -> list[checks.Check]:
     return failed
 
 
-def check_relay_by_hand(s: Settings) -> None:
+def check_relay_by_hand(s: Settings, probe_account: str | None = None) -> None:
     """The check-relay task: the checks, recorded in the journal; FAILs exit 1."""
     with migration_lock(s):
-        failed = run_check_relay(s, Journal.for_settings(s))
+        failed = run_check_relay(s, Journal.for_settings(s), probe_account)
     if failed:
         raise Exit(
             f"check-relay: {len(failed)} check(s) failed ({failed[0].name}: {failed[0].detail})",

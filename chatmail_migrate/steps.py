@@ -221,19 +221,32 @@ def preflight(
     run_preflight(s, Journal.for_settings(s))
 
 
-@task(help=flag_help("new_host", "relay_dir", "nameserver"))
-def check_relay(c, new_host=None, relay_dir=None, nameserver=None):
+@task(
+    help={
+        **flag_help("new_host", "relay_dir", "nameserver"),
+        "probe_account": "Also log in over IMAP 993 as this existing account and list its "
+        "folders. The password is asked at a prompt, or read from $CHATMAIL_PROBE_PASSWORD, "
+        "never given as a flag; refused when new has no such account (a first login would "
+        "create it). Example: --probe-account abcdefghi@chat.example.org",
+    }
+)
+def check_relay(c, new_host=None, relay_dir=None, nameserver=None, probe_account=None):
     """NEW host, changing nothing: does the relay serve as old did? PASS/WARN/FAIL per check.
 
-    Services and TCP ports old had just before disable-mail (journal), IMAP 993 and
-    submission 465 (TLS, login offered, the relay's certificate), SMTP 25, LMTP
-    recipients (nothing delivered), DKIM milters, the queue, DNS. migrate runs it
-    after enable-mail.
-    Examples: fab -H 13.12.23.42 check-relay | invoke check-relay --new-host 13.12.23.42
+    Against what the journal recorded at disable-mail: the services and TCP ports old
+    had, the certificate it served (IMAP 993, submission 465, HTTPS 443 when nginx
+    runs, STARTTLS on SMTP 25, whose greeting names the mail domain), its mail queue
+    (each message queued or delivered on new); LMTP recipients (nothing delivered);
+    Postfix's milters; opendkim's key against the DKIM record (asked of the
+    authoritative nameservers) and a test signature by the running opendkim (nothing
+    sent); DNS. No account is created. migrate runs it after enable-mail; any FAIL
+    exits 1 and rolls nothing back.
+    Examples: fab -H 13.12.23.42 check-relay | invoke check-relay --new-host 13.12.23.42 |
+    invoke check-relay --new-host 13.12.23.42 --probe-account abcdefghi@chat.example.org
     """
     needs = ("new_host", "relay_dir")
     flags = {"new_host": new_host, "relay_dir": relay_dir, "nameservers": nameserver}
-    check_relay_by_hand(task_settings(c, "new", needs, False, **flags))
+    check_relay_by_hand(task_settings(c, "new", needs, False, **flags), probe_account)
 
 
 @task(help=flag_help("old_host", "relay_dir"))

@@ -4,48 +4,215 @@ The lab tests (test_relay_works.py) run it against real hosts."""
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
 import json
+from types import SimpleNamespace
 
-from chatmail_migrate.check_relay import evaluate, listener, parse_live_state
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from chatmail_migrate import check_relay
+from chatmail_migrate.check_relay import (
+    _canon_body,
+    _canon_header,
+    certificate_facts,
+    dkim_tags,
+    dkim_verify,
+    evaluate,
+    listener,
+    match_queue,
+    new_host_command,
+    parse_live_state,
+    probe_params,
+)
+from chatmail_migrate.errors import SettingsError
 from chatmail_migrate.relay import Relay
+from chatmail_migrate.remote import Result
+from chatmail_migrate.settings import Settings
 
 NOW = 1_800_000_000.0
-RELAY = Relay(mail_domain="relay.example.org")
+DOMAIN = "relay.example.org"
+RELAY = Relay(mail_domain=DOMAIN)
+DAY = 86400
+_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def certificate(
+    names=(DOMAIN,), *, issued: float = NOW - 30 * DAY, days: int = 90, ca: bool = False
+) -> str:
+    """A certificate (base64 DER, as the probe sends it): self-signed, or by a CA."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "x")])
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Lab CA")]) if ca else subject
+    start = datetime.datetime.fromtimestamp(issued, datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(_KEY.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+    )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+    der = builder.sign(_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return base64.b64encode(der).decode()
+
+
+def sha(cert: str) -> str:
+    return hashlib.sha256(base64.b64decode(cert)).hexdigest()
+
+
+CERT = certificate()
 OLD = {
     "services": ["dovecot.service", "opendkim.service", "postfix@-.service", "ssh.service"],
     "listening": ["22", "25", "465", "993", "lo:10080"],
+    "certificate": {"path": "/x", "sha256": sha(CERT), "recorded": NOW - DAY},
+    "myhostname": DOMAIN,
 }
 STATE = (
     "== services\ndovecot.service\nopendkim.service\npostfix@-.service\nssh.service\n"
     "== listening\n0.0.0.0:22\n[::]:22\n0.0.0.0:25\n*:465\n0.0.0.0:993\n127.0.0.1:10080\n"
 )
+
+# A test signature the lab's opendkim (2.11, Debian 12) made through its milter
+# socket, and its public key as the lab's nameservers publish it.
+LAB_DKIM_KEY = (
+    "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAzxlWAW0+wb8vqmnVIuueK2+Igv9EjZMcLSIHdH/pMt"
+    "tCPdXHYBEzXro7kQC3kkoGLd6EnQtnxarcYUUcVDRlny7wcxmBHO5RjZI8hZX2yl9xparGvF0u1g8AtcWFgFwZ"
+    "/MaUfvVhYXQkDDUxc8SmDQ3orPNr+KSWE7E6zaOr0Cs93zrcc3J//poPbGAATqZsDToLF36467ccE4EEbIXiBk"
+    "dnNttd92/JuSsJVbIvD4ZQ8V3AdWpqYXFDYFrW+aovi8gvYldJbWTeljOziAGaY7yBJdzSiPwBJxn2ryPHEYEEX"
+    "RfwJAxjrb5skgsYlbzhtDsAwYXrR5QuS1D+D78REQIDAQAB"
+)
+LAB_DOMAIN = "relay.lab.example"
+LAB_SIGNED = {
+    "headers": [
+        ["From", f"<postmaster@{LAB_DOMAIN}>"],
+        ["To", f"<postmaster@{LAB_DOMAIN}>"],
+        ["Subject", "check-relay DKIM test (never sent)"],
+        ["Date", "Mon, 30 Nov 2026 06:18:23 +0000"],
+        ["Message-ID", f"<check-relay@{LAB_DOMAIN}>"],
+    ],
+    "body": "check-relay: a DKIM signing test, never sent\r\n",
+    "added": [
+        [
+            "DKIM-Signature",
+            " v=1; a=rsa-sha256; c=relaxed/simple; d=relay.lab.example;\n\ts=opendkim; "
+            "t=1796019629;\n\tbh=6KxOY/mBAr3tp3pkj82lsvxk8OwuekFMUC8qvULa1Tg=;\n\t"
+            "h=From:To:Subject:Date;\n\tb=Z/dbVcPnATPgDMdFqLMDE32LiH2JIU+4tMnzi/tL6FnkH64ebJx"
+            "SjZCD9vDVBgwEn\n\t nrnlG89sb6iToeUDfJLOZEErIT7v5TpjGkIyg6XBjfU5dQkF0xTrtvPqcuqIh"
+            "5DgAa\n\t LK6OPbd9LjHUEPz3KTaAeDP/8E/LCoNygSQy5AqOCBSIr2WiYa29KqbLSbtEu4+1pe\n\t"
+            " 88Sq1udlQKNB4qd+CaSrnSLXYAL54Hu+tzucyMEGg1me6HvtbIGTTold9JCqYMWAYF\n\t 9oPEXeBv"
+            "smHoksIomkQ9BeOoZSRZaqmr1EmWbk/Jz6VdNuqeykVtwsVWt6PxJb5iZV\n\t VjQYPnsXkqlDg==",
+        ]
+    ],
+    "reply": "a",
+}
+DKIM_RECORD = f"opendkim._domainkey.{DOMAIN}"
+DKIM_KEY = {
+    "domain": DOMAIN,
+    "selector": "opendkim",
+    "path": "/etc/dkimkeys/opendkim.private",
+    "public": LAB_DKIM_KEY,
+    "changed": NOW - 2 * DAY,
+}
+DKIM = {
+    "keys": [DKIM_KEY],
+    "socket": "local:/var/spool/postfix/opendkim/opendkim.sock",
+    "started": NOW - DAY,
+    "config_changed": NOW - 2 * DAY,
+    "signed": LAB_SIGNED,
+}
+DNS = {DKIM_RECORD: {"servers": {"ns1 (192.0.2.53)": [LAB_DKIM_KEY]}}}
+
+QUEUED_ON_OLD = {
+    "id": "06486320964",
+    "queue": "deferred",
+    "sender": f"echo@{DOMAIN}",
+    "size": 385,
+    "arrival": 1796019503,
+    "recipients": ["someone@unreachable.invalid"],
+    "message_id": f"<20261130061823.06486320964@{DOMAIN}>",
+}
+QUEUE = {"total": 1, "messages": [QUEUED_ON_OLD], "recorded": NOW - DAY}
 PROBE = {
-    "accounts": {"count": 3, "first": "abcdefghi@relay.example.org"},
-    "imaps": {"cert": "aa", "auth": True},
-    "smtps": {"cert": "aa", "auth": True},
-    "smtp": {"starttls": True},
+    "accounts": {"count": 3, "first": f"abcdefghi@{DOMAIN}"},
+    "imaps": {"cert": CERT, "auth": True},
+    "smtps": {"cert": CERT, "auth": True},
+    "https": {"error": "ConnectionRefusedError: [Errno 111] Connection refused"},
+    "smtp": {"code": 220, "banner": f"{DOMAIN} ESMTP Postfix", "starttls": True, "cert": CERT},
     "lmtp": {"transport": "lmtp:unix:private/dovecot-lmtp", "known": 250, "unknown": 550},
-    "milters": {"unix:opendkim/opendkim.sock": "ok"},
-    "cert_file": {"sha256": "aa", "expires": NOW + 60 * 86400},
-    "queue": {"total": 1, "deferred": 1},
+    "milters": {
+        "unix:opendkim/opendkim.sock": {
+            "path": "/var/spool/postfix/opendkim/opendkim.sock",
+            "exists": True,
+            "answer": "ok",
+        }
+    },
+    "cert_file": {"der": CERT},
+    # Postfix renamed the queue file on new: another ID, the same message.
+    "queue": {"total": 1, "messages": [{**QUEUED_ON_OLD, "id": "4XyZ12abc"}]},
+    "dkim": DKIM,
+    "deliveries": {"from": [], "to": []},
 }
 
 
-def judge(state: str = STATE, old: dict | None = OLD, **changes) -> dict[str, tuple[str, str]]:
+def judge(
+    state: str = STATE,
+    old: dict | None = OLD,
+    *,
+    old_queue: dict | None = QUEUE,
+    dns: dict | None = DNS,
+    relay: Relay = RELAY,
+    account: str | None = None,
+    **changes,
+) -> dict[str, tuple[str, str]]:
+    """The lines for new's answer: PROBE with ``changes``; old's record, old's queue
+    (``old_queue``) and the DKIM records (``dns``) as the journal and DNS gave them."""
     probe = {**PROBE, **changes}
-    checks = evaluate(RELAY, old, f"{state}== probe\n{json.dumps(probe)}\n", NOW)
+    checks = evaluate(
+        relay, old, f"{state}== probe\n{json.dumps(probe)}\n", NOW,
+        queue=old_queue, dkim=dns, probe_account=account,
+    )  # fmt: skip
     return {c.name: (c.status, c.detail) for c in checks}
 
 
 def test_a_relay_serving_as_old_did_passes_every_line():
     lines = judge()
     assert {status for status, _ in lines.values()} == {"PASS"}, lines
+    assert list(lines) == [
+        "services", "ports", "IMAP 993", "submission 465", "certificate", "SMTP 25",
+        "accounts", "DKIM", "DKIM key", "mail queue",
+    ]  # fmt: skip
     assert (
         lines["ports"][1]
         == "new listens on TCP 22, 25, 465, 993, lo:10080, as old did before disable-mail"
     )
+    assert lines["IMAP 993"][1] == (
+        f"TLS, AUTH=PLAIN offered, the certificate copied from old ({DOMAIN})"
+    )
+    assert lines["certificate"][1].startswith(
+        f"/var/lib/acme/live/{DOMAIN}/fullchain, copied from old (SHA-256 {sha(CERT)[:16]}…)"
+    )
+    assert lines["SMTP 25"][1] == (
+        f"220 {DOMAIN}; STARTTLS offered, the certificate copied from old"
+    )
     assert "accepts abcdefghi@relay.example.org and refuses unknown" in lines["accounts"][1]
-    assert lines["certificate"][1].startswith("/var/lib/acme/live/relay.example.org/fullchain")
+    assert lines["DKIM key"][1] == (
+        f"opendkim signs with /etc/dkimkeys/opendkim.private, the key DNS publishes at "
+        f"{DKIM_RECORD} (a test signature through its socket, nothing sent)"
+    )
+    assert lines["mail queue"][1] == (
+        "all 1 messages queued on old at disable-mail are on new: 1 queued, 0 delivered "
+        "(1 messages queued on new now)"
+    )
 
 
 def test_listeners_and_services_are_parsed():
@@ -72,6 +239,7 @@ def test_what_old_ran_and_new_does_not_fails():
 
 def test_the_operators_own_service_or_port_only_warns():
     old = {
+        **OLD,
         "services": [*OLD["services"], "node-exporter.service"],
         "listening": [*OLD["listening"], "9100"],
     }
@@ -80,49 +248,440 @@ def test_the_operators_own_service_or_port_only_warns():
     assert lines["ports"][0] == "WARN" and "9100" in lines["ports"][1]
 
 
-def test_no_record_of_old_checks_the_usual_ports():
-    lines = judge(old=None)
+def test_no_record_of_old_checks_the_usual_ports_and_the_certificate_file():
+    lines = judge(old=None, old_queue=None)
     assert lines["services"][0] == "WARN" and "no record" in lines["services"][1]
     assert lines["ports"] == ("PASS", "new listens on TCP 25, 465, 993, as a relay does")
+    assert lines["IMAP 993"] == (
+        "PASS",
+        f"TLS, AUTH=PLAIN offered, the relay's certificate file (no record of old's) ({DOMAIN})",
+    )
+    assert "no record of old's to compare" in lines["certificate"][1]
+    assert lines["mail queue"] == (
+        "WARN",
+        "1 messages queued on new now; the journal holds no record of old's queue at "
+        "disable-mail (recorded by migrate and disable-mail): not compared",
+    )
 
 
 def test_tls_login_and_certificate_problems_fail():
+    other = certificate()
     lines = judge(
         imaps={"error": "ConnectionRefusedError: [Errno 111] Connection refused"},
-        smtps={"cert": "bb", "auth": True},
+        smtps={"cert": other, "auth": True},
     )
     assert lines["IMAP 993"] == (
         "FAIL",
         "no TLS session: ConnectionRefusedError: [Errno 111] Connection refused",
     )
-    assert lines["submission 465"] == ("FAIL", "serves another certificate than the relay's file")
-    assert judge(smtps={"cert": "aa", "auth": False})["submission 465"][0] == "FAIL"
-    assert judge(cert_file={"sha256": "aa", "expires": NOW - 86400})["certificate"][0] == "FAIL"
-    assert judge(cert_file={"sha256": "aa", "expires": NOW + 3 * 86400})["certificate"][0] == "WARN"
+    assert lines["submission 465"] == (
+        "FAIL",
+        f"serves another certificate (SHA-256 {sha(other)[:16]}…) than the certificate "
+        f"copied from old ({sha(CERT)[:16]}…): check Postfix's smtpd_tls_cert_file on new, "
+        "then reload it",
+    )
+    assert judge(smtps={"cert": CERT, "auth": False})["submission 465"][0] == "FAIL"
+    expired = certificate(issued=NOW - 100 * DAY)
+    old = {**OLD, "certificate": {**OLD["certificate"], "sha256": sha(expired)}}
+    assert judge(old=old, cert_file={"der": expired})["certificate"][0] == "FAIL"
+    soon = certificate(issued=NOW - 80 * DAY)
+    old = {**OLD, "certificate": {**OLD["certificate"], "sha256": sha(soon)}}
+    assert judge(old=old, cert_file={"der": soon})["certificate"][0] == "WARN"
 
 
-def test_delivery_and_signing_problems_fail():
+def test_a_certificate_for_another_name_fails():
+    stranger = certificate(("mail.other.example",))
+    old = {**OLD, "certificate": {**OLD["certificate"], "sha256": sha(stranger)}}
+    served = {"cert": stranger, "auth": True}
+    lines = judge(old=old, imaps=served, smtps=served, cert_file={"der": stranger})
+    assert lines["IMAP 993"] == (
+        "FAIL",
+        f"its certificate names mail.other.example, not {DOMAIN}: clients refuse it",
+    )
+    assert (
+        lines["certificate"][0] == "FAIL"
+        and "names mail.other.example" in (lines["certificate"][1])
+    )
+    wildcard = certificate(("*.example.org",))
+    old = {**OLD, "certificate": {**OLD["certificate"], "sha256": sha(wildcard)}}
+    served = {"cert": wildcard, "auth": True}
+    assert judge(old=old, imaps=served, cert_file={"der": wildcard})["IMAP 993"][0] == "PASS"
+
+
+def test_a_certificate_other_than_olds_fails_unless_a_ca_renewed_it_after_the_move():
+    # A self-signed certificate put in place of the copied one, services reloaded.
+    replaced = certificate(issued=NOW - 3600)
+    served = {"cert": replaced, "auth": True}
+    lines = judge(imaps=served, smtps=served, cert_file={"der": replaced},
+                  smtp={**PROBE["smtp"], "cert": replaced})  # fmt: skip
+    for name in ("IMAP 993", "submission 465", "SMTP 25"):
+        assert (
+            lines[name][0] == "FAIL" and "than the certificate copied from old" in (lines[name][1])
+        ), name
+    assert lines["certificate"] == (
+        "FAIL",
+        f"/var/lib/acme/live/{DOMAIN}/fullchain is not the certificate old had at "
+        f"disable-mail (SHA-256 {sha(replaced)[:16]}… on new, {sha(CERT)[:16]}… on old): "
+        "copy it from old again (copy-data carries it)",
+    )
+    # acmetool renewed it on new, weeks after the move: a CA's, issued after the record.
+    renewed = certificate(issued=NOW - 3600, ca=True)
+    served = {"cert": renewed, "auth": True}
+    lines = judge(imaps=served, smtps=served, cert_file={"der": renewed},
+                  smtp={**PROBE["smtp"], "cert": renewed})  # fmt: skip
+    assert {s for s, _ in lines.values()} == {"PASS"}, lines
+    assert "renewed on new since the move" in lines["certificate"][1]
+    assert "the certificate renewed on new since the move" in lines["IMAP 993"][1]
+    # A CA's certificate issued before the move is not a renewal.
+    older = certificate(issued=NOW - 5 * DAY, ca=True)
+    assert judge(cert_file={"der": older})["certificate"][0] == "FAIL"
+
+
+def test_https_is_checked_when_nginx_runs_or_old_served_it():
+    assert "HTTPS 443" not in judge()
+    nginx = STATE.replace("ssh.service\n", "ssh.service\nnginx.service\n")
+    assert judge(nginx)["HTTPS 443"] == (
+        "FAIL",
+        "new does not listen on 443 (nginx runs): see nginx on new",
+    )
+    serving = nginx + "0.0.0.0:443\n"
+    assert judge(serving, https={"cert": CERT})["HTTPS 443"] == (
+        "PASS",
+        f"TLS, the certificate copied from old ({DOMAIN})",
+    )
+    wrong = judge(serving, https={"cert": certificate()})["HTTPS 443"]
+    assert wrong[0] == "FAIL" and "check nginx's ssl_certificate on new" in wrong[1]
+    old = {**OLD, "listening": [*OLD["listening"], "443"]}
+    assert judge(old=old)["HTTPS 443"] == (
+        "FAIL",
+        "new does not listen on 443 (old listened on it before disable-mail): see nginx on new",
+    )
+
+
+def test_smtp_greets_as_the_mail_domain_and_offers_starttls():
+    smtp = PROBE["smtp"]
+    debian = judge(smtp={**smtp, "banner": "vps123.hoster.example ESMTP Postfix (Debian/GNU)"})
+    assert debian["SMTP 25"] == (
+        "FAIL",
+        f"greets as vps123.hoster.example, not {DOMAIN}: chatmail's main.cf sets "
+        f"myhostname = {DOMAIN}; see `postconf myhostname` on new",
+    )
+    # A name old greeted with too is what the operator chose.
+    old = {**OLD, "myhostname": "mx.example.org"}
+    assert judge(old=old, smtp={**smtp, "banner": "mx.example.org ESMTP"})["SMTP 25"][0] == "PASS"
+    plain = judge(smtp={**smtp, "starttls": False, "cert": None})["SMTP 25"]
+    assert plain[0] == "FAIL" and "no STARTTLS offered" in plain[1]
+    assert judge(smtp={"error": "timeout"})["SMTP 25"][0] == "FAIL"
+    assert judge(smtp={**smtp, "code": 554, "banner": "no"})["SMTP 25"][0] == "FAIL"
+    # Postfix tempfails everything while its milter is gone: said on the SMTP line.
+    gone = {"unix:opendkim/opendkim.sock": {"path": "/s", "exists": False, "answer": "x"}}
+    tempfail = {**smtp, "starttls_error": "454 4.3.0 Try again later"}
+    assert judge(smtp=tempfail, milters=gone)["SMTP 25"] == (
+        "FAIL",
+        "STARTTLS fails: 454 4.3.0 Try again later (Postfix tempfails every command while "
+        "its milter does not answer: see DKIM)",
+    )
+
+
+def test_delivery_problems_fail():
     assert judge(lmtp={**PROBE["lmtp"], "known": 550})["accounts"][0] == "FAIL"
     assert judge(lmtp={**PROBE["lmtp"], "unknown": 250})["accounts"][0] == "WARN"
     assert judge(lmtp={"error": "FileNotFoundError: no socket"})["accounts"][0] == "FAIL"
-    dkim = judge(milters={"unix:opendkim/opendkim.sock": "[Errno 111] Connection refused"})["DKIM"]
-    assert dkim[0] == "FAIL" and "systemctl status opendkim" in dkim[1]
+
+
+def test_each_way_the_milter_can_be_unreachable_is_named():
+    name = "unix:opendkim/opendkim.sock"
+    path = "/var/spool/postfix/opendkim/opendkim.sock"
+    deleted = {name: {"path": path, "exists": False, "answer": "[Errno 2] No such file"}}
+    assert judge(milters=deleted)["DKIM"] == (
+        "FAIL",
+        f"Postfix's milter {name} does not answer: its socket {path} is gone while opendkim "
+        "runs (deleted?): `systemctl restart opendkim` on new makes it again. Until then "
+        "outgoing mail is tempfailed or leaves unsigned",
+    )
+    stopped = STATE.replace("opendkim.service\n", "")
+    dkim = judge(stopped, milters=deleted)["DKIM"]
+    assert dkim[0] == "FAIL" and "opendkim does not run: `systemctl start opendkim`" in dkim[1]
+    stale = {name: {"path": path, "exists": True, "answer": "[Errno 111] Connection refused"}}
+    dkim = judge(stopped, milters=stale)["DKIM"]
+    assert dkim[1].startswith(f"Postfix's milter {name} does not answer: [Errno 111]")
+    assert "`systemctl start opendkim`" in dkim[1]
+    assert judge(milters={name: "ok"})["DKIM"][0] == "PASS"  # an answer without details
     assert judge(milters={})["DKIM"] == (
         "FAIL",
         "Postfix has no milter: outgoing mail leaves unsigned",
     )
-    assert judge(smtp={"error": "timeout"})["SMTP 25"][0] == "FAIL"
+
+
+def test_the_lab_opendkims_test_signature_verifies_with_the_published_key():
+    signature = LAB_SIGNED["added"][0][1]
+    assert dkim_verify(LAB_SIGNED["headers"], LAB_SIGNED["body"], signature, LAB_DKIM_KEY) is None
+    changed = [list(h) for h in LAB_SIGNED["headers"]]
+    changed[2][1] = "another subject"
+    assert dkim_verify(changed, LAB_SIGNED["body"], signature, LAB_DKIM_KEY) == (
+        "it does not verify with that key"
+    )
+    assert dkim_verify(LAB_SIGNED["headers"], "other\r\n", signature, LAB_DKIM_KEY) == (
+        "its body hash does not match the message"
+    )
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    der = other.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    other_b64 = base64.b64encode(der).decode()
+    assert dkim_verify(LAB_SIGNED["headers"], LAB_SIGNED["body"], signature, other_b64) == (
+        "it does not verify with that key"
+    )
+
+
+def _sign(headers, body, key, algorithm: str, canon: str) -> str:
+    """A DKIM-Signature as RFC 6376 makes it (with this module's canonicalization)."""
+    header_c, body_c = canon.split("/")
+    bh = base64.b64encode(hashlib.sha256(_canon_body(body, body_c == "relaxed")).digest())
+    value = (
+        f" v=1; a={algorithm}; c={canon}; d={DOMAIN}; s=opendkim;\n\t"
+        f"h=From:Subject:From; bh={bh.decode()};\n\tb="
+    )
+    data = "".join(_canon_header(n, f" {v}", header_c == "relaxed") for n, v in headers)
+    data += _canon_header("DKIM-Signature", value, header_c == "relaxed").removesuffix("\r\n")
+    if algorithm == "ed25519-sha256":
+        signed = key.sign(hashlib.sha256(data.encode()).digest())
+    else:
+        signed = key.sign(data.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return value + base64.b64encode(signed).decode()
+
+
+@pytest.mark.parametrize("canon", ["simple/simple", "relaxed/relaxed", "relaxed/simple"])
+def test_dkim_signatures_of_both_algorithms_and_canonicalizations_verify(canon):
+    headers = [["From", f"<postmaster@{DOMAIN}>"], ["Subject", "a  test \t here"]]
+    body = "two  spaces \r\n\r\n\r\n"
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_pub = rsa_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signature = _sign(headers, body, rsa_key, "rsa-sha256", canon)
+    assert dkim_verify(headers, body, signature, base64.b64encode(rsa_pub).decode()) is None
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    ed_pub = ed_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    signature = _sign(headers, body, ed_key, "ed25519-sha256", canon)
+    assert dkim_verify(headers, body, signature, base64.b64encode(ed_pub).decode()) is None
+    assert dkim_tags(" v=1; p=ab cd\n\t ef; k=rsa") == {"v": "1", "p": "abcdef", "k": "rsa"}
+
+
+def test_opendkims_key_must_be_the_published_one_and_what_it_signs_with():
+    lines = judge(dns={DKIM_RECORD: {"servers": {"ns1 (192.0.2.53)": ["MIIBother"]}}})
+    assert lines["DKIM key"] == (
+        "FAIL",
+        f"/etc/dkimkeys/opendkim.private is not the key ns1 (192.0.2.53) publishes at "
+        f"{DKIM_RECORD} (p=…MIIBother in DNS, …D78REQIDAQAB in the file): copy "
+        "/etc/dkimkeys from old again, or publish this key",
+    )
+    missing = judge(dns={DKIM_RECORD: {"servers": {"ns1 (192.0.2.53)": []}}})["DKIM key"]
+    assert missing[0] == "FAIL" and "publishes no DKIM record" in missing[1]
+    # The running opendkim signs with a key it read before the file changed.
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    other_b64 = base64.b64encode(
+        other.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    stale = {
+        **DKIM,
+        "keys": [{**DKIM_KEY, "public": other_b64, "changed": NOW - 600}],
+        "started": NOW - DAY,
+    }
+    lines = judge(dkim=stale, dns={DKIM_RECORD: {"servers": {"ns1": [other_b64]}}})
+    status, detail = lines["DKIM key"]
+    assert status == "FAIL"
+    assert detail.startswith("opendkim signs with another key than /etc/dkimkeys/opendkim.private")
+    assert "before its key or config changed" in detail
+    assert detail.endswith("run `systemctl restart opendkim` on new")
+
+
+def test_opendkim_problems_short_of_a_wrong_key():
+    unsigned = {**DKIM, "signed": {**LAB_SIGNED, "added": [], "reply": "a"}}
+    lines = judge(dkim=unsigned)
+    assert (
+        lines["DKIM key"][0] == "FAIL" and "did not sign a test message" in (lines["DKIM key"][1])
+    )
+    no_socket = {**DKIM, "signed": {"error": "FileNotFoundError: [Errno 2] No such file"}}
+    assert judge(dkim=no_socket)["DKIM key"] == (
+        "WARN",
+        "/etc/dkimkeys/opendkim.private is the key DNS publishes; no test signature: its socket "
+        "local:/var/spool/postfix/opendkim/opendkim.sock: FileNotFoundError: [Errno 2] No such "
+        "file",
+    )
+    unasked = judge(dns={DKIM_RECORD: {"error": "nameserver ns1 did not answer in 3s"}})
+    assert unasked["DKIM key"][0] == "WARN" and "DNS could not be asked" in (unasked["DKIM key"][1])
+    elsewhere = {**DKIM, "keys": [{**DKIM_KEY, "domain": "other.example"}]}
+    assert judge(dkim=elsewhere)["DKIM key"][0] == "FAIL"
+    unreadable = {**DKIM, "keys": [{**DKIM_KEY, "error": "Could not open file"}]}
+    assert judge(dkim=unreadable)["DKIM key"] == (
+        "FAIL",
+        f"/etc/dkimkeys/opendkim.private (opendkim's key for {DOMAIN}): Could not open file",
+    )
+
+
+def test_an_ip_only_relay_signs_nothing():
+    relay = Relay(mail_domain="192.0.2.1")
+    lines = judge(relay=relay, milters={}, dkim=None)
+    assert lines["DKIM"] == ("PASS", "an IP-only relay: chatmail signs nothing")
+    assert lines["DKIM key"] == ("PASS", "an IP-only relay: no DKIM key")
+
+
+def test_queued_messages_are_found_by_message_id_or_envelope_and_in_the_mail_log():
+    renamed = {**QUEUED_ON_OLD, "id": "NEWID"}
+    no_id = {**QUEUED_ON_OLD, "id": "B1", "message_id": "", "sender": "b@x", "arrival": 5}
+    delivered = {**QUEUED_ON_OLD, "id": "C1", "message_id": "<c@x>", "sender": "c@x", "size": 9}
+    bounced = {**QUEUED_ON_OLD, "id": "D1", "message_id": "<d@x>", "sender": "d@x", "size": 7}
+    gone = {**QUEUED_ON_OLD, "id": "E1", "message_id": "<e@x>", "sender": "e@x", "size": 11}
+    log = {
+        "from": [["Q9", "c@x", 9], ["Q8", "d@x", 7]],
+        "to": [["Q9", "someone@unreachable.invalid", "sent"],
+               ["Q8", "someone@unreachable.invalid", "bounced"]],
+    }  # fmt: skip
+    queued, sent, returned, missing = match_queue(
+        [QUEUED_ON_OLD, no_id, delivered, bounced, gone],
+        [renamed, {**no_id, "id": "B2"}],
+        log,
+    )
+    assert queued == [QUEUED_ON_OLD, no_id]
+    assert sent == [delivered]
+    assert returned == [(bounced, "bounced")]
+    assert missing == [gone]
+    # One message on new accounts for one on old, not for two alike.
+    twin = {**delivered, "id": "C2"}
+    assert match_queue([delivered, twin], [], log)[3] == [twin]
+
+
+def test_a_message_queued_on_old_and_lost_on_new_fails_naming_it():
+    lines = judge(queue={"total": 0, "messages": []})
+    assert lines["mail queue"] == (
+        "FAIL",
+        f"1 of 1 messages queued on old at disable-mail are neither queued on new nor delivered "
+        f"there (0 queued, 0 delivered): 06486320964 (from echo@{DOMAIN}, "
+        f"<20261130061823.06486320964@{DOMAIN}>). They are still in old's queue (postcat -q "
+        "ID on old): copy their files into the same queue directory on new, then "
+        "`postsuper -s; postqueue -f` there",
+    )
+    delivered = {
+        "from": [["Q1", f"echo@{DOMAIN}", 385]],
+        "to": [["Q1", "someone@unreachable.invalid", "sent"]],
+    }
+    lines = judge(queue={"total": 0, "messages": []}, deliveries=delivered)
+    assert lines["mail queue"] == (
+        "PASS",
+        "all 1 messages queued on old at disable-mail are on new: 0 queued, 1 delivered "
+        "(0 messages queued on new now)",
+    )
+
+
+def test_the_probe_accounts_login_and_listing():
+    address = f"abcdefghi@{DOMAIN}"
+    lines = judge(account=address, probe_account={"mailboxes": ["INBOX", "Trash"], "inbox": 2})
+    assert lines["IMAP login"] == (
+        "PASS",
+        f"{address} logged in over IMAP 993: 2 folders (INBOX, Trash), INBOX holds 2 messages",
+    )
+    refused = {"error": "login refused: [AUTHENTICATIONFAILED] Authentication failed.",
+               "refused": True}  # fmt: skip
+    status, detail = judge(account=address, probe_account=refused)["IMAP login"]
+    assert status == "FAIL" and detail.startswith(f"{address}: login refused: ")
+    assert "a wrong password, or the account's password file did not come across" in detail
+    # The account vanished between the task's check and the probe: no login either.
+    gone = {"error": f"no account {address} on this host: not logged in"}
+    assert judge(account=address, probe_account=gone)["IMAP login"][0] == "FAIL"
 
 
 def test_a_host_that_did_not_answer_fails_every_probe_line():
     checks = evaluate(RELAY, OLD, STATE + "== probe\nTraceback (most recent call last):\n", NOW)
     failed = {c.name for c in checks if c.status == "FAIL"}
     assert failed == {
-        "IMAP 993",
-        "submission 465",
-        "certificate",
-        "SMTP 25",
-        "accounts",
-        "DKIM",
-        "mail queue",
-    }
+        "IMAP 993", "submission 465", "certificate", "SMTP 25", "accounts", "DKIM",
+        "DKIM key", "mail queue",
+    }  # fmt: skip
+
+
+class FakeRunner:
+    """A runner whose new host has the accounts in ``accounts`` (password files)."""
+
+    def __init__(self, accounts=()):
+        self.accounts = set(accounts)
+        self.commands: list[str] = []
+        self.dry = False
+
+    def run(self, role, command, **kwargs):
+        self.commands.append(command)
+        exists = any(f"/{a}/password" in command for a in self.accounts)
+        return Result("", "", 0 if exists else 1)
+
+
+def settings(**kw) -> Settings:
+    return Settings(mail_domain=DOMAIN, relay=RELAY, new_host="new", **kw)
+
+
+def test_probe_account_refuses_addresses_without_an_account_before_any_login(monkeypatch):
+    monkeypatch.setenv(check_relay.PROBE_PASSWORD_ENV, "secret-password")
+    runner = FakeRunner([f"abcdefghi@{DOMAIN}"])
+    with pytest.raises(SettingsError, match="no such account on new .* a first login would"):
+        check_relay.probe_password(settings(), runner, f"newcomer1@{DOMAIN}")
+    with pytest.raises(SettingsError, match="is not an address of relay.example.org"):
+        check_relay.probe_password(settings(), runner, "x@other.example")
+    with pytest.raises(SettingsError, match="not an address"):
+        check_relay.probe_password(settings(), runner, f"../x@{DOMAIN}/")
+    assert check_relay.probe_password(settings(), runner, f"abcdefghi@{DOMAIN}") == (
+        "secret-password"
+    )
+    monkeypatch.delenv(check_relay.PROBE_PASSWORD_ENV)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: False))
+    with pytest.raises(SettingsError, match="set CHATMAIL_PROBE_PASSWORD or run in a terminal"):
+        check_relay.probe_password(settings(), runner, f"abcdefghi@{DOMAIN}")
+
+
+def test_the_password_goes_on_stdin_never_on_a_command_line(tmp_path):
+    params = probe_params(settings(), QUEUE, f"abcdefghi@{DOMAIN}", "secret-password")
+    assert params["password"] == "secret-password"
+    assert params["senders"] == [f"echo@{DOMAIN}"]
+    assert "secret-password" not in new_host_command()
+
+    class Channel:
+        def shutdown_write(self):
+            pass
+
+        def recv_exit_status(self):
+            return 0
+
+    class Stream:
+        def __init__(self, data=b""):
+            self.data, self.channel, self.written = data, Channel(), b""
+
+        def write(self, data):
+            self.written += data
+
+        def flush(self):
+            pass
+
+        def read(self):
+            return self.data
+
+    stdin = Stream()
+    client = SimpleNamespace(exec_command=lambda command: (stdin, Stream(b"answer\n"), Stream()))
+    s = settings(journal_dir=tmp_path)
+    runner = SimpleNamespace(
+        dry=False, settings=s, echo=lambda line: None, host=lambda role: "new",
+        connection=lambda role: SimpleNamespace(client=client),
+    )  # fmt: skip
+    data = json.dumps(params).encode()
+    assert check_relay.run_with_input(runner, "new", "python3 -c X", data, "probe") == "answer\n"
+    assert stdin.written == data
+    log = (tmp_path / f"{DOMAIN}.log").read_text()
+    assert "python3 -c X" in log and "secret-password" not in log
+
+
+def test_a_certificates_facts():
+    facts = certificate_facts(certificate((DOMAIN, f"www.{DOMAIN}"), ca=True))
+    assert facts["names"] == [DOMAIN, f"www.{DOMAIN}"]
+    assert not facts["self_signed"]
+    assert certificate_facts(certificate(()))["names"] == ["x"]  # no SAN: the CN

@@ -300,14 +300,18 @@ SMTPS_OPTIONS = (
 
 
 def postfix_lines(ini: RelayIni, cert: str, key: str) -> list[str]:
-    """main.cf: the relay's domain delivered by LMTP to Dovecot, its certificate;
-    master.cf: smtps. Postfix restarts when this changed anything."""
+    """main.cf: the relay's domain delivered by LMTP to Dovecot, its certificate, its
+    name (myhostname); master.cf: smtps. Postfix restarts when this changed anything."""
     main = {
         "virtual_mailbox_domains": ini.address_domain,
         "virtual_transport": "lmtp:unix:private/dovecot-lmtp",
         "smtpd_tls_cert_file": cert,
         "smtpd_tls_key_file": key,
     }
+    if not ini.ip_only:
+        # As upstream's main.cf: the relay greets other servers by the mail domain,
+        # which it delivers only through virtual_mailbox_domains.
+        main.update(myhostname=ini.mail_domain, mydestination="")
     state = "$(cat /etc/postfix/main.cf /etc/postfix/master.cf)"
     settings = " ".join(shlex.quote(f"{k} = {v}") for k, v in main.items())
     options = " ".join(shlex.quote(f"smtps/inet/{o}") for o in SMTPS_OPTIONS)
