@@ -96,6 +96,9 @@ def follow_dns(account: Account, host: str) -> None:
     [current] = account.list_transports()
     account.add_or_update_transport({**current, "imapServer": host, "smtpServer": host})
     account.start_io()
+    # As apps do when the network changes: retry now, not when the core's back-off
+    # after the failures of the downtime ends.
+    account._rpc.maybe_network()
 
 
 def texts_from(account: Account, sender: Account) -> list[str]:
