@@ -193,6 +193,8 @@ def dns(c, name=DEFAULT_NAME, point_at="new", ttl=None):
         "keep": "Leave the lab up afterwards to look around (prints how to log in). "
         "Example: --keep",
         **SEED_HELP,
+        "accounts": "Number of mail accounts to create on old (default 200). "
+        "Example: --accounts 1000",
     }
 )
 def rehearse(
