@@ -721,7 +721,13 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
             f"opendkim's configuration (/etc/opendkim.conf, its KeyTable) has no key for "
             f"{domain}: outgoing mail leaves unsigned",
         )  # fmt: skip
-    key = keys[0]
+    signed = item.get("signed")
+    signatures = []
+    if isinstance(signed, dict) and not signed.get("error"):
+        signatures = [v for n, v in signed.get("added", []) if n.lower() == "dkim-signature"]
+    # The key opendkim signed with (its selector, s=), when it names several.
+    selector = dkim_tags(signatures[0]).get("s") if signatures else None
+    key = next((k for k in keys if k["selector"] == selector), keys[0])
     path, record = key["path"], f"{key['selector']}._domainkey.{domain}"
     if key.get("error"):
         return Check("FAIL", name, f"{path} (opendkim's key for {domain}): {key['error']}")
@@ -750,7 +756,6 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
                 "again, or publish this key",
             )  # fmt: skip
         published = key["public"]
-    signed = item.get("signed")
     if not isinstance(signed, dict) or signed.get("error"):
         why = (
             f"its socket {item.get('socket')}: {_error(signed)}"
@@ -759,7 +764,6 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
         )
         verdict = "is the key DNS publishes" if published else f"is opendkim's key ({dns_note})"
         return Check("WARN", name, f"{path} {verdict}; no test signature: {why}")
-    signatures = [v for n, v in signed.get("added", []) if n.lower() == "dkim-signature"]
     if not signatures:
         return Check(
             "FAIL", name,

@@ -685,3 +685,52 @@ def test_a_certificates_facts():
     assert facts["names"] == [DOMAIN, f"www.{DOMAIN}"]
     assert not facts["self_signed"]
     assert certificate_facts(certificate(()))["names"] == ["x"]  # no SAN: the CN
+
+
+def test_the_key_opendkim_signed_with_is_the_one_judged():
+    rotated = {**DKIM_KEY, "selector": "2025", "public": "MIIBretired"}
+    lines = judge(dkim={**DKIM, "keys": [rotated, DKIM_KEY]})
+    assert lines["DKIM key"][0] == "PASS" and DKIM_RECORD in lines["DKIM key"][1]
+
+
+def test_disable_mail_records_olds_state_certificate_and_queue(tmp_path, monkeypatch):
+    from chatmail_migrate.journal import Journal
+
+    s = settings(journal_dir=tmp_path, old_host="old")
+    journal = Journal.for_settings(s)
+    state = STATE + f"== certificate\n{sha(CERT)}\n== myhostname\n{DOMAIN}\n"
+    queue = {"total": 1, "messages": [QUEUED_ON_OLD]}
+    sent: list[bytes] = []
+
+    class Runner(FakeRunner):
+        settings = s
+
+        def host(self, role):
+            return role
+
+        def echo(self, line):
+            pass
+
+        def run(self, role, command, **kwargs):
+            return Result(state, "", 0)
+
+    runner = Runner()
+    check_relay.record_old_state(s, runner, journal)
+    record = journal.services_before_disable()
+    assert record["services"] == sorted(OLD["services"])
+    assert record["certificate"]["sha256"] == sha(CERT)
+    assert record["myhostname"] == DOMAIN
+
+    def answer(runner, role, command, data, display):
+        sent.append(data)
+        return json.dumps(queue) + "\n"
+
+    monkeypatch.setattr(check_relay, "run_with_input", answer)
+    check_relay.record_old_queue(s, runner, journal)
+    assert json.loads(sent[0]) == {"mode": "queue", "limit": check_relay.QUEUE_RECORD_LIMIT}
+    recorded = Journal.for_settings(s).queue_at_disable()
+    assert recorded["messages"] == [QUEUED_ON_OLD] and recorded["total"] == 1
+    # A rerun once mail is off keeps what was recorded while old served.
+    state = state.replace("postfix@-.service\n", "").replace("dovecot.service\n", "")
+    check_relay.record_old_state(s, runner, journal)
+    assert journal.services_before_disable()["services"] == sorted(OLD["services"])
