@@ -18,11 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from chatmail_migrate import check_relay
 from chatmail_migrate.check_relay import (
-    _canon_body,
-    _canon_header,
     certificate_facts,
-    dkim_tags,
-    dkim_verify,
     evaluate,
     listener,
     match_queue,
@@ -30,6 +26,7 @@ from chatmail_migrate.check_relay import (
     parse_live_state,
     probe_params,
 )
+from chatmail_migrate.dkim import _canon_body, _canon_header, dkim_tags, dkim_verify
 from chatmail_migrate.errors import SettingsError
 from chatmail_migrate.relay import Relay
 from chatmail_migrate.remote import Result
