@@ -110,7 +110,24 @@ def test_rehearsal_and_driving_the_lab(lab_available, tmp_path: Path):
     (rehearse,), lab_block = commands_of("Try it: a rehearsal")
     result = shell(rehearse, env=base_env(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "rehearse: PASSED" in result.stdout and "mail was down for" in result.stdout
+    out = result.stdout
+    assert "cmdeploy LAB STAND-IN" in out
+    assert "(as the operator) relay.lab.example A →" in out
+    assert "[7/7] enable-mail done in" in out
+    assert "no differences" in out and "content (sha256)" in out
+    assert "rehearse: mail was down for" in out and "rehearse: PASSED" in out
+    # migrate's check-relay, summed up; then Delta Chat users on new, after the move.
+    assert "check-relay passed" in out
+    [summary] = [line for line in out.splitlines() if line.startswith("rehearse: check-relay: ")]
+    assert re.fullmatch(r"rehearse: check-relay: [1-9]\d* PASS, \d+ WARN, 0 FAIL", summary)
+    assert "rehearse: Delta Chat: alice and bob chat on old; a message waits for bob" in out
+    assert (
+        "rehearse: Delta Chat: the message that waited on old for bob, offline, read on new; "
+        "alice's 1 message(s) after the move delivered once, DKIM-signed with the key DNS "
+        "publishes; bob's reply delivered" in out
+    )
+    assert out.index("check-relay passed") < out.index("rehearse: Delta Chat: the message")
+    assert Lab.load("rehearse") is None, "the rehearsal's lab is taken down"
     stale = Lab.load("cmlab")
     if stale:
         stale.down()
