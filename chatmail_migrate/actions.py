@@ -488,10 +488,11 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
         old_job = pool.submit(runner.capture, "old", command, display)
         new_job = pool.submit(runner.capture, "new", command, display)
         old_out, new_out = old_job.result(), new_job.result()
-    if settings.dry:
-        return
-    # The summary's first line says what was compared and what was not.
-    report = verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))
+    with old_out, new_out:
+        if settings.dry:
+            return
+        # The summary's first line says what was compared and what was not.
+        report = verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))
     if journal:
         journal.note(
             "verified", ok=report.ok, checksum=settings.checksum,

@@ -15,10 +15,12 @@ import select
 import shlex
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import fabric
 import paramiko
@@ -311,20 +313,24 @@ class Runner:
             role, "bash -c " + shlex.quote(script), **{**kwargs, "quiet": True}, _echoed=True
         )
 
-    def capture(self, role: str, command: str, display: str | None = None) -> bytes:
-        """Run ``command`` and return its (large) stdout as bytes.
+    def capture(self, role: str, command: str, display: str | None = None) -> BinaryIO:
+        """Run ``command``; its (large) stdout, in a temporary file read from the start.
 
         Invoke's runner rejoins everything read so far for each 1000-byte chunk, which
-        is quadratic on outputs of megabytes; this reads the channel directly.
+        is quadratic on outputs of megabytes; this reads the channel directly. A file,
+        not memory: verify's listings of a million-file relay are tens of MB each.
         """
         self.echo(f"[{role}: {self.host(role)}] $ {display or command}")
+        data = tempfile.TemporaryFile()
         if self.dry:
-            return b""
+            return data
         client = self.connection(role).client
         started, clock = time.time(), time.monotonic()
         try:
             _, stdout, stderr = client.exec_command(command)
-            data = stdout.read()
+            while chunk := stdout.read(1 << 16):
+                data.write(chunk)
+            data.seek(0)
             code = stdout.channel.recv_exit_status()
             errors = stderr.read().decode(errors="replace").strip()
         except (OSError, paramiko.SSHException) as e:

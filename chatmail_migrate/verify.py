@@ -10,6 +10,7 @@ import shlex
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 # Runs on each host with its python3 (a relay has one): one JSON line per entry,
 # gzip-compressed (100,000 files make about 20 MB of listing).
@@ -117,11 +118,14 @@ def listing_command(paths: list[str], checksum: bool, display: bool = False) -> 
     return f"python3 -c {script} {int(checksum)} {quoted}"
 
 
-def parse_listing(data: bytes) -> Iterator[dict]:
-    """The entries of a gzip-compressed listing, one at a time, in listing order."""
-    if not data:
+def parse_listing(data: bytes | BinaryIO) -> Iterator[dict]:
+    """The entries of a gzip-compressed listing (bytes or a file), one at a time, in
+    listing order."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    if not source.read(1):
         return
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as lines:
+    source.seek(0)
+    with gzip.GzipFile(fileobj=source) as lines:
         for line in lines:
             if line.startswith(b"{"):
                 yield json.loads(line)
