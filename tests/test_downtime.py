@@ -180,8 +180,8 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
             "printf 'keep me\\n' > /etc/dkimkeys/README && chown root:root /etc/dkimkeys/README && "
             "useradd --system labonly && touch /var/lib/acme/conf/stray && "
             "chown labonly /var/lib/acme/conf/stray")  # fmt: skip
-    # An ACL naming vmail in the mailbox tree, which rsync carries (vmail's id on new
-    # differs from old's, and does not exist there yet at the pre-sync).
+    # An ACL naming vmail in the mailbox tree (vmail's id on new differs from old's,
+    # and vmail does not exist there yet at the pre-sync).
     mailbox_file = lab.ssh("old", f"ls -d {MAILDIR}/*/cur/* | head -1").stdout.strip()
     lab.ssh("old", f"setfacl -m u:vmail:r,g:vmail:rw {mailbox_file}")
     args = ["migrate", "--old-host", "old", "--new-host", "new", "--presync", "--yes", "--no-wait"]
@@ -199,10 +199,10 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
     assert "owners and ACLs are restored by name as the data lands" in out
     assert "owners and ACLs restored by name as the data landed" in out
     # Inside the downtime nothing walks the trees beside the copier but the niced
-    # progress total of tar's small trees (rsync carries the mailbox tree's ACLs).
+    # progress total of tar's small trees and the mailbox tree's ACLs (rsync has none).
     copy = out[out.index("[4/8] copy-data") : out.index("[5/8] fix-ownership")]
     assert "%U:%G" not in copy and "getent passwd" not in copy
-    assert "getfacl" not in copy and "--acls" in copy
+    assert "--recursive /home/vmail/mail >" in copy and "--recursive /home/vmail/mail /" not in copy
     assert "find /home/vmail/mail" not in copy
     assert "(as the pre-sync found it)" in copy
     # Verify compared every owner, group and ACL by name; the listing agrees.
