@@ -11,7 +11,6 @@ import imaplib
 import smtplib
 import socket
 import ssl
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from cryptography import x509
 from chatmail_migrate.lab import Lab
 from chatmail_migrate.lab.cmdeploy_standin import Release, checkout_version, read_ini, tls_pair
 from chatmail_migrate.lab.dkim import dkim_tags, dkim_verifies, published_dkim_key
+from chatmail_migrate.lab.inbox import fetch_from_inbox
 from chatmail_migrate.lab.seed import account_password
 
 
@@ -98,18 +98,11 @@ class RelayClient:
         """The raw message with ``message_id`` from ``user``'s INBOX, waiting for it."""
         conn = self.imap(user, password)
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                conn.select("INBOX")
-                _, found = conn.search(None, "HEADER", "Message-ID", message_id)
-                if found[0]:
-                    _, data = conn.fetch(found[0].split()[-1], "(BODY.PEEK[])")
-                    return data[0][1]
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{message_id} not in {user}'s INBOX after {wait}s")
-                time.sleep(0.3)
+            raw = fetch_from_inbox(conn, message_id, wait)
         finally:
             conn.logout()
+        assert raw is not None, f"{message_id} not in {user}'s INBOX after {wait}s"
+        return raw
 
 
 # -- what a working relay does --

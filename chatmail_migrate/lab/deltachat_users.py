@@ -17,7 +17,6 @@ import queue
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .dkim import dkim_tags, dkim_verifies, published_dkim_key
+from .inbox import fetch_from_inbox
 from .lab import Lab, LabError
 
 if TYPE_CHECKING:
@@ -163,16 +163,10 @@ def raw_message(lab: Lab, host: str, user: str, secret: str, mid: str, wait: flo
     conn = imaplib.IMAP4_SSL(lab.address(host), 993, ssl_context=context, timeout=10)
     try:
         conn.login(user, secret)
-        deadline = time.monotonic() + wait
-        while True:
-            conn.select("INBOX", readonly=True)
-            _, found = conn.search(None, "HEADER", "Message-ID", mid)
-            if found[0]:
-                _, data = conn.fetch(found[0].split()[-1], "(BODY.PEEK[])")
-                return data[0][1]
-            if time.monotonic() > deadline:
-                raise LabError(f"Delta Chat: {mid} is not in {user}'s INBOX on {host}")
-            time.sleep(0.3)
+        raw = fetch_from_inbox(conn, mid, wait)
+        if raw is None:
+            raise LabError(f"Delta Chat: {mid} is not in {user}'s INBOX on {host}")
+        return raw
     finally:
         conn.logout()
 
