@@ -207,8 +207,10 @@ def rehearse(
     new_users="different",
     keep=False,
 ):
-    """Rehearse a whole migration on the lab: up, seed, Delta Chat users chatting on old,
-    migrate (check-relay at its end), verify, the users chatting on new, summary, down.
+    """Rehearse a whole migration on the lab, Delta Chat users chatting before and after.
+
+    Up, seed, two Delta Chat users chatting on old, migrate (check-relay at its end),
+    verify, the users chatting on new, summary, down.
 
     Needs root on a Debian-family machine, and Delta Chat's core (./bootstrap installs
     it). Example: invoke rehearse --accounts 1000 --keep
