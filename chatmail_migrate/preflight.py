@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
 import paramiko
 
-from . import audit, commands, dnscheck
+from . import audit, commands, dnscheck, switch_dns
 from .actions import live_relay_reason
 from .commands import parse_sections
 from .errors import MigrateError
@@ -79,32 +80,93 @@ def host_facts(runner: Runner, role: str, relay: Relay | None) -> dict[str, list
     return parse_sections(result.stdout)
 
 
-def check_cmdeploy_runs(settings: Settings) -> Check:
-    command = [*settings.cmdeploy, "--help"]
+def _run_local(settings: Settings, command: list[str], timeout: int, **kwargs):
+    """Run a command on this machine, recorded in the command log; None if it cannot start."""
     started, clock = time.time(), time.monotonic()
     result = None
     try:
-        result = subprocess.run(
-            command, cwd=settings.relay_dir, capture_output=True, text=True, timeout=120
-        )
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` cannot run: {e}")
+        return e
     finally:
-        seconds = time.monotonic() - clock
         code = result.returncode if result else -1
-        where = f"[local {settings.relay_dir}]"
-        audit.record(settings, where, shlex.join(command), started, seconds, code)
+        where = f"[local {kwargs.get('cwd') or os.getcwd()}]"
+        audit.record(settings, where, shlex.join(command), started, time.monotonic() - clock, code)
+    return result
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    return " ".join((result.stderr or result.stdout).strip().splitlines()[-1:]) or "no output"
+
+
+def check_cmdeploy_runs(settings: Settings) -> Check:
+    command = [*settings.cmdeploy, "--help"]
+    result = _run_local(settings, command, 120, cwd=settings.relay_dir)
+    if isinstance(result, Exception):
+        return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` cannot run: {result}")
     if result.returncode != 0:
-        tail = " ".join((result.stderr or result.stdout).strip().splitlines()[-1:])
         return Check(
             "FAIL",
             "cmdeploy",
-            f"`{shlex.join(command)}` exited {result.returncode}: {tail}; "
+            f"`{shlex.join(command)}` exited {result.returncode}: {_last_line(result)}; "
             "run scripts/initenv.sh in the relay checkout",
         )
     return Check(
         "PASS", "cmdeploy", f"{shlex.join(settings.cmdeploy)} runs (relay {settings.relay_dir})"
     )
+
+
+def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
+    """Relays up to 1.7: cmdeploy's own ``ssh root@DOMAIN`` must reach new after the switch.
+
+    Their cmdeploy logs in to the mail domain whatever ``--ssh-host`` says, with OpenSSH
+    and the operator's ssh config, at the address DNS gives: after the switch that is
+    new, on the port (and jump host) the config gives the domain, not the ones the tool
+    uses for new. Tried here with OpenSSH at each address the records will name, new's
+    key pinned under the domain's name, so a failure shows before mail goes down.
+    """
+    relay, domain = settings.relay, settings.mail_domain
+    if not relay or not domain or relay.ip_only or not relay.logs_in_to_mail_domain:
+        return None
+    name = f"login to {domain} (cmdeploy {relay.release or 'before 1.8'})"
+    if settings.dry:
+        return Check("PASS", name, "not tried (--dry)")
+    if settings.new_addresses:
+        addresses = list(settings.new_addresses)
+    else:
+        records, _ = switch_dns.addresses_for_clients(
+            runner.reached_address("new"), switch_dns.host_addresses(runner, "new")
+        )
+        addresses = records["A"] + records["AAAA"]
+    config = ["-F", settings.ssh_config] if settings.ssh_config else []
+    failed = []
+    with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as known:
+        known.write(runner.host_key_line("new", domain) + "\n")
+        known.flush()
+        for address in addresses:
+            command = [
+                "ssh", *config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                "-o", f"HostName={address}", "-o", f"HostKeyAlias={domain}",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known.name}",
+                "-o", "GlobalKnownHostsFile=/dev/null", f"root@{domain}", "true",
+            ]  # fmt: skip
+            result = _run_local(settings, command, 60)
+            if isinstance(result, Exception):
+                failed.append(f"{address}: {result}")
+            elif result.returncode != 0:
+                failed.append(f"{address}: {_last_line(result)}")
+    if failed and len(failed) == len(addresses):
+        return Check(
+            "FAIL",
+            name,
+            f"this relay's cmdeploy logs in with `ssh root@{domain}`, which after the DNS "
+            f"switch reaches new and failed ({'; '.join(failed)}): let new's sshd answer "
+            f"where your ssh config sends {domain} (port 22 unless a Host entry says "
+            "otherwise), or upgrade the relay to 1.8+, whose cmdeploy logs in to --ssh-host",
+        )
+    if failed:
+        return Check("WARN", name, f"`ssh root@{domain}` at new failed at {'; '.join(failed)}")
+    return Check("PASS", name, f"`ssh root@{domain}` reaches new at {', '.join(addresses)}")
 
 
 def check_agent() -> Check:
@@ -231,6 +293,9 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
         )
     yield from check_dns(settings, old.get("addresses", []))
 
+    domain_login = check_domain_login(settings, runner)
+    if domain_login:
+        yield domain_login
     if agent.status == "PASS":
         yield check_copy_path(settings, runner)
     else:
@@ -360,10 +425,14 @@ def check_copy_path(settings: Settings, runner: Runner) -> Check:
     )
     if result.exited != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        # Old's ssh goes direct: a jump host that lets this machine in does not help it.
+        gateway = runner.connection("new").gateway
+        via = getattr(gateway, "host", "a ProxyCommand")
+        jump = f" (this machine goes through {via}; old goes direct)" if gateway else ""
         return Check(
             "FAIL",
             "old reaches new",
-            f"ssh {user}@{host} from old failed: {reason}; "
+            f"ssh {user}@{host}:{port} from old failed: {reason}{jump}; "
             "check the agent key, the address (--new-host-from-old) and firewalls",
         )
     return Check(

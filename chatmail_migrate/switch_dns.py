@@ -24,7 +24,7 @@ from .settings import Settings
 GUEST_BRIDGES = ("docker", "br-", "virbr", "cni", "podman", "lxcbr", "lxdbr")
 
 
-def _host_addresses(runner: Runner, role: str) -> list[dict]:
+def host_addresses(runner: Runner, role: str) -> list[dict]:
     out = runner.run(role, commands.global_addresses_command(), hide=True, quiet=True).stdout
     return [
         {**addr, "ifname": link.get("ifname", "")}
@@ -113,7 +113,7 @@ def new_host_addresses(settings: Settings, runner: Runner) -> dict[str, list[str
         new = {"A": ["<new IPv4>"], "AAAA": []}
     else:
         new, left = addresses_for_clients(
-            runner.reached_address("new"), _host_addresses(runner, "new")
+            runner.reached_address("new"), host_addresses(runner, "new")
         )
         for line in left:
             print(f"  not proposed: {line}")

@@ -127,6 +127,19 @@ def test_port_jump_host_and_old_host_known_by_name(make_lab, tmp_path: Path):
     ]
     unchanged(lab)
 
+    # New lets in only the jump host: old's own ssh, which goes direct, cannot reach it.
+    lab.move_ssh("new", 2222, allow_from=(lab.address("spare"),), jump="spare")
+    env = operator_ssh(lab, tmp_path, jump_known=True)
+    result = run_tool(lab, "invoke", "preflight", "--new-host", "new", state_dir=tmp_path, **env)
+    assert result.returncode != 0
+    fail = next(line for line in result.stdout.splitlines() if line.startswith("FAIL"))
+    assert fail.startswith(f"FAIL  old reaches new: ssh root@{lab.address('new')}:2222 from old"), (
+        fail
+    )
+    assert f"(this machine goes through {lab.address('spare')}; old goes direct)" in fail
+    unchanged(lab)
+    lab.move_ssh("new", 2222, allow_from=(lab.address("spare"), lab.address("old")), jump="spare")
+
     # Known: the tool reaches new through spare on 2222, old by the address DNS gives
     # (no --old-host), accepted under the domain's name; old's own ssh uses 2222.
     env = operator_ssh(lab, tmp_path, jump_known=True)
@@ -158,3 +171,34 @@ def test_port_jump_host_and_old_host_known_by_name(make_lab, tmp_path: Path):
     # cmdeploy's own ssh to old's address found the key the tool recorded for it.
     known = Path(env["CHATMAIL_MIGRATE_SSH_CONFIG"]).with_name("known_hosts").read_text()
     assert f"\n{lab.address('old')} ssh-ed25519 " in known
+
+
+def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down(
+    make_lab, tmp_path: Path
+):
+    # Relay 1.7's cmdeploy logs in with `ssh root@DOMAIN` (port 22 here: the operator's
+    # config has no Host entry for the domain); after the DNS switch that is new, whose
+    # sshd listens on 2222 only. Found by trying that login, before anything changes.
+    lab = make_lab("cmnet", seed=SeedParams(accounts=2, messages=1))
+    lab.move_ssh("new", 2222)
+    result = run_tool(
+        lab, "invoke", "migrate", "--new-host", "new", "--yes", "--dns-timeout", "60",
+        state_dir=tmp_path,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    fail = next(line for line in output.splitlines() if line.startswith("FAIL"))
+    assert fail.startswith(f"FAIL  login to {lab.domain} (cmdeploy 1.7.0): "), fail
+    assert f"`ssh root@{lab.domain}`" in fail and f"{lab.address('new')}: " in fail, fail
+    assert "upgrade the relay to 1.8+" in fail
+    assert "preflight: 1 check(s) failed, nothing was changed" in output
+    unchanged(lab)
+
+    # Once new's sshd answers on 22 as well, the same login passes.
+    lab.ssh("new", "printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/lab-net.conf"
+                   " && systemctl reload ssh")  # fmt: skip
+    result = run_tool(lab, "invoke", "preflight", "--new-host", "new", state_dir=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"PASS  login to {lab.domain} (cmdeploy 1.7.0): `ssh root@{lab.domain}` reaches new" in (
+        result.stdout
+    )
