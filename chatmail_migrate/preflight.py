@@ -138,6 +138,8 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
             runner.reached_address("new"), switch_dns.host_addresses(runner, "new")
         )
         addresses = records["A"] + records["AAAA"]
+    if not addresses:
+        return Check("WARN", name, "not tried: new's public address is unknown; give --new-address")
     config = ["-F", settings.ssh_config] if settings.ssh_config else []
     failed = []
     with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as known:
