@@ -50,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from chatmail_migrate.journal import Journal  # noqa: E402
 from chatmail_migrate.lab import Lab, SeedParams, seed_relay  # noqa: E402
 from chatmail_migrate.relay import DEFAULT_COPY_PATHS  # noqa: E402
 
@@ -106,13 +107,13 @@ def run_tool(lab: Lab, state: str, *args: str, **extra: str) -> tuple[float, int
 
 
 def from_journal(state: str, domain: str) -> dict:
-    journal = json.loads(Path(state, "chatmail-migrate", f"{domain}.json").read_text())
-    steps = journal["steps"]
-    first, last = steps["disable-mail"], steps["enable-mail"]
-    inside = [n for n in journal["plan"] if steps[n]["started_ts"] >= first["started_ts"]]
-    copies = [e for e in journal["events"] if e.get("event") == "copied"][-1]["copies"]
+    journal = Journal.load(Path(state, "chatmail-migrate", f"{domain}.json"))
+    steps = journal.steps
+    first = steps["disable-mail"]
+    inside = [n for n in journal.plan if steps[n]["started_ts"] >= first["started_ts"]]
+    copies = journal.last_event("copied")["copies"]
     return {
-        "downtime": last["started_ts"] + last["seconds"] - first["started_ts"],
+        "downtime": journal.downtime(),
         "copy": steps["copy-data"]["seconds"],
         "steps": {n: steps[n]["seconds"] for n in inside},
         "presync": steps.get("presync", {}).get("seconds"),

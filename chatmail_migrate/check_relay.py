@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import paramiko
 from cryptography import x509
 
 from . import audit, dnscheck
@@ -153,7 +152,7 @@ def record_old_queue(settings: Settings, runner: Runner, journal: Journal | None
     message in old's queue, for check-relay to find on new, queued or delivered."""
     params = json.dumps({"mode": "queue", "limit": QUEUE_RECORD_LIMIT}).encode()
     display = "python3 -c PROBE (old's queue: postqueue -j, postcat -hq ID for each Message-ID)"
-    stdout = run_with_input(runner, "old", f"python3 -c {shlex.quote(PROBE)}", params, display)
+    stdout = capture_text(runner, "old", f"python3 -c {shlex.quote(PROBE)}", params, display)
     if settings.dry or journal is None:
         return
     try:
@@ -213,33 +212,10 @@ def probe_params(
     return params
 
 
-def run_with_input(runner: Runner, role: str, command: str, data: bytes, display: str) -> str:
-    """Run ``command`` with ``data`` on its stdin (never on its command line), echoing
-    ``display``; the audit log gets the command, never the input."""
-    runner.echo(f"[{role}: {runner.host(role)}] $ {display}")
-    if runner.dry:
-        return ""
-    client = runner.connection(role).client
-    started, clock, code = time.time(), time.monotonic(), -1
-    try:
-        stdin, stdout, stderr = client.exec_command(command)
-        stdin.write(data)
-        stdin.flush()
-        stdin.channel.shutdown_write()
-        out = stdout.read()
-        code = stdout.channel.recv_exit_status()
-        errors = stderr.read().decode(errors="replace").strip()
-    except (OSError, paramiko.SSHException) as e:
-        raise MigrateError(f"lost connection to {role} host {runner.host(role)}: {e}") from None
-    finally:
-        where = f"[{role}: {runner.host(role)}]"
-        audit.record(runner.settings, where, command, started, time.monotonic() - clock, code)
-    if code != 0 and not out:
-        raise MigrateError(
-            f"on {role} host {runner.host(role)}: `{display}` exited {code}: "
-            + " / ".join(errors.splitlines()[-3:])
-        )
-    return out.decode(errors="replace")
+def capture_text(runner: Runner, role: str, command: str, data: bytes, display: str) -> str:
+    """The probe's answer: ``data`` (a password, maybe) on its stdin, never on a command line."""
+    out = runner.capture(role, command, display, input=data, warn=True)
+    return out.read().decode(errors="replace")
 
 
 # -- certificates ---------------------------------------------------------------
@@ -946,7 +922,7 @@ def check_relay(
         "SMTP 25, LMTP recipients, milters, opendkim's key and a test signature, "
         f"certificate, queue and mail log{extra}; nothing sent)"
     )
-    stdout = run_with_input(runner, "new", new_host_command(), json.dumps(params).encode(), display)
+    stdout = capture_text(runner, "new", new_host_command(), json.dumps(params).encode(), display)
     del params, password
     if settings.dry:
         return []

@@ -11,7 +11,7 @@ import time
 from . import audit
 from .errors import MigrateError, SettingsError
 from .relay import version_tuple
-from .settings import Settings, check_cmdeploy
+from .settings import Settings, check_cmdeploy, split_host
 
 
 def cmdeploy_host(host: str) -> str:
@@ -22,20 +22,14 @@ def cmdeploy_host(host: str) -> str:
     config says for that name). A port given here would be dropped silently, and
     port 22 of that address may be another machine, so it is refused.
     """
-    bare = host.rpartition("@")[2]
-    port = None
-    if bare.startswith("["):
-        bare, _, rest = bare[1:].partition("]")
-        port = rest.removeprefix(":") or None
-    elif bare.count(":") == 1:
-        bare, port = bare.split(":")
-    if port:
+    spec = split_host(host)
+    if spec.port:
         raise SettingsError(
             f"{host}: cmdeploy cannot use a port; add a Host entry with HostName and "
-            f"Port {port} for it to ~/.ssh/config (both ssh and cmdeploy read it) and "
+            f"Port {spec.port} for it to ~/.ssh/config (both ssh and cmdeploy read it) and "
             "give that alias instead"
         )
-    return bare
+    return spec.host
 
 
 # Since relay 1.8 cmdeploy runs in stages (install, configure, activate), chosen by

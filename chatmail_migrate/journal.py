@@ -62,14 +62,19 @@ class Journal:
             return None
         path = settings.journal_dir / f"{settings.mail_domain}.json"
         if path.exists():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError as e:
-                raise SettingsError(
-                    f"journal {path} is not valid JSON ({e}): fix it, or move it away to start anew"
-                ) from None
-            return cls._from_json(path, data)
+            return cls.load(path)
         return cls(path=path, mail_domain=settings.mail_domain)
+
+    @classmethod
+    def load(cls, path: Path) -> Journal:
+        """The journal in ``path``, or one line saying why it is none."""
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise SettingsError(
+                f"journal {path} is not valid JSON ({e}): fix it, or move it away to start anew"
+            ) from None
+        return cls._from_json(path, data)
 
     @classmethod
     def _from_json(cls, path: Path, data) -> Journal:
@@ -180,6 +185,13 @@ class Journal:
         return any(
             e.get("event") == "presync-done" and e.get("host") == new_host for e in self.events
         )
+
+    def downtime(self) -> float | None:
+        """Seconds from disable-mail's start to enable-mail's end, once both are done."""
+        first, last = self.steps.get("disable-mail"), self.steps.get("enable-mail")
+        if not (first and last):
+            return None
+        return last["started_ts"] + last["seconds"] - first["started_ts"]
 
     def last_event(self, kind: str, host: str | None = None) -> dict | None:
         """The latest ``kind`` event (about ``host``, when given)."""
@@ -333,11 +345,10 @@ def report(journal: Journal, log: Path | None) -> str:
         step = journal.steps.get(name)
         state = f"done in {step['seconds']:.1f}s ({step['finished']})" if step else "not done"
         lines.append(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
-    first, last = journal.steps.get("disable-mail"), journal.steps.get("enable-mail")
-    if first and last:
-        down = last["started_ts"] + last["seconds"] - first["started_ts"]
+    down = journal.downtime()
+    if down is not None:
         lines.append(f"mail downtime: {down:.1f}s (disable-mail start to enable-mail end)")
-    elif first:
+    elif journal.done("disable-mail"):
         lines.append("mail downtime: mail is still DOWN (enable-mail not done)")
     else:
         lines.append("mail downtime: none yet (disable-mail not done)")

@@ -340,9 +340,8 @@ class Migration:
             step = journal.steps.get(name, {})
             seconds = f"{step['seconds']:8.1f}s" if "seconds" in step else "  (not done)"
             print(f"  [{number}/{len(journal.plan)}] {name:14} {seconds}")
-        first, last = journal.steps.get("disable-mail"), journal.steps.get("enable-mail")
-        if first and last:
-            downtime = last["started_ts"] + last["seconds"] - first["started_ts"]
+        downtime = journal.downtime()
+        if downtime is not None:
             print(f"  mail was down for {downtime:.1f}s (disable-mail start to enable-mail end)")
             print(
                 f"  now raise the TTL of {journal.mail_domain}'s A/AAAA records again "

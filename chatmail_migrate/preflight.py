@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import paramiko
 
-from . import audit, commands, dnscheck, switch_dns
+from . import audit, commands, dnscheck
 from .actions import live_relay_reason
+from .addresses import new_host_addresses
 from .commands import parse_sections
 from .errors import MigrateError
 from .journal import Journal
@@ -131,15 +132,11 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
     name = f"login to {domain} (cmdeploy {relay.release or 'before 1.8'})"
     if settings.dry:
         return Check("PASS", name, "not tried (--dry)")
-    if settings.new_addresses:
-        addresses = list(settings.new_addresses)
-    else:
-        records, _ = switch_dns.addresses_for_clients(
-            runner.reached_address("new"), switch_dns.host_addresses(runner, "new")
-        )
-        addresses = records["A"] + records["AAAA"]
-    if not addresses:
-        return Check("WARN", name, "not tried: new's public address is unknown; give --new-address")
+    try:
+        records = new_host_addresses(settings, runner, echo=lambda line: None)
+    except MigrateError as e:
+        return Check("WARN", name, f"not tried: {e}")
+    addresses = records["A"] + records["AAAA"]
     config = ["-F", settings.ssh_config] if settings.ssh_config else []
     failed = []
     with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as known:

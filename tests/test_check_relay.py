@@ -29,7 +29,7 @@ from chatmail_migrate.check_relay import (
 from chatmail_migrate.dkim import _canon_body, _canon_header, dkim_tags, dkim_verify
 from chatmail_migrate.errors import SettingsError
 from chatmail_migrate.relay import Relay
-from chatmail_migrate.remote import Result
+from chatmail_migrate.remote import Result, Runner
 from chatmail_migrate.settings import Settings
 
 NOW = 1_800_000_000.0
@@ -660,21 +660,21 @@ def test_the_password_goes_on_stdin_never_on_a_command_line(tmp_path):
         def flush(self):
             pass
 
-        def read(self):
-            return self.data
+        def read(self, size=-1):
+            data, self.data = self.data, b""
+            return data
 
     stdin = Stream()
     client = SimpleNamespace(exec_command=lambda command: (stdin, Stream(b"answer\n"), Stream()))
     s = settings(journal_dir=tmp_path)
-    runner = SimpleNamespace(
-        dry=False, settings=s, echo=lambda line: None, host=lambda role: "new",
-        connection=lambda role: SimpleNamespace(client=client),
-    )  # fmt: skip
+    runner = Runner(s, echo=lambda line: None)
+    runner.host = lambda role: "new"
+    runner.connection = lambda role: SimpleNamespace(client=client)
     data = json.dumps(params).encode()
-    assert check_relay.run_with_input(runner, "new", "python3 -c X", data, "probe") == "answer\n"
+    assert check_relay.capture_text(runner, "new", "python3 -c X", data, "probe") == "answer\n"
     assert stdin.written == data
     log = (tmp_path / f"{DOMAIN}.log").read_text()
-    assert "python3 -c X" in log and "secret-password" not in log
+    assert "$ probe" in log and "secret-password" not in log
 
 
 def test_a_certificates_facts():
@@ -722,7 +722,7 @@ def test_disable_mail_records_olds_state_certificate_and_queue(tmp_path, monkeyp
         sent.append(data)
         return json.dumps(queue) + "\n"
 
-    monkeypatch.setattr(check_relay, "run_with_input", answer)
+    monkeypatch.setattr(check_relay, "capture_text", answer)
     check_relay.record_old_queue(s, runner, journal)
     assert json.loads(sent[0]) == {"mode": "queue", "limit": check_relay.QUEUE_RECORD_LIMIT}
     recorded = Journal.for_settings(s).queue_at_disable()

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 from invoke import Config, Context
 
-from chatmail_migrate import commands, dnscheck, migration, steps, switch_dns, verify
+from chatmail_migrate import addresses, commands, dnscheck, migration, steps, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.errors import HostKeyError
 from chatmail_migrate.journal import STEPS, Journal, plan
@@ -480,15 +480,15 @@ def test_dns_proposes_only_what_clients_reach():
         _addr("2a01:4f8::beef", "br-1a2b"),  # a docker network with global IPv6
         _addr("fd00::5"),  # ULA
     ]
-    records, left = switch_dns.addresses_for_clients("10.0.0.5", host)
+    records, left = addresses.addresses_for_clients("10.0.0.5", host)
     assert records == {"A": ["192.88.99.5"], "AAAA": ["2a01:4f8::5"]}
     assert "172.17.0.1 (on docker0, a container bridge)" in left
     assert "2a01:4f8::dead (temporary)" in left and "fd00::5 (private)" in left
     # Reached at a public address that no interface has (NAT): that one for IPv4.
-    records, _ = switch_dns.addresses_for_clients("9.9.9.9", host)
+    records, _ = addresses.addresses_for_clients("9.9.9.9", host)
     assert records == {"A": ["9.9.9.9"], "AAAA": ["2a01:4f8::5"]}
     # A lab or LAN relay: nothing public, so the address the tool reached, said so.
-    records, left = switch_dns.addresses_for_clients("10.0.0.5", [_addr("10.0.0.5")])
+    records, left = addresses.addresses_for_clients("10.0.0.5", [_addr("10.0.0.5")])
     assert records == {"A": ["10.0.0.5"], "AAAA": []}
     assert any("no public address" in line for line in left)
 

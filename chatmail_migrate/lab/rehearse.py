@@ -5,7 +5,6 @@ new after; check-relay's verdict (migrate runs it last) is summed up from the jo
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ..journal import Journal
 from . import deltachat_users, nameserver
 from .lab import Lab, LabError
 from .seed import SeedParams, seed_relay
@@ -69,15 +69,13 @@ def _migrate(lab: Lab, state: str) -> int:
     code = _run(lab, env, "migrate", "--new-host", "new", "--yes", on_line=operator)
     if code == 0:
         code = _run(lab, env, "verify", "--new-host", "new", "--checksum")
-    journal = json.loads(Path(state, "chatmail-migrate", f"{lab.domain}.json").read_text())
-    steps = journal.get("steps", {})
-    if "disable-mail" in steps and "enable-mail" in steps:
-        first, last = steps["disable-mail"], steps["enable-mail"]
-        down = last["started_ts"] + last["seconds"] - first["started_ts"]
+    journal = Journal.load(Path(state, "chatmail-migrate", f"{lab.domain}.json"))
+    down = journal.downtime()
+    if down is not None:
         print(f"rehearse: mail was down for {down:.1f}s")
-    checked = [e for e in journal.get("events", []) if e.get("event") == "relay-checked"]
+    checked = journal.last_event("relay-checked")
     if checked:
-        counts = Counter(line.split()[0] for line in checked[-1].get("lines", []))
+        counts = Counter(line.split()[0] for line in checked.get("lines", []))
         print(
             "rehearse: check-relay: "
             + ", ".join(f"{counts[status]} {status}" for status in ("PASS", "WARN", "FAIL"))
