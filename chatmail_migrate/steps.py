@@ -188,6 +188,7 @@ def enable_mail(c, new_host=None, relay_dir=None):
         "force",
         "accept_new_host_keys",
         "nameserver",
+        "new_address",
     )
 )
 def preflight(
@@ -199,6 +200,7 @@ def preflight(
     force=False,
     accept_new_host_keys=False,
     nameserver=None,
+    new_address=None,
 ):
     """OLD and NEW, changing nothing: can the migration work? PASS/WARN/FAIL per check.
 
@@ -217,6 +219,7 @@ def preflight(
         force=force or None,
         accept_new_host_keys=accept_new_host_keys or None,
         nameservers=nameserver,
+        new_addresses=new_address,
     )
     run_preflight(s, Journal.for_settings(s))
 
