@@ -132,12 +132,30 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
     name = f"login to {domain} (cmdeploy {relay.release or 'before 1.8'})"
     if settings.dry:
         return Check("PASS", name, "not tried (--dry)")
+    config = ["-F", settings.ssh_config] if settings.ssh_config else []
+    pinned = _configured_hostname(settings, config, domain)
+    if pinned:
+        # A HostName for the domain wins over DNS: cmdeploy logs in there, before and
+        # after the switch, as it does today.
+        command = ["ssh", *config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                   f"root@{domain}", "true"]  # fmt: skip
+        result = _run_local(settings, command, 60)
+        if isinstance(result, Exception) or result.returncode != 0:
+            why = result if isinstance(result, Exception) else _last_line(result)
+            return Check(
+                "FAIL",
+                name,
+                f"`ssh root@{domain}` (HostName {pinned} in your ssh config) failed: {why}; "
+                "this relay's cmdeploy logs in there on every run",
+            )
+        return Check(
+            "PASS", name, f"`ssh root@{domain}` goes to {pinned} (your ssh config's HostName)"
+        )
     try:
         records = new_host_addresses(settings, runner, echo=lambda line: None)
     except MigrateError as e:
         return Check("WARN", name, f"not tried: {e}")
     addresses = records["A"] + records["AAAA"]
-    config = ["-F", settings.ssh_config] if settings.ssh_config else []
     failed = []
     with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as known:
         known.write(runner.host_key_line("new", domain) + "\n")
@@ -166,6 +184,18 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
     if failed:
         return Check("WARN", name, f"`ssh root@{domain}` at new failed at {'; '.join(failed)}")
     return Check("PASS", name, f"`ssh root@{domain}` reaches new at {', '.join(addresses)}")
+
+
+def _configured_hostname(settings: Settings, config: list[str], name: str) -> str | None:
+    """The HostName the ssh config gives ``name``, when it gives one (``ssh -G``)."""
+    result = _run_local(settings, ["ssh", *config, "-G", f"root@{name}"], 30)
+    if isinstance(result, Exception) or result.returncode != 0:
+        return None
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "hostname":
+            return value if value.lower() != name.lower() else None
+    return None
 
 
 def check_agent() -> Check:

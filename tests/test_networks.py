@@ -202,3 +202,26 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
     assert f"PASS  login to {lab.domain} (cmdeploy 1.7.0): `ssh root@{lab.domain}` reaches new" in (
         result.stdout
     )
+
+    # An operator whose ssh config gives the domain a HostName (old's address): cmdeploy
+    # logs in there whatever DNS says, so new's port does not matter; the move completes.
+    lab.move_ssh("new", 2222)
+    config = tmp_path / "ssh_config"
+    pin = f"Host {lab.domain}\n    HostName {lab.address('old')}\n"
+    config.write_text(pin + f"    IdentityAgent {lab.agent_sock}\n" + lab.ssh_config.read_text())
+    env = {"CHATMAIL_MIGRATE_SSH_CONFIG": str(config), "CHATMAIL_LAB_SSH_CONFIG": str(config)}
+    before = listing(lab, "old")
+
+    def operator_changes_dns(proc):
+        nameserver.update(lab, a=[lab.address("new")])
+
+    code, output = run_tool_with_fault(
+        lab, ["migrate", "--new-host", "new", "--yes", "--dns-timeout", "60"],
+        state_dir=tmp_path / "pinned", when="waiting for DNS", fault=operator_changes_dns, **env,
+    )  # fmt: skip
+    assert code == 0, output
+    assert (
+        f"PASS  login to {lab.domain} (cmdeploy 1.7.0): `ssh root@{lab.domain}` goes to "
+        f"{lab.address('old')} (your ssh config's HostName)"
+    ) in output
+    assert_migrated(lab, before)

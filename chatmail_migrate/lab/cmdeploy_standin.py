@@ -508,12 +508,19 @@ def check_dns(domain: str) -> bool:
 
 
 def login_to_domain(domain: str, command: str) -> subprocess.CompletedProcess:
-    """``ssh root@DOMAIN``, as OpenSSH does it: the address DNS gives now, the key checked
-    against known_hosts under the domain's name (never this machine's resolver)."""
+    """``ssh root@DOMAIN``, as OpenSSH does it: a HostName the ssh config gives the
+    domain, else the address DNS gives now (the lab's, never this machine's resolver),
+    the key checked against known_hosts under the domain's name."""
+    print(f"[ssh] login to {domain}", flush=True)
+    shown = subprocess.run([*_ssh_base(), "-G", f"root@{domain}"], capture_output=True, text=True)
+    configured = [line.split(" ", 1)[1] for line in shown.stdout.splitlines()
+                  if line.startswith("hostname ")]  # fmt: skip
+    if configured and configured[0].lower() != domain.lower():
+        return subprocess.run([*_ssh_base(), f"root@{domain}", command], capture_output=True,
+                              text=True)  # fmt: skip
     addresses = lookup(domain, "A") or lookup(domain, "AAAA")
     if not addresses:
         raise SystemExit(f"ssh: Could not resolve hostname {domain}: Name or service not known")
-    print(f"[ssh] login to {domain}", flush=True)
     return subprocess.run(
         [*_ssh_base(), "-o", f"HostName={addresses[0]}", "-o", f"HostKeyAlias={domain}",
          f"root@{domain}", command],
