@@ -18,8 +18,6 @@ domain's authoritative nameservers.
 
 from __future__ import annotations
 
-import base64
-import datetime
 import getpass
 import hashlib
 import ipaddress
@@ -31,13 +29,18 @@ import sys
 import time
 from pathlib import Path
 
-from cryptography import x509
-
 from . import audit, dnscheck
+from .certificates import (
+    certificate_facts,
+    expected_certificate,
+    names_domain,
+    renewed_after_move,
+)
 from .commands import parse_sections
 from .dkim import dkim_tags, dkim_verify, same_key
 from .errors import MigrateError, SettingsError
 from .journal import Journal
+from .mail_queue import describe_message, match_queue
 from .preflight import Check
 from .relay import Relay
 from .remote import Runner, path_exists
@@ -218,73 +221,6 @@ def capture_text(runner: Runner, role: str, command: str, data: bytes, display: 
     return out.read().decode(errors="replace")
 
 
-# -- certificates ---------------------------------------------------------------
-
-
-def certificate_facts(der_b64: str) -> dict:
-    """SHA-256, names (SAN, else CN), validity of a DER certificate (base64)."""
-    der = base64.b64decode(der_b64)
-    cert = x509.load_der_x509_certificate(der)
-    names: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [*san.get_values_for_type(x509.DNSName)]
-        names += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.OID_COMMON_NAME)]
-    return {
-        "sha256": hashlib.sha256(der).hexdigest(),
-        "names": names,
-        "self_signed": cert.issuer == cert.subject,
-        "not_before": _utc(cert, "not_valid_before"),
-        "not_after": _utc(cert, "not_valid_after"),
-    }
-
-
-def _utc(cert: x509.Certificate, field: str) -> float:
-    value = getattr(cert, f"{field}_utc", None)  # cryptography >= 42
-    if value is None:
-        value = getattr(cert, field).replace(tzinfo=datetime.UTC)
-    return value.timestamp()
-
-
-def names_domain(names: list[str], domain: str) -> bool:
-    """Whether a certificate with these names is valid for ``domain`` (wildcards:
-    one label)."""
-    domain = domain.lower().rstrip(".")
-    for name in (n.lower().rstrip(".") for n in names):
-        if name == domain:
-            return True
-        if name.startswith("*.") and "." in domain and domain.split(".", 1)[1] == name[2:]:
-            return True
-    return False
-
-
-def _short(sha: str) -> str:
-    return f"{sha[:16]}…"
-
-
-def expected_certificate(old: dict | None, file_facts: dict | None) -> tuple[str | None, str]:
-    """The SHA-256 new's listeners should present, and what it is: the certificate old
-    had at disable-mail; one renewed on new since (its file, issued after that); or,
-    with no record of old's, the relay's certificate file on new."""
-    recorded = ((old or {}).get("certificate") or {}).get("sha256")
-    if recorded:
-        if file_facts and file_facts["sha256"] != recorded and _renewed(old, file_facts):
-            return file_facts["sha256"], "the certificate renewed on new since the move"
-        return recorded, "the certificate copied from old"
-    if file_facts:
-        return file_facts["sha256"], "the relay's certificate file (no record of old's)"
-    return None, ""
-
-
-def _renewed(old: dict | None, file_facts: dict) -> bool:
-    """A certificate on new that is not old's counts as renewed when a CA issued it
-    after the move (acmetool renews before expiry); a self-signed one never does."""
-    recorded = ((old or {}).get("certificate") or {}).get("recorded")
-    return bool(recorded) and file_facts["not_before"] > recorded and not file_facts["self_signed"]
-
-
 def dkim_records(settings: Settings, probe: dict) -> dict[str, dict]:
     """Each DKIM record name opendkim signs the mail domain with, as every authoritative
     nameserver answers it: {name: {"servers": {server: [p, ...]}}} or {"error": ...}."""
@@ -382,6 +318,10 @@ SERVED_BY = {
 }
 
 
+def _short(sha: str) -> str:
+    return f"{sha[:16]}…"
+
+
 def _served(
     name: str, cert_b64: str | None, expected: tuple[str | None, str], domain: str
 ) -> Check | None:
@@ -455,7 +395,7 @@ def check_certificate(path: str, cert, old: dict | None, now: float, domain: str
     if recorded:
         origin = f"copied from old (SHA-256 {_short(recorded)})"
         if facts["sha256"] != recorded:
-            if not _renewed(old, facts):
+            if not renewed_after_move(old, facts):
                 return Check(
                     "FAIL", "certificate",
                     f"{path} is not the certificate old had at disable-mail (SHA-256 "
@@ -682,58 +622,6 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
     )  # fmt: skip
 
 
-def _message(m: dict) -> str:
-    mid = f", {m['message_id']}" if m.get("message_id") else ""
-    return f"{m['id']} (from {m['sender'] or '<>'}{mid})"
-
-
-def match_queue(
-    recorded: list[dict], queued: list[dict], deliveries: dict | None
-) -> tuple[list[dict], list[dict], list[tuple[dict, str]], list[dict]]:
-    """Old's recorded messages found on new: (queued, delivered, returned with status,
-    missing). Queued: same Message-ID, or the same sender, size, arrival time and
-    recipients; delivered: Postfix on new logged a message of that sender and size
-    whose every recipient got a final status, "sent" for all (else returned)."""
-    pool = list(queued)
-    found_queued, delivered, returned, missing = [], [], [], []
-    log_from = [list(x) for x in (deliveries or {}).get("from", [])]
-    log_to: dict[str, dict[str, str]] = {}
-    for qid, rcpt, status in (deliveries or {}).get("to", []):
-        if status in ("sent", "bounced", "expired"):
-            log_to.setdefault(qid, {})[rcpt.lower()] = status
-    for m in recorded:
-        twin = next((n for n in pool if _same_message(m, n)), None)
-        if twin:
-            pool.remove(twin)
-            found_queued.append(m)
-            continue
-        done = None
-        for entry in log_from:
-            qid, sender, size = entry
-            statuses = log_to.get(qid, {})
-            if (sender, size) == (m["sender"], m["size"]) and all(
-                r.lower() in statuses for r in m["recipients"]
-            ):
-                done = entry, {statuses[r.lower()] for r in m["recipients"]}
-                break
-        if done is None:
-            missing.append(m)
-            continue
-        log_from.remove(done[0])
-        if done[1] == {"sent"}:
-            delivered.append(m)
-        else:
-            returned.append((m, "/".join(sorted(done[1] - {"sent"}))))
-    return found_queued, delivered, returned, missing
-
-
-def _same_message(a: dict, b: dict) -> bool:
-    if a.get("message_id") and b.get("message_id"):
-        return a["message_id"] == b["message_id"] and a["sender"] == b["sender"]
-    keys = ("sender", "size", "arrival", "recipients")
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
 def check_queue(item, record: dict | None, deliveries) -> Check:
     name = "mail queue"
     error = _error(item)
@@ -759,7 +647,7 @@ def check_queue(item, record: dict | None, deliveries) -> Check:
     )
     counts = f"{len(queued)} queued, {len(delivered)} delivered"
     if missing:
-        shown = ", ".join(_message(m) for m in missing[:5])
+        shown = ", ".join(describe_message(m) for m in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         return Check(
             "FAIL", name,
@@ -770,7 +658,7 @@ def check_queue(item, record: dict | None, deliveries) -> Check:
             "on new, then `postsuper -s; postqueue -f` there",
         )  # fmt: skip
     if returned:
-        shown = ", ".join(f"{_message(m)}: {status}" for m, status in returned[:5])
+        shown = ", ".join(f"{describe_message(m)}: {status}" for m, status in returned[:5])
         return Check(
             "WARN", name,
             f"{total} messages queued on old at disable-mail{partial}: {counts}, "

@@ -17,17 +17,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from chatmail_migrate import check_relay
+from chatmail_migrate.certificates import certificate_facts
 from chatmail_migrate.check_relay import (
-    certificate_facts,
     evaluate,
     listener,
-    match_queue,
     new_host_command,
     parse_live_state,
     probe_params,
 )
 from chatmail_migrate.dkim import _canon_body, _canon_header, dkim_tags, dkim_verify
 from chatmail_migrate.errors import SettingsError
+from chatmail_migrate.mail_queue import match_queue
 from chatmail_migrate.relay import Relay
 from chatmail_migrate.remote import Result, Runner
 from chatmail_migrate.settings import Settings
