@@ -23,6 +23,14 @@ from .errors import MigrateError
 from .settings import Settings
 
 
+def holder_text() -> str:
+    """Who holds a lock: for the run that is refused."""
+    return (
+        f"pid {os.getpid()} of {getpass.getuser()}@{socket.gethostname()} since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S%z')}, running `{shlex.join(sys.argv)}`"
+    )
+
+
 @contextmanager
 def migration_lock(settings: Settings) -> Iterator[None]:
     """Hold the relay's lock while the body runs; refuse in one line if it is held."""
@@ -42,12 +50,8 @@ def migration_lock(settings: Settings) -> Iterator[None]:
                 "wait for it to end (its terminal may be gone: see `invoke status`), or stop "
                 f"that process, then rerun (lock: {path})"
             ) from None
-        holder = (
-            f"pid {os.getpid()} of {getpass.getuser()}@{socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S%z')}, running `{shlex.join(sys.argv)}`"
-        )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode() + b"\n", 0)
+        os.pwrite(fd, holder_text().encode() + b"\n", 0)
         try:
             yield
         finally:

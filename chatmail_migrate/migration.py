@@ -24,6 +24,7 @@ from . import preflight as checks
 from .cli import debugging, paint
 from .cmdeploy import cmdeploy_host, stages_supported
 from .errors import MigrateError, SettingsError
+from .host_lock import HostLocks
 from .journal import STEPS, Journal, plan, report
 from .lock import migration_lock
 from .remote import Runner, connect, same_endpoint
@@ -50,6 +51,17 @@ ROLES = {
     "verify": "old ↔ new",
     "switch-dns": "DNS",
     "enable-mail": "new",
+}
+# The hosts each step writes to: it holds their locks (host_lock.py) until the run ends.
+WRITES = {
+    "presync": ("old", "new"),  # the rsync runs on old
+    "disable-mail": ("old",),
+    "copy-data": ("old", "new"),
+    "install": ("new",),
+    "fix-ownership": ("new",),
+    "verify": (),
+    "switch-dns": (),
+    "enable-mail": ("new",),
 }
 # What each step needs, checked before it touches anything or writes the journal.
 NEEDS = {
@@ -128,6 +140,8 @@ class Migration:
     restart: bool = False
     # Read from disk once the relay's lock is held (another run may have just written it).
     journal: Journal | None = None
+    # The locks on the hosts the steps write to, from other machines' runs too.
+    host_locks: HostLocks | None = None
 
     @classmethod
     def one_step(cls, settings: Settings, name: str) -> Migration:
@@ -162,8 +176,12 @@ class Migration:
     def run(self) -> None:
         """The plan, holding the relay's lock: one migration of a relay at a time."""
         with migration_lock(self.settings):
-            self._load_journal()
-            self._run()
+            self.host_locks = HostLocks(self.settings)
+            try:
+                self._load_journal()
+                self._run()
+            finally:
+                self.host_locks.release()
 
     def _run(self) -> None:
         if not self.whole:
@@ -222,6 +240,11 @@ class Migration:
             when = journal.steps.get(name, {}).get("finished", "before the downtime")
             print(f"{number} {name}: done {when} (journal), skipping")
             return
+        if self.host_locks:
+            try:
+                self.host_locks.hold(*WRITES[name])
+            except MigrateError as e:
+                raise Exit(f"error: {name}: {e}", code=1) from None
         print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
         audit.note(s, f"{number} {name} {where(name, s)}: started")
         runner = Runner(s)
@@ -437,8 +460,11 @@ def roll_back(s: Settings) -> None:
     """Mail on the old host again, recorded in the journal (the next migrate starts over)."""
     print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
     runner = Runner(s)
+    # Old's lock only: new may be the broken host this rollback is for.
+    locks = HostLocks(s)
     try:
         with migration_lock(s):
+            locks.hold("old")
             journal = Journal.for_settings(s)
             if journal and journal.done("switch-dns"):
                 print("note: DNS was switched to the new host: point it back at the old host too")
@@ -449,6 +475,7 @@ def roll_back(s: Settings) -> None:
     except (MigrateError, SettingsError) as e:
         raise Exit(f"rollback FAILED: {e}", code=1) from None
     finally:
+        locks.release()
         runner.close()
     print("rollback done: mail runs on the old host; a new migrate starts over")
 

@@ -208,7 +208,7 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
     lab = make_lab(seed=SIZEABLE)
     before = listing(lab, "old")
     slow_link(lab, "new", rate="4mbit")
-    second = {}
+    second, colleague = {}, {}
 
     def second_terminal(proc):
         # The operator's session dropped; from another terminal they run it again,
@@ -217,6 +217,9 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
         second["migrate"] = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
         second["copy"] = run_tool(lab, "fab", "-H", "old", "copy-data", "--new-host", "new",
                                   state_dir=tmp_path)  # fmt: skip
+        # A colleague, from another machine (a journal and a local lock of their own).
+        colleague["presync"] = run_tool(lab, "invoke", "presync", "--new-host", "new",
+                                        state_dir=tmp_path / "colleague")  # fmt: skip
         assert proc.poll() is None, "the first run goes on"
         proc.kill()
 
@@ -232,6 +235,15 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
         ), refused.stderr
         assert "running `" in lines[0] and "since" in lines[0]
         assert "[3/7] copy-data" not in refused.stdout, "refused before any step"
+    refused = colleague["presync"]
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stdout + refused.stderr
+    assert lines[0].startswith(
+        "error: presync: another chatmail-migrate run is working on the old host "
+        f"{lab.address('old')}: pid "
+    ), lines[0]
+    assert "running `" in lines[0] and "pkill -f chatmail-migrate-lock" in lines[0]
+    assert "[presync]" not in refused.stdout, "refused before the step began"
     events = [e.get("step") for e in journal(tmp_path, lab)["events"]]
     assert events.count("copy-data") == 1, "only the first run started the copy"
     # The kernel released the dead run's lock: the rerun resumes and completes.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import subprocess
 from pathlib import Path
 
 import paramiko
 import pytest
 from invoke import Config, Context
 
-from chatmail_migrate import addresses, commands, dnscheck, migration, steps, verify
+from chatmail_migrate import addresses, commands, dnscheck, host_lock, migration, steps, verify
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.errors import HostKeyError
 from chatmail_migrate.journal import STEPS, Journal, plan
@@ -514,3 +515,29 @@ def _ed25519(path: Path) -> Path:
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
     return path
+
+
+def test_host_lock_holds_until_end_of_input_and_names_its_holder(tmp_path: Path):
+    lock, holder = tmp_path / "lock", tmp_path / "holder"
+
+    def hold(text: str) -> subprocess.Popen:
+        command = host_lock.hold_command(text, str(lock), str(holder))
+        return subprocess.Popen(shlex.split(command), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    first = hold("pid 1 of a@b, running `migrate`")
+    assert first.stdout.readline() == "held\n"
+    second = hold("pid 2")
+    assert second.wait(10) == host_lock.BUSY and second.stdout.read() == ""
+    assert holder.read_text() == "pid 1 of a@b, running `migrate`\n"
+    first.stdin.close()  # the tool's channel closes: the lock goes with it
+    first.wait(10)
+    third = hold("pid 3")
+    assert third.stdout.readline() == "held\n"
+    # A holder stopped by name (pkill -f NAME) frees it too: no child keeps the file.
+    subprocess.run(["pkill", "-f", f"{host_lock.NAME} pid 3"], check=True)
+    third.wait(10)
+    fourth = hold("pid 4")
+    assert fourth.stdout.readline() == "held\n"
+    fourth.stdin.close()
+    fourth.wait(10)
