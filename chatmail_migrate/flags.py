@@ -32,7 +32,8 @@ HELP = {
     "default: found through your resolver. Example: --nameserver 192.0.2.53",
     "dns_timeout": "Seconds to wait for every nameserver to answer the new address (default 3600). "
     "Example: --dns-timeout 600",
-    "new_address": "The address(es) clients will reach the new host at, for its DNS records. "
+    "new_address": "The address(es) clients will reach the new host at, for its DNS records "
+    "(and where preflight tries relay 1.6/1.7 cmdeploy's own ssh root@DOMAIN). "
     "Default: the address the tool reached it at when public (NAT included), else the "
     "public ones on its interfaces (never private, docker or temporary). "
     "Example: --new-address 13.12.23.42,2001:db8::42",

@@ -6,39 +6,70 @@ to a host first takes that host's lock: an ``flock`` held by a shell on the host
 that waits on its input, as long as the run lasts. The shell ends, and the lock
 with it, when the tool closes its channel or its process dies (its connection
 closes). It does not end when the tool merely falls silent: a copy the run started
-on old goes on without it, and must not meet another run's copy.
+on old goes on without it, and must not meet another run's copy. A lock whose holder
+was this machine's run, now dead (its network dropped first), is taken over.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import shlex
+import socket
 import time
 
 import paramiko
 
-from . import audit
+from . import audit, commands
 from .errors import MigrateError
 from .lock import holder_text
 from .remote import Runner
 from .settings import Settings
 
-LOCK = "/run/lock/chatmail-migrate.lock"
-HOLDER = "/run/lock/chatmail-migrate.holder"
+# Root's own directory: in /run/lock (mode 1777) any local user could take the lock.
+LOCK_DIR = "/run/chatmail-migrate"
 BUSY = 75  # flock's exit code when the lock is held (-E)
 NAME = "chatmail-migrate-lock"  # in the holder's command line, for pkill -f
+KEEPALIVE = 15  # seconds: traffic on an idle lock connection, so no NAT forgets it
+ANSWER_TIMEOUT = 60  # seconds to wait for the host's shell to say whether it holds it
 
 
-def hold_command(holder: str, lock: str = LOCK, holder_file: str = HOLDER) -> str:
+class LockHeld(MigrateError):
+    """Another run holds a host's lock: nothing of this run may touch that host."""
+
+
+def hold_command(holder: str, lock_dir: str = LOCK_DIR) -> str:
     """Take the lock at once or exit ``BUSY``; then say so and hold it until end of input.
 
-    The shell alone holds the lock's file (no child inherits it), so ending that one
-    process, named by ``NAME`` in its command line, frees the lock.
+    The holder file gets the shell's pid first, so a lock left by a dead run can be
+    freed exactly. The shell alone holds the lock's file (no child inherits it), so
+    ending that one process, named by ``NAME`` in its command line, frees the lock.
     """
     script = (
-        f"exec 9>>{lock}; flock -n -E {BUSY} 9 || exit; "
-        f'printf "%s\\n" "$1" > {holder_file}; echo held; read -r _'
+        f"mkdir -p -m 700 {lock_dir} && exec 9>>{lock_dir}/lock || exit; "
+        f"flock -n -E {BUSY} 9 || exit; "
+        f'printf "%s %s\\n" "$$" "$1" > {lock_dir}/holder; echo held; read -r _'
     )
     return f"sh -c {shlex.quote(script)} {NAME} {shlex.quote(holder)}"
+
+
+def dead_own_holder(holder_line: str) -> str | None:
+    """The host shell's pid when the holder was a run of this machine and user that is
+    gone (its pid no longer lives here), else None."""
+    shell_pid, _, holder = holder_line.partition(" ")
+    words = holder.split()
+    me = f"{getpass.getuser()}@{socket.gethostname()}"
+    if len(words) < 4 or words[0] != "pid" or words[2:4] != ["of", me]:
+        return None
+    if not (shell_pid.isdigit() and words[1].isdigit()):
+        return None
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return shell_pid
+    except PermissionError:
+        return None
+    return None
 
 
 class HostLocks:
@@ -51,39 +82,77 @@ class HostLocks:
         self.channels: dict[str, tuple[paramiko.Channel, float]] = {}
 
     def hold(self, *roles: str) -> None:
-        """Take the lock of each ``role`` host not held yet; refuse in one line if taken."""
+        """Hold the lock of each ``role`` host (again, if the host let go of it).
+
+        Raises LockHeld, one line naming the holder, when another run holds one.
+        """
         if self.settings.dry:
             return
         for role in roles:
-            if role not in self.channels:
-                self._take(role)
+            held = self.channels.get(role)
+            if held and not (held[0].closed or held[0].exit_status_ready()):
+                continue
+            self.channels.pop(role, None)
+            self._take(role)
 
     def _take(self, role: str) -> None:
         host = self.runner.host(role)
         transport = self.runner.connection(role).client.get_transport()
-        started = time.time()
-        try:
-            channel = transport.open_session()
-            channel.exec_command(hold_command(self.holder))
-            answer = channel.makefile("r").readline().strip()
-        except (OSError, paramiko.SSHException) as e:
-            raise MigrateError(f"cannot take the lock on {role} host {host}: {e}") from None
-        if answer != "held":
-            code = channel.recv_exit_status()
-            channel.close()
+        transport.set_keepalive(KEEPALIVE)
+        for attempt in (1, 2):
+            started = time.time()
+            channel, code, errors = self._ask(role, transport)
+            if code is None:
+                self.channels[role] = (channel, started)
+                return
             if code != BUSY:
                 raise MigrateError(
-                    f"cannot take the lock on {role} host {host} ({LOCK}): flock exited {code}"
+                    f"cannot take the lock on {role} host {host} ({LOCK_DIR}/lock): "
+                    f"exit {code}" + (f": {errors}" if errors else "")
                 )
-            other = self.runner.run(role, f"cat {HOLDER}", hide=True, warn=True, quiet=True)
-            raise MigrateError(
+            other = self.runner.run(
+                role, f"cat {LOCK_DIR}/holder", hide=True, warn=True, quiet=True
+            ).stdout.strip()
+            stale = dead_own_holder(other)
+            if stale and attempt == 1:
+                print(
+                    f"  {role} host: taking over the lock a run of this machine left "
+                    f"({other.partition(' ')[2]}; that process is gone)"
+                )
+                # Its copy may still run on old, without anyone to see it end.
+                stop = f"; {commands.stop_copy_command()}" if role == "old" else ""
+                self.runner.run(role, f"kill {stale}{stop}", hide=True, warn=True, quiet=True)
+                continue
+            raise LockHeld(
                 f"another chatmail-migrate run is working on the {role} host {host}: "
-                f"{other.stdout.strip() or 'unknown'}; wait for it to end, or stop that "
-                "process. If its machine or network died, the lock stays until sshd drops "
-                f"the connection: check that nothing of it runs on {host} any more (ps aux | "
-                f"grep chatmail-migrate), then free it there with pkill -f {NAME}"
+                f"{other.partition(' ')[2] or 'unknown'}; wait for it to end, or stop that "
+                "process. If its machine or network died, sshd keeps the lock until it "
+                "drops that connection (about 2 hours): once no tar or rsync of that run "
+                f"runs on the hosts any more, free it on {host} with pkill -f {NAME}"
             )
-        self.channels[role] = (channel, started)
+
+    def _ask(self, role: str, transport) -> tuple[paramiko.Channel, int | None, str]:
+        """Start the holding shell: (channel, None) when it holds the lock, else its exit
+        code and error output."""
+        try:
+            channel = transport.open_session()
+            channel.settimeout(ANSWER_TIMEOUT)
+            channel.exec_command(hold_command(self.holder))
+            # Lines a shell start-up file prints come first: read up to the answer.
+            for line in channel.makefile("r"):
+                if line.strip() == "held":
+                    channel.settimeout(None)
+                    return channel, None, ""
+            channel.shutdown_write()
+            channel.status_event.wait(10)
+            errors = channel.makefile_stderr("r").read().strip()
+            code = channel.exit_status if channel.exit_status_ready() else -1
+        except (OSError, paramiko.SSHException) as e:
+            raise MigrateError(
+                f"cannot take the lock on {role} host {self.runner.host(role)}: {e}"
+            ) from None
+        channel.close()
+        return channel, code, " / ".join(errors.splitlines()[-2:])
 
     def release(self) -> None:
         for role, (channel, started) in self.channels.items():
@@ -97,6 +166,6 @@ class HostLocks:
                 pass
             channel.close()
             seconds = time.time() - started
-            audit.record(self.settings, where, f"flock {LOCK} (held)", started, seconds, 0)
+            audit.record(self.settings, where, f"flock {LOCK_DIR}/lock (held)", started, seconds, 0)
         self.channels.clear()
         self.runner.close()

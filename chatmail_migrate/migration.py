@@ -24,7 +24,7 @@ from . import preflight as checks
 from .cli import debugging, paint
 from .cmdeploy import cmdeploy_host, stages_supported
 from .errors import MigrateError, SettingsError
-from .host_lock import HostLocks
+from .host_lock import HostLocks, LockHeld
 from .journal import STEPS, Journal, plan, report
 from .lock import migration_lock
 from .remote import Runner, connect, same_endpoint
@@ -240,11 +240,14 @@ class Migration:
             when = journal.steps.get(name, {}).get("finished", "before the downtime")
             print(f"{number} {name}: done {when} (journal), skipping")
             return
-        if self.host_locks:
-            try:
+        try:
+            if self.host_locks:
                 self.host_locks.hold(*WRITES[name])
-            except MigrateError as e:
-                raise Exit(f"error: {name}: {e}", code=1) from None
+        except LockHeld as e:
+            # Another run works on the host: neither this step nor a rollback may.
+            raise Exit(f"error: {name}: {e}", code=1) from None
+        except MigrateError:
+            pass  # the host is unreachable: the step itself fails on it, and says so
         print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
         audit.note(s, f"{number} {name} {where(name, s)}: started")
         runner = Runner(s)
@@ -327,6 +330,13 @@ class Migration:
             )
         if not s.rollback:
             return "--no-rollback: mail stays off on the old host. " + journal.where_things_stand()
+        try:
+            if self.host_locks:
+                self.host_locks.hold("old")
+        except LockHeld as e:
+            return f"Not rolling back: {e}. " + journal.where_things_stand()
+        except MigrateError:
+            pass  # old unreachable: the rollback fails on it, and says so
         print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
         runner = Runner(s)
         try:
@@ -464,7 +474,10 @@ def roll_back(s: Settings) -> None:
     locks = HostLocks(s)
     try:
         with migration_lock(s):
-            locks.hold("old")
+            try:
+                locks.hold("old")
+            except LockHeld as e:
+                raise Exit(f"rollback not started, nothing changed: {e}", code=1) from None
             journal = Journal.for_settings(s)
             if journal and journal.done("switch-dns"):
                 print("note: DNS was switched to the new host: point it back at the old host too")

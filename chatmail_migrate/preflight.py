@@ -23,7 +23,7 @@ from .errors import MigrateError
 from .journal import Journal
 from .relay import Relay, copy_paths
 from .remote import Runner, fingerprint
-from .settings import Settings
+from .settings import Settings, canonical_address
 
 FREE_MARGIN = 1.1  # plus a fixed 100 MiB: logs, indexes and Postfix grow meanwhile
 FREE_EXTRA = 100 * 2**20
@@ -130,8 +130,6 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
     if not relay or not domain or relay.ip_only or not relay.logs_in_to_mail_domain:
         return None
     name = f"login to {domain} (cmdeploy {relay.release or 'before 1.8'})"
-    if settings.dry:
-        return Check("PASS", name, "not tried (--dry)")
     config = ["-F", settings.ssh_config] if settings.ssh_config else []
     pinned = _configured_hostname(settings, config, domain)
     if pinned:
@@ -148,6 +146,14 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
                 f"`ssh root@{domain}` (HostName {pinned} in your ssh config) failed: {why}; "
                 "this relay's cmdeploy logs in there on every run",
             )
+        if canonical_address(pinned) == canonical_address(runner.address("old")[0]):
+            return Check(
+                "WARN",
+                name,
+                f"your ssh config's HostName sends `ssh root@{domain}` to the old host "
+                f"{pinned}, which this relay's cmdeploy logs in to on every run: the move "
+                "works, but point that HostName at the new host before old is gone",
+            )
         return Check(
             "PASS", name, f"`ssh root@{domain}` goes to {pinned} (your ssh config's HostName)"
         )
@@ -157,8 +163,12 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
         return Check("WARN", name, f"not tried: {e}")
     addresses = records["A"] + records["AAAA"]
     failed = []
+    try:
+        key_line = runner.host_key_line("new", domain)
+    except MigrateError as e:
+        return Check("FAIL", name, f"not tried: {e}")
     with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as known:
-        known.write(runner.host_key_line("new", domain) + "\n")
+        known.write(key_line + "\n")
         known.flush()
         for address in addresses:
             command = [

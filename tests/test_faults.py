@@ -4,11 +4,16 @@ old again (automatic rollback), and a rerun without the fault completes."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import shlex
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
+from chatmail_migrate import host_lock
 from chatmail_migrate.lab import Lab, SeedParams
 
 from .helpers import (
@@ -251,6 +256,34 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming at copy-data" in rerun.stdout
     assert_migrated(lab, before)
+
+
+def test_a_host_lock_left_by_a_dead_run_of_this_machine_is_taken_over(make_lab, tmp_path: Path):
+    # A run whose network dropped before it died leaves its lock on the host (sshd never
+    # heard it end). Played by a holder naming a process of this machine that is gone.
+    lab = make_lab(seed=SeedParams(accounts=3, messages=1))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me = f"{getpass.getuser()}@{socket.gethostname()}"
+
+    def leave_lock(holder: str) -> None:
+        hold = host_lock.hold_command(holder)
+        lab.ssh("old", f"nohup sh -c {shlex.quote('sleep 600 | ' + hold)} >/dev/null 2>&1 &")
+        lab.ssh("old", f"until grep -qs running {host_lock.LOCK_DIR}/holder; do sleep 0.1; done")
+
+    # Someone else's run: refused, nothing changed.
+    leave_lock(f"pid {dead.pid} of root@elsewhere since 2026-11-30, running `invoke migrate`")
+    refused = run_tool(lab, "invoke", "presync", "--new-host", "new", state_dir=tmp_path)
+    assert refused.returncode == 1 and "of root@elsewhere since" in refused.stderr
+    assert lab.ssh("new", "test -e /home/vmail/mail", check=False).returncode == 1
+    lab.ssh("old", f"pkill -f {host_lock.NAME}")  # as the message says, once it is safe
+    # This machine's own dead run: taken over, and the step runs.
+    leave_lock(f"pid {dead.pid} of {me} since 2026-11-30, running `invoke migrate`")
+    result = run_tool(lab, "invoke", "presync", "--new-host", "new", state_dir=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "old host: taking over the lock a run of this machine left" in result.stdout
+    free = lab.ssh("old", f"flock -n {host_lock.LOCK_DIR}/lock true", check=False)
+    assert free.returncode == 0, "the dead run's holder is gone, and this run let go"
 
 
 def test_after_a_rollback_the_migration_goes_to_another_new_host(make_lab, tmp_path: Path):

@@ -204,7 +204,8 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
     )
 
     # An operator whose ssh config gives the domain a HostName (old's address): cmdeploy
-    # logs in there whatever DNS says, so new's port does not matter; the move completes.
+    # logs in there whatever DNS says, so new's port does not matter; the move completes,
+    # with a warning that the HostName must follow the relay before old is gone.
     lab.move_ssh("new", 2222)
     config = tmp_path / "ssh_config"
     pin = f"Host {lab.domain}\n    HostName {lab.address('old')}\n"
@@ -221,7 +222,7 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
     )  # fmt: skip
     assert code == 0, output
     assert (
-        f"PASS  login to {lab.domain} (cmdeploy 1.7.0): `ssh root@{lab.domain}` goes to "
-        f"{lab.address('old')} (your ssh config's HostName)"
+        f"WARN  login to {lab.domain} (cmdeploy 1.7.0): your ssh config's HostName sends "
+        f"`ssh root@{lab.domain}` to the old host {lab.address('old')}"
     ) in output
     assert_migrated(lab, before)

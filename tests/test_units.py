@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import os
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -518,18 +521,20 @@ def _ed25519(path: Path) -> Path:
 
 
 def test_host_lock_holds_until_end_of_input_and_names_its_holder(tmp_path: Path):
-    lock, holder = tmp_path / "lock", tmp_path / "holder"
+    locks = tmp_path / "locks"
 
     def hold(text: str) -> subprocess.Popen:
-        command = host_lock.hold_command(text, str(lock), str(holder))
+        command = host_lock.hold_command(text, str(locks))
         return subprocess.Popen(shlex.split(command), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
 
     first = hold("pid 1 of a@b, running `migrate`")
     assert first.stdout.readline() == "held\n"
+    assert (locks.stat().st_mode & 0o777) == 0o700, "root's own: no user can take it"
     second = hold("pid 2")
     assert second.wait(10) == host_lock.BUSY and second.stdout.read() == ""
-    assert holder.read_text() == "pid 1 of a@b, running `migrate`\n"
+    shell, _, holder = (locks / "holder").read_text().partition(" ")
+    assert holder == "pid 1 of a@b, running `migrate`\n" and int(shell) == first.pid
     first.stdin.close()  # the tool's channel closes: the lock goes with it
     first.wait(10)
     third = hold("pid 3")
@@ -541,3 +546,16 @@ def test_host_lock_holds_until_end_of_input_and_names_its_holder(tmp_path: Path)
     assert fourth.stdout.readline() == "held\n"
     fourth.stdin.close()
     fourth.wait(10)
+
+
+def test_a_dead_run_of_this_machine_is_told_from_a_live_or_foreign_one():
+    me = f"{getpass.getuser()}@{socket.gethostname()}"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    line = f"4242 pid {dead.pid} of {me} since 2026-11-30, running `invoke migrate`"
+    assert host_lock.dead_own_holder(line) == "4242"
+    alive = f"4242 pid {os.getpid()} of {me} since 2026-11-30, running `invoke migrate`"
+    assert host_lock.dead_own_holder(alive) is None
+    foreign = f"4242 pid {dead.pid} of root@elsewhere since 2026-11-30, running `x`"
+    assert host_lock.dead_own_holder(foreign) is None
+    assert host_lock.dead_own_holder("garbage") is None
