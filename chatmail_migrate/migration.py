@@ -245,7 +245,8 @@ class Migration:
                 self.host_locks.hold(*WRITES[name])
         except LockHeld as e:
             # Another run works on the host: neither this step nor a rollback may.
-            raise Exit(f"error: {name}: {e}", code=1) from None
+            stand = f"\n{journal.where_things_stand()}" if journal and journal.steps else ""
+            raise Exit(f"error: {name}: {e}{stand}", code=1) from None
         except MigrateError:
             pass  # the host is unreachable: the step itself fails on it, and says so
         print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
