@@ -102,7 +102,7 @@ class HostLocks:
         for attempt in (1, 2):
             started = time.time()
             channel, code, errors = self._ask(role, transport)
-            if code is None:
+            if channel:
                 self.channels[role] = (channel, started)
                 return
             if code != BUSY:
@@ -131,9 +131,9 @@ class HostLocks:
                 f"runs on the hosts any more, free it on {host} with pkill -f {NAME}"
             )
 
-    def _ask(self, role: str, transport) -> tuple[paramiko.Channel, int | None, str]:
-        """Start the holding shell: (channel, None) when it holds the lock, else its exit
-        code and error output."""
+    def _ask(self, role: str, transport) -> tuple[paramiko.Channel | None, int, str]:
+        """Start the holding shell: its channel when it holds the lock, else None with
+        the shell's exit code and error output."""
         try:
             channel = transport.open_session()
             channel.settimeout(ANSWER_TIMEOUT)
@@ -142,7 +142,7 @@ class HostLocks:
             for line in channel.makefile("r"):
                 if line.strip() == "held":
                     channel.settimeout(None)
-                    return channel, None, ""
+                    return channel, 0, ""
             channel.shutdown_write()
             channel.status_event.wait(10)
             errors = channel.makefile_stderr("r").read().strip()
@@ -152,7 +152,7 @@ class HostLocks:
                 f"cannot take the lock on {role} host {self.runner.host(role)}: {e}"
             ) from None
         channel.close()
-        return channel, code, " / ".join(errors.splitlines()[-2:])
+        return None, code, " / ".join(errors.splitlines()[-2:])
 
     def release(self) -> None:
         for role, (channel, started) in self.channels.items():

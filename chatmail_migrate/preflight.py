@@ -81,18 +81,19 @@ def host_facts(runner: Runner, role: str, relay: Relay | None) -> dict[str, list
     return parse_sections(result.stdout)
 
 
-def _run_local(settings: Settings, command: list[str], timeout: int, **kwargs):
-    """Run a command on this machine, recorded in the command log; None if it cannot start."""
+def _run_local(
+    settings: Settings, command: list[str], timeout: int, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run a command on this machine, recorded in the command log. One that cannot
+    start or times out comes back with exit code -1 and the reason as its stderr."""
     started, clock = time.time(), time.monotonic()
-    result = None
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return e
-    finally:
-        code = result.returncode if result else -1
-        where = f"[local {kwargs.get('cwd') or os.getcwd()}]"
-        audit.record(settings, where, shlex.join(command), started, time.monotonic() - clock, code)
+        result = subprocess.CompletedProcess(command, -1, "", f"cannot run: {e}")
+    where = f"[local {kwargs.get('cwd') or os.getcwd()}]"
+    seconds = time.monotonic() - clock
+    audit.record(settings, where, shlex.join(command), started, seconds, result.returncode)
     return result
 
 
@@ -103,8 +104,8 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
 def check_cmdeploy_runs(settings: Settings) -> Check:
     command = [*settings.cmdeploy, "--help"]
     result = _run_local(settings, command, 120, cwd=settings.relay_dir)
-    if isinstance(result, Exception):
-        return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` cannot run: {result}")
+    if result.returncode == -1:
+        return Check("FAIL", "cmdeploy", f"`{shlex.join(command)}` {result.stderr}")
     if result.returncode != 0:
         return Check(
             "FAIL",
@@ -138,12 +139,12 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
         command = ["ssh", *config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
                    f"root@{domain}", "true"]  # fmt: skip
         result = _run_local(settings, command, 60)
-        if isinstance(result, Exception) or result.returncode != 0:
-            why = result if isinstance(result, Exception) else _last_line(result)
+        if result.returncode != 0:
             return Check(
                 "FAIL",
                 name,
-                f"`ssh root@{domain}` (HostName {pinned} in your ssh config) failed: {why}; "
+                f"`ssh root@{domain}` (HostName {pinned} in your ssh config) failed: "
+                f"{_last_line(result)}; "
                 "this relay's cmdeploy logs in there on every run",
             )
         if canonical_address(pinned) == canonical_address(runner.address("old")[0]):
@@ -162,11 +163,11 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
     except MigrateError as e:
         return Check("WARN", name, f"not tried: {e}")
     addresses = records["A"] + records["AAAA"]
-    failed = []
     try:
         key_line = runner.host_key_line("new", domain)
     except MigrateError as e:
         return Check("FAIL", name, f"not tried: {e}")
+    failed = []
     with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as known:
         known.write(key_line + "\n")
         known.flush()
@@ -178,9 +179,7 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
                 "-o", "GlobalKnownHostsFile=/dev/null", f"root@{domain}", "true",
             ]  # fmt: skip
             result = _run_local(settings, command, 60)
-            if isinstance(result, Exception):
-                failed.append(f"{address}: {result}")
-            elif result.returncode != 0:
+            if result.returncode != 0:
                 failed.append(f"{address}: {_last_line(result)}")
     if failed and len(failed) == len(addresses):
         return Check(
@@ -199,7 +198,7 @@ def check_domain_login(settings: Settings, runner: Runner) -> Check | None:
 def _configured_hostname(settings: Settings, config: list[str], name: str) -> str | None:
     """The HostName the ssh config gives ``name``, when it gives one (``ssh -G``)."""
     result = _run_local(settings, ["ssh", *config, "-G", f"root@{name}"], 30)
-    if isinstance(result, Exception) or result.returncode != 0:
+    if result.returncode != 0:
         return None
     for line in result.stdout.splitlines():
         key, _, value = line.partition(" ")

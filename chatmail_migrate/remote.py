@@ -345,14 +345,15 @@ class Runner:
                 stdin.channel.shutdown_write()
             while chunk := stdout.read(1 << 16):
                 data.write(chunk)
-            data.seek(0)
             code = stdout.channel.recv_exit_status()
             errors = stderr.read().decode(errors="replace").strip()
         except (OSError, paramiko.SSHException) as e:
+            data.close()
             self._audit(role, display or command, started, clock, -1)
             raise MigrateError(f"lost connection to {role} host {self.host(role)}: {e}") from None
         self._audit(role, display or command, started, clock, code)
-        if code != 0 and not (warn and data.seek(0, 2)):
+        if code != 0 and not (warn and data.tell()):
+            data.close()
             raise MigrateError(
                 f"on {role} host {self.host(role)}: `{_short(command)}` exited {code}: "
                 + " / ".join(errors.splitlines()[-3:])
