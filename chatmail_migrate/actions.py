@@ -10,7 +10,9 @@ import ipaddress
 import os
 import shlex
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from . import commands, dnscheck, domain_keys, verify
 from .cmdeploy import ACTIVATE_STAGES, PREPARE_STAGES, cmdeploy_run, stages_supported
@@ -33,32 +35,94 @@ def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
     print(f"  {role} host: postfix and dovecot are {state}")
 
 
-def live_relay_reason(settings: Settings, runner: Runner, journal: Journal | None) -> str | None:
-    """Why the new host looks like a relay that serves mail, or None.
+@dataclass(frozen=True)
+class MailFacts:
+    """What a host says about the mail it serves or served (live_relay_facts_command)."""
 
-    Steps that write to the new host never write to such a host: rerun by hand after
-    a finished move (shell history), or with the hosts swapped, they would wipe mail
-    received since, or the old relay's keys. Live means postfix or dovecot run there,
-    or DNS points the mail domain at it (asked of the authoritative servers). This
-    migration's own new host is not live until enable-mail ran there: its services
-    may come from the install's packages, and DNS may point at it before enable-mail.
-    """
-    host = settings.new_host
-    if (
-        journal
-        and journal.new_host == host
-        and journal.started_on(host)
-        and not journal.done("enable-mail")
-    ):
+    active: list[str]
+    # When this tool's enable-mail started mail there, and when a rollback last carried
+    # its mail back to old (unix times).
+    served_since: float | None
+    carried_back: float | None
+    # "UNIT START PATH": folders changed while a mail unit ran (after the last carry back).
+    changed: list[str]
+    addresses: list[str]
+
+    @property
+    def took_mail(self) -> bool:
+        """Whether mail taken there may be on no other host: it served since
+        enable-mail (or files changed while its mail units ran) and nothing carried it
+        back since."""
+        uncarried = self.served_since is not None and (
+            self.carried_back is None or self.carried_back < self.served_since
+        )
+        return uncarried or bool(self.changed)
+
+    def took_mail_reason(self) -> str:
+        if self.changed:
+            unit, start, path = (self.changed[0].split(" ", 2) + ["", ""])[:3]
+            return f"{path} changed while {unit} ran (since {_clock(start)})"
+        return f"enable-mail started mail there at {_clock(self.served_since)}"
+
+
+def _clock(stamp) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(stamp)))
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _stamp(lines: list[str]) -> float | None:
+    try:
+        return float(lines[0]) if lines else None
+    except ValueError:
         return None
-    result = runner.run("new", commands.live_relay_facts_command(), hide=True, quiet=True)
+
+
+def mail_facts(settings: Settings, runner: Runner, role: str) -> MailFacts | None:
+    """The ``role`` host's MailFacts (None under --dry)."""
+    command = commands.live_relay_facts_command(mailbox_tree(settings))
+    result = runner.run_script(role, command, hide=True, quiet=True)
     if settings.dry:
         return None
     facts = commands.parse_sections(result.stdout)
-    running = facts.get("active", [])
-    if running:
-        return f"{host} runs {' and '.join(running)}, so it serves mail"
-    addresses = {_address(a) for a in facts.get("addresses", [])} - {None}
+    return MailFacts(
+        active=facts.get("active", []),
+        served_since=_stamp(facts.get("served", [])),
+        carried_back=_stamp(facts.get("carried", [])),
+        changed=facts.get("changed", []),
+        addresses=facts.get("addresses", []),
+    )
+
+
+def live_relay_reason(settings: Settings, runner: Runner, journal: Journal | None) -> str | None:
+    """Why a copy must not write to the new host, or None.
+
+    Steps that write to the new host never write to a host that serves mail, or took
+    mail no other host has: rerun after a finished move (shell history, ``--restart``,
+    a rollback that left it serving), or with the hosts swapped, they would wipe mail
+    received since, or the old relay's keys. Decided from the host, never from the
+    journal alone: its mail units run; this tool's enable-mail started mail there and
+    no rollback carried that mail back since; files in its mailbox tree or queue
+    changed while its mail units ran; or DNS points the mail domain at it (asked of
+    the authoritative servers). One exception: mail units that this migration's own
+    install started (Debian's packages start them), on a host that never took mail.
+    """
+    host = settings.new_host
+    facts = mail_facts(settings, runner, "new")
+    if facts is None:
+        return None
+    # Units this migration's install started are expected; a host that took mail is not.
+    ours = bool(journal and journal.new_host == host and journal.started_on(host))
+    if facts.active and not (ours and not facts.took_mail):
+        services = " and ".join(unit.split("@")[0] for unit in facts.active)
+        return f"{host} runs {services}, so it serves mail"
+    if facts.took_mail:
+        return (
+            f"{host} took mail that may be on no other host ({facts.took_mail_reason()}); "
+            "`rollback` carries it back to the old host first"
+        )
+    addresses = {_address(a) for a in facts.addresses} - {None}
     if not (settings.mail_domain and addresses):
         return None
     domain = settings.mail_domain
@@ -68,7 +132,7 @@ def live_relay_reason(settings: Settings, runner: Runner, journal: Journal | Non
         )
         current = dnscheck.address_records(domain, servers)
     except MigrateError:
-        return None  # DNS cannot be asked: the service check above stands
+        return None  # DNS cannot be asked: the host's facts above stand
     published = {_address(v) for a in current.values() for t in ("A", "AAAA") for v in a[t].values}
     live = sorted(str(a) for a in addresses & published)
     if live:
@@ -109,7 +173,7 @@ def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | N
     record_old_queue(settings, runner, journal)
 
 
-def _need_agent(settings: Settings, step: str) -> None:
+def need_agent(settings: Settings, step: str) -> None:
     if not settings.dry and not os.environ.get("SSH_AUTH_SOCK"):
         raise MigrateError(
             f"{step} needs an ssh-agent (SSH_AUTH_SOCK) holding a key the new host accepts: "
@@ -130,7 +194,7 @@ def _compression(settings: Settings, runner: Runner) -> str | None:
     return "ssh"
 
 
-def _need_rsync(settings: Settings, runner: Runner, step: str) -> None:
+def need_rsync(settings: Settings, runner: Runner, step: str) -> None:
     if settings.dry:
         return
     for role in ("old", "new"):
@@ -141,7 +205,7 @@ def _need_rsync(settings: Settings, runner: Runner, step: str) -> None:
             )
 
 
-def _copy_target(settings: Settings, runner: Runner) -> dict:
+def copy_target(settings: Settings, runner: Runner) -> dict:
     """Where the old host sends to, and the key it must see there (this machine's view)."""
     host, port, user = runner.address("new")
     if settings.new_host_from_old:
@@ -152,7 +216,7 @@ def _copy_target(settings: Settings, runner: Runner) -> dict:
     return {"host": host, "port": port, "user": user, "host_key_line": key_line}
 
 
-def _run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
+def run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
     """Run a copy script on old with the agent forwarded, showing its progress.
 
     Invoke waits for a remote command to end even after ^C, and without a pty the
@@ -182,27 +246,27 @@ def _run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
     return progress.summaries
 
 
-def _mailbox_tree(settings: Settings) -> str:
+def mailbox_tree(settings: Settings) -> str:
     return settings.relay.mailbox_tree if settings.relay else MAILBOX_ROOT
 
 
 def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """Mirror the mailbox tree to new while old still serves mail; repeatable."""
-    _need_agent(settings, "presync")
+    need_agent(settings, "presync")
     refuse_to_overwrite_a_live_relay(settings, runner, "presync", journal)
-    tree = _mailbox_tree(settings)
+    tree = mailbox_tree(settings)
     if not settings.dry and not path_exists(runner, "old", tree):
         raise MigrateError(
             f"the old host {settings.old_host} has no {tree}: is it a chatmail relay?"
         )
-    _need_rsync(settings, runner, "presync")
+    need_rsync(settings, runner, "presync")
     compress = _compression(settings, runner)
     if journal and not settings.dry:
         journal.record_start("presync", settings.new_host)
     script = commands.presync_script(
-        **_copy_target(settings, runner), compress=compress, mailbox_tree=tree
+        **copy_target(settings, runner), compress=compress, mailbox_tree=tree
     )
-    summaries = _run_copy(settings, runner, script)
+    summaries = run_copy(settings, runner, script)
     if journal and not settings.dry:
         journal.note("presync-done", host=settings.new_host, copies=summaries)
 
@@ -210,9 +274,9 @@ def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | No
 def copy_data_old_to_new(
     settings: Settings, runner: Runner, journal: Journal | None = None
 ) -> None:
-    _need_agent(settings, "copy-data")
+    need_agent(settings, "copy-data")
     refuse_to_overwrite_a_live_relay(settings, runner, "copy-data", journal)
-    tree = _mailbox_tree(settings)
+    tree = mailbox_tree(settings)
     wanted = copy_paths(settings.relay)
     paths = wanted
     if not settings.dry:
@@ -236,7 +300,7 @@ def copy_data_old_to_new(
     if replace and not sync:
         print(f"  replacing what an earlier attempt left on {settings.new_host}")
     compress = _compression(settings, runner)
-    target = _copy_target(settings, runner)
+    target = copy_target(settings, runner)
     by_name = relay_users_exist(settings, runner)
     if by_name:
         print("  the relay's users exist on new: owners and ACLs are restored by name as "
@@ -250,7 +314,7 @@ def copy_data_old_to_new(
         mailbox_tree=tree, owners_by_name=by_name,
         rsync_total=journal.presync_total(settings.new_host) if sync and journal else None,
     )  # fmt: skip
-    summaries = _run_copy(settings, runner, script)
+    summaries = run_copy(settings, runner, script)
     if journal and not settings.dry:
         journal.note("copied", host=settings.new_host, copies=summaries)
 
@@ -331,7 +395,7 @@ def with_link_targets(settings: Settings, runner: Runner, paths: list[str]) -> l
 def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[str]) -> None:
     """Copy what configure needs on new before it runs (1.10+: tls_external_cert_and_key;
     configure fails when those files are missing). copy-data carries them again."""
-    _need_agent(settings, "install")
+    need_agent(settings, "install")
     present = paths if settings.dry else existing_paths(runner, "old", paths)
     if present != paths:
         missing = ", ".join(p for p in paths if p not in present)
@@ -341,7 +405,7 @@ def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[
         )
     print(f"  carrying {', '.join(paths)} to new first: configure reads them")
     paths = with_link_targets(settings, runner, paths)
-    _run_copy(settings, runner, commands.copy_script(paths, **_copy_target(settings, runner)))
+    run_copy(settings, runner, commands.copy_script(paths, **copy_target(settings, runner)))
 
 
 def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | None) -> None:
@@ -363,11 +427,11 @@ def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | N
     paths = wanted if settings.dry else existing_paths(runner, "old", wanted)
     if not paths:
         return
-    _need_agent(settings, "install")
+    need_agent(settings, "install")
     print(f"  carrying {', '.join(paths)} to new first: the deploy finds them there")
     paths = with_link_targets(settings, runner, paths)
     digest = secrets_digest(runner, paths)
-    _run_copy(settings, runner, commands.copy_script(paths, **_copy_target(settings, runner)))
+    run_copy(settings, runner, commands.copy_script(paths, **copy_target(settings, runner)))
     if journal and not settings.dry:
         journal.note("secrets-carried", host=settings.new_host, paths=paths, digest=digest)
 
@@ -400,7 +464,7 @@ def fix_ownership_on_new(
     paths = copy_paths(settings.relay)
     if not settings.dry:
         paths = existing_paths(runner, "new", paths)
-    runner.run_script("new", commands.fix_ownership_script(paths, _mailbox_tree(settings)))
+    runner.run_script("new", commands.fix_ownership_script(paths, mailbox_tree(settings)))
     result = runner.run("new", commands.ownership_check_command(paths), hide=True)
     if settings.dry:
         return
@@ -429,11 +493,33 @@ def fix_ownership_on_new(
 def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     staged, _ = stages_supported(settings)
     stages = ACTIVATE_STAGES if staged and journal and journal.done("install") else None
+    mark_serving(settings, runner, journal)
     restart_on_copied_state(runner)
     cmdeploy_run(settings, settings.new_host, disable_mail=False, stages=stages)
     expect_mail_services(runner, "new", running=True)
     expect_milters_reachable(runner)
     domain_keys.keep_only_new(settings, runner, journal)
+
+
+def mark_serving(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """Note, on new and in the journal, that mail may be taken there from now on.
+
+    Before anything starts: from here on new may hold mail old does not have, and no
+    copy may write over it until a rollback carried it back (live_relay_reason). An
+    earlier mark not carried back yet is kept: it dates the oldest such mail.
+    """
+    mark = commands.SERVED_SINCE
+    result = runner.run(
+        "new",
+        f"mkdir -p -m 700 {commands.STATE_DIR} && "
+        f"if [ -s {mark} ] && [ ! {commands.CARRIED_BACK} -nt {mark} ]; then cat {mark}; "
+        f"else date +%s | tee {mark}.tmp && mv {mark}.tmp {mark}; fi",
+        hide=True,
+        quiet=True,
+    )
+    if journal and not settings.dry:
+        since = _stamp(result.stdout.split())
+        journal.note("new-served", host=settings.new_host, since=since)
 
 
 def restart_on_copied_state(runner: Runner) -> None:
@@ -477,22 +563,9 @@ def expect_milters_reachable(runner: Runner) -> None:
 
 def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     """List the copied trees on both hosts (one command each, both at once) and compare."""
-    paths = copy_paths(settings.relay)
-    command = verify.listing_command(paths, settings.checksum)
-    display = verify.listing_command(paths, settings.checksum, display=True)
-    if not settings.dry:  # connected one after the other: host key checks may print
-        runner.connection("old"), runner.connection("new")
-    # Each host walks its own trees: side by side, the step takes the slower walk's
-    # time instead of the sum of both (it lies inside the downtime).
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        old_job = pool.submit(runner.capture, "old", command, display)
-        new_job = pool.submit(runner.capture, "new", command, display)
-        old_out, new_out = old_job.result(), new_job.result()
-    with old_out, new_out:
-        if settings.dry:
-            return
-        # The summary's first line says what was compared and what was not.
-        report = verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))
+    report = compare_trees(settings, runner, copy_paths(settings.relay), settings.checksum)
+    if report is None:
+        return
     if journal:
         journal.note(
             "verified", ok=report.ok, checksum=settings.checksum,
@@ -503,16 +576,45 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     print(f"  {report.summary()}")
 
 
-def stop_mail_on_new(settings: Settings, runner: Runner) -> None:
-    """After a rollback only the old host may take mail: stop it on the new one."""
+def compare_trees(
+    settings: Settings, runner: Runner, paths: list[str], checksum: bool
+) -> verify.Report | None:
+    """``paths`` listed on old and new (one command each, both at once), compared
+    (None under --dry)."""
+    command = verify.listing_command(paths, checksum)
+    display = verify.listing_command(paths, checksum, display=True)
+    if not settings.dry:  # connected one after the other: host key checks may print
+        runner.connection("old"), runner.connection("new")
+    # Each host walks its own trees: side by side, the step takes the slower walk's
+    # time instead of the sum of both (it lies inside the downtime).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        old_job = pool.submit(runner.capture, "old", command, display)
+        new_job = pool.submit(runner.capture, "new", command, display)
+        old_out, new_out = old_job.result(), new_job.result()
+    with old_out, new_out:
+        if settings.dry:
+            return None
+        # The summary's first line says what was compared and what was not.
+        return verify.compare(verify.parse_listing(old_out), verify.parse_listing(new_out))
+
+
+def stop_mail_on_new(settings: Settings, runner: Runner, *, must: bool = False) -> None:
+    """After a rollback only the old host may take mail: stop it on the new one.
+
+    ``must``: a failure stops the rollback (new's mail is carried back next, and must
+    not change under the copy); else it is only said.
+    """
     try:
         result = runner.run(
             "new",
             "for s in postfix dovecot; do if systemctl is-active --quiet $s; then "
-            "systemctl disable --quiet --now $s && echo $s; fi; done",
+            "systemctl disable --quiet --now $s && echo $s; fi; done; "
+            "! systemctl is-active --quiet postfix@- dovecot",
             hide=True,
         )
     except MigrateError as e:
+        if must:
+            raise MigrateError(f"cannot stop mail on the new host: {e}") from None
         print(f"  could not reach the new host to stop its mail ({e}): stop it there yourself")
         return
     if result.stdout.split():

@@ -7,8 +7,17 @@ import shlex
 from .relay import MAILBOX_ROOT
 
 MAIL_SERVICES = ("postfix", "dovecot")
+# The units that take mail: Debian's postfix.service only wraps the instance postfix@-.
+MAIL_UNITS = ("postfix@-", "dovecot")
+# Postfix's queues: a file changed there while Postfix ran is mail it took or moved.
+MAIL_QUEUES = ("incoming", "active", "deferred", "hold", "maildrop", "corrupt")
+# What this tool keeps on a host (root's own), and its marks there: when enable-mail
+# started mail on the host, and when a rollback last carried its mail back to old.
+STATE_DIR = "/var/lib/chatmail-migrate"
+SERVED_SINCE = f"{STATE_DIR}/served-since"
+CARRIED_BACK = f"{STATE_DIR}/carried-back"
 # Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
-META_DIR = "/var/lib/chatmail-migrate/from-old"
+META_DIR = f"{STATE_DIR}/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
 COPY_PID_FILE = "/run/chatmail-migrate-copy.pid"
 RECEIVE_PID_FILE = "/run/chatmail-migrate-receive.pid"
@@ -485,13 +494,40 @@ def milter_sockets_command() -> str:
     )
 
 
-def live_relay_facts_command() -> str:
-    """Which mail services run on a host, and its global addresses."""
-    return (
-        "echo '== active'; for s in postfix dovecot; do "
-        'systemctl is-active --quiet "$s" && echo "$s"; done; '
-        "echo '== addresses'; ip -o address show scope global | awk '{print $4}' | cut -d/ -f1"
-    )
+def live_relay_facts_command(mailbox_tree: str = MAILBOX_ROOT) -> str:
+    """What says a host serves, or served, mail: its mail units running, this tool's
+    marks (enable-mail started mail there; its mail was carried back since), folders
+    of the mailbox tree or the queue changed while a mail unit ran (after the last
+    carry back: a delivery, an expunge, a flag changed, a queue file moved), and its
+    global addresses. Folders only: a walk of every file would lie inside the downtime.
+
+    Debian's ``postfix.service`` is a wrapper that stays active when the real instance
+    failed: the instance is ``postfix@-``. A unit's timestamps survive only while
+    systemd keeps it loaded; this tool's marks survive a reboot.
+    """
+    queues = " ".join(f"/var/spool/postfix/{q}" for q in MAIL_QUEUES)
+    script = rf"""
+c=$(cat {CARRIED_BACK} 2>/dev/null || echo 0)
+echo '== active'
+for u in {" ".join(MAIL_UNITS)}; do systemctl is-active --quiet "$u" && echo "$u"; done
+echo '== served'; cat {SERVED_SINCE} 2>/dev/null || true
+echo '== carried'; [ "$c" = 0 ] || echo "$c"
+echo '== changed'
+for u in {" ".join(MAIL_UNITS)}; do
+  a=$(systemctl show -P ActiveEnterTimestamp --timestamp=unix "$u" 2>/dev/null | tr -d @)
+  [ -n "$a" ] || continue
+  i=$(systemctl show -P InactiveEnterTimestamp --timestamp=unix "$u" 2>/dev/null | tr -d @)
+  end=""
+  if ! systemctl is-active --quiet "$u" && [ -n "$i" ] && [ "$i" -ge "$a" ]; then end=$i; fi
+  start=$a; [ "$c" -le "$start" ] || start=$c
+  if [ -n "$end" ] && [ "$end" -le "$start" ]; then continue; fi
+  find {shlex.quote(mailbox_tree)} {queues} -type d -newerct "@$start" \
+    ${{end:+! -newerct @$end}} -print 2>/dev/null | head -n 3 | sed "s|^|$u $start |"
+done
+echo '== addresses'
+ip -o address show scope global | awk '{{print $4}}' | cut -d/ -f1
+"""
+    return script
 
 
 def digest_command(paths: list[str]) -> str:

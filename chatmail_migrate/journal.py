@@ -243,11 +243,37 @@ class Journal:
 
     def record_rollback(self) -> None:
         """Mail runs on old again: everything from disable-mail on must be redone, maybe
-        to another new host (the first one's disk was too small, say)."""
+        to another new host (the first one's disk was too small, say). The event keeps
+        the new host: a rollback repeated later still looks at it."""
+        rolled_back_from = self.new_host
         self.steps = {}
         self.new_host = None
-        self.events.append({"time": now(), "event": "rollback"})
+        self.events.append({"time": now(), "event": "rollback", "host": rolled_back_from})
         self.save()
+
+    def last_new_host(self) -> str | None:
+        """This migration's new host, or the one the last rollback came back from."""
+        if self.new_host:
+            return self.new_host
+        rollback = self.last_event("rollback")
+        return rollback.get("host") if rollback else None
+
+    def new_host_served(self, host: str | None) -> str | None:
+        """When enable-mail first started mail on ``host``, if no rollback carried its
+        mail back to old since: that host may hold mail no other host has."""
+        since = None
+        for event in self.events:
+            if event.get("host") != host:
+                continue
+            if event.get("event") == "new-served" and since is None:
+                since = event["time"]
+            elif event.get("event") == "carried-back":
+                since = None
+        return since
+
+    def finished(self) -> bool:
+        """Whether the move is done: enable-mail ran on the new host (and no rollback since)."""
+        return self.done("enable-mail")
 
     def note(self, event: str, **details) -> None:
         self.events.append({"time": now(), "event": event, **details})
@@ -305,7 +331,15 @@ class Journal:
         """One paragraph for the operator after a stop: what is done and what it means."""
         done = self.done_steps()
         parts = [f"Done: {', '.join(done) if done else 'nothing'}."]
-        if self.done("disable-mail") and not self.done("enable-mail"):
+        served = self.new_host_served(self.new_host)
+        if self.done("disable-mail") and not self.done("enable-mail") and served:
+            parts.append(
+                f"The new host served mail since {served} (enable-mail started it there "
+                "before it failed), with mail off on the old host: the newest mail is on "
+                "the new host. Rerun to finish there, or `rollback`, which carries that "
+                "mail back to the old host before old serves again."
+            )
+        elif self.done("disable-mail") and not self.done("enable-mail"):
             parts.append(
                 "Mail is DOWN: disabled on the old host and not yet enabled on the new one. "
                 "The old host's data is untouched."
@@ -327,6 +361,11 @@ class Journal:
                     "fix the records and rerun to finish on the new host, or point DNS back "
                     "at the old host and run `rollback`."
                 )
+        if self.finished():
+            parts.append(
+                f"The move is finished: mail runs on the new host {self.new_host}, which "
+                "holds the newest mail (`rollback` would carry it back to the old host)."
+            )
         nxt = self.next_step()
         if nxt:
             parts.append(f"Next step: {nxt} (rerun migrate to resume at {nxt}).")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from invoke import Exit
 
-from . import actions, audit, check_relay, dnscheck, switch_dns
+from . import actions, audit, check_relay, dnscheck, recovery, switch_dns
 from . import preflight as checks
 from .cli import debugging, paint
 from .cmdeploy import cmdeploy_host, stages_supported
@@ -159,6 +159,15 @@ class Migration:
         if not self.whole:
             return
         assert journal is not None  # migrate needs relay_dir, hence a mail domain
+        if journal.finished() and self.restart:
+            raise Exit(
+                f"error: migrate --restart refused: the move of {journal.mail_domain} to "
+                f"{journal.new_host} finished ({journal.steps['enable-mail'].get('finished')}) "
+                "and mail runs there; to move again, migrate from it (--old-host "
+                f"{journal.new_host} --new-host OTHER); to go back, `rollback` (it carries "
+                "back the mail the new host took)",
+                code=2,
+            )
         try:
             if self.restart:
                 journal.reset()
@@ -190,6 +199,13 @@ class Migration:
             return
         s, journal = self.settings, self.journal
         assert journal is not None
+        if journal.finished():
+            print(
+                f"migrate {s.mail_domain}: the move to {journal.new_host} finished "
+                f"{journal.steps['enable-mail'].get('finished')}; nothing to do "
+                "(`status` shows it; to move again, migrate from the new host)"
+            )
+            return
         if not s.dry:
             journal.adopt_hosts(s)
             journal.save()
@@ -341,9 +357,9 @@ class Migration:
         print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
         runner = Runner(s)
         try:
-            actions.rollback_on_old(s, runner, journal)
-            if journal.done("enable-mail") or name == "enable-mail":
-                actions.stop_mail_on_new(s, runner)
+            if self.host_locks:
+                try_new_host_lock(self.host_locks)  # new's mail may be carried back
+            done = recovery.roll_back_hosts(s, runner, journal)
         except (MigrateError, SettingsError) as e:
             return (
                 f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host: fix that, then run "
@@ -355,10 +371,16 @@ class Migration:
         undo = ""
         if journal.dns_change_confirmed_by() == "--yes":
             undo = " If you did change the DNS records, point them back at the old host."
+        data = (
+            "with the mail the new host took carried back"
+            if done.carried_back
+            else "whose data was never changed"
+        )
         return (
-            "Rolled back: mail runs on the old host again, whose data was never changed. "
-            "Fix the cause, then rerun migrate: it starts over and replaces the new host's copy."
+            f"Rolled back: mail runs on the old host again, {data}. Fix the cause, then "
+            "rerun migrate: it starts over and replaces the new host's copy."
             + undo
+            + "".join(f" Still to do: {line}." for line in done.left)
         )
 
     def summary(self) -> None:
@@ -468,54 +490,79 @@ def check_relay_by_hand(s: Settings, probe_account: str | None = None) -> None:
 
 
 def roll_back(s: Settings) -> None:
-    """Mail on the old host again, recorded in the journal (the next migrate starts over)."""
-    print(f"rollback: re-enabling mail on {s.old_host}", flush=True)
+    """Mail on the old host again, with what the new host took carried back first;
+    recorded in the journal (the next migrate starts over). Decided from the hosts,
+    safe to repeat."""
+    try:
+        journal = Journal.for_settings(s)
+        s = rollback_hosts(s, journal)
+    except SettingsError as e:
+        raise Exit(f"error: {e}", code=2) from None
+    print(
+        f"rollback: mail back on {s.old_host}"
+        + (f"; the new host {s.new_host} is looked at first" if s.new_host else ""),
+        flush=True,
+    )
     runner = Runner(s)
-    # Old's lock only: new may be the broken host this rollback is for.
     locks = HostLocks(s)
     try:
         with migration_lock(s):
             try:
+                # Both: mail may be carried back from new. An unreachable new host is
+                # judged by the rollback itself (it refuses when new took mail).
                 locks.hold("old")
+                if s.new_host:
+                    try_new_host_lock(locks)
             except LockHeld as e:
                 raise Exit(f"rollback not started, nothing changed: {e}", code=1) from None
-            journal = Journal.for_settings(s)
-            if journal and journal.done("switch-dns"):
-                print("note: DNS was switched to the new host: point it back at the old host too")
-            actions.rollback_on_old(s, runner, journal)
-            stop_mail_on_new_after_rollback(s, journal)
+            done = recovery.roll_back_hosts(s, runner, journal)
             if journal and not s.dry:
+                journal.adopt_hosts(s)
                 journal.record_rollback()
     except (MigrateError, SettingsError) as e:
         raise Exit(f"rollback FAILED: {e}", code=1) from None
     finally:
         locks.release()
         runner.close()
-    print("rollback done: mail runs on the old host; a new migrate starts over")
+    carried = "; the mail the new host took was carried back" if done.carried_back else ""
+    print(
+        f"rollback done: mail runs on the old host {s.old_host}{carried}; a new migrate starts over"
+    )
+    for line in done.left:
+        print(f"  still to do: {line}")
 
 
-def stop_mail_on_new_after_rollback(s: Settings, journal: Journal | None) -> None:
-    """Only one relay takes mail: stop it on the new host, unless that is where DNS
-    sends clients now (mail received there since the switch would be stranded)."""
-    new_host = s.new_host or (journal.new_host if journal else None)
-    if not new_host or new_host == s.old_host or s.dry:
-        return
-    if (
-        journal
-        and journal.done("enable-mail")
-        and switch_dns.points_at_new(s, journal) is not False
-    ):
-        print(
-            f"  the new host {new_host} runs mail and DNS may send clients there: point DNS "
-            "back at the old host, copy what new received since, then stop mail on new"
-        )
-        return
-    with_new = dataclasses.replace(s, new_host=new_host)
-    new_runner = Runner(with_new)
+def try_new_host_lock(locks: HostLocks) -> None:
+    """The new host's lock for a rollback; another run's lock refuses (LockHeld)."""
     try:
-        actions.stop_mail_on_new(with_new, new_runner)
-    finally:
-        new_runner.close()
+        locks.hold("new")
+    except LockHeld:
+        raise
+    except MigrateError as e:
+        print(f"  no lock on the new host ({e}): the rollback judges it by what it can reach")
+
+
+def rollback_hosts(s: Settings, journal: Journal | None) -> Settings:
+    """The hosts a rollback works on: the flags, else the journal's; never DNS's.
+
+    After the switch the mail domain names the new host: a rollback that took its old
+    host from DNS would deploy on the live new relay and leave the real old host off.
+    """
+    if s.old_host_from_domain:
+        if not (journal and journal.old_host):
+            raise SettingsError(
+                f"rollback: no journal here names {s.mail_domain}'s old host, and DNS may "
+                "already point the domain at the new one: give --old-host OLD --new-host NEW"
+            )
+        s = dataclasses.replace(s, old_host=journal.old_host, old_host_from_domain=False)
+    new_host = s.new_host or (journal.last_new_host() if journal else None)
+    if not new_host:
+        print("  no new host known (journal, --new-host): only the old host is looked at")
+    if new_host and same_endpoint(s, new_host, s.old_host or ""):
+        raise SettingsError(f"rollback: --new-host {new_host} is the old host; give the other")
+    check_cmdeploy(s)
+    cmdeploy_host(s.old_host or "")
+    return dataclasses.replace(s, new_host=new_host)
 
 
 def show_status(s: Settings) -> None:

@@ -252,24 +252,20 @@ def check_relay(c, new_host=None, relay_dir=None, nameserver=None, probe_account
     check_relay_by_hand(task_settings(c, "new", needs, False, **flags), probe_account)
 
 
-@task(help=flag_help("old_host", "relay_dir"))
-def rollback(c, old_host=None, relay_dir=None):
-    """OLD host: re-enable mail there (cmdeploy run) and check postfix/dovecot run again.
+@task(help=flag_help("old_host", "new_host", "relay_dir"))
+def rollback(c, old_host=None, new_host=None, relay_dir=None):
+    """OLD host: mail back on it, after carrying back what the new host took.
 
-    Mail stops on the new host (unless DNS sends clients there and it took mail);
-    migrate does this by itself when a step fails before DNS is switched.
-    Examples: fab -H 13.37.13.37 rollback | invoke rollback --old-host 13.37.13.37
+    Reads both hosts first. Mail stops on the new host; when it took mail (enable-mail
+    started it there), its mailboxes (deletions too) and queue are copied back to old
+    and verified; then cmdeploy run on old. Hosts: the flags, else the journal's,
+    never DNS's. Safe to repeat. migrate rolls back by itself when a step fails
+    before DNS is switched.
+    Examples: fab -H 13.37.13.37 rollback | invoke rollback |
+    invoke rollback --old-host 13.37.13.37 --new-host 13.12.23.42
     """
-    roll_back(
-        task_settings(
-            c,
-            "old",
-            ("old_host", "relay_dir"),
-            ("old_host",),
-            old_host=old_host,
-            relay_dir=relay_dir,
-        )
-    )
+    flags = {"old_host": old_host, "new_host": new_host, "relay_dir": relay_dir}
+    roll_back(task_settings(c, "old", ("relay_dir",), **flags))
 
 
 @task(

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
 from chatmail_migrate.lab.seed import account_password, seeded_accounts
 
@@ -44,11 +42,6 @@ def readable(lab: Lab, host: str, user: str, message_id: str) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 item 1: migrate --restart after a finished move copies over the live "
-    "new relay (the journal's started_on trusts the finished move), wiping mail new took",
-)
 def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     lab = make_lab(seed=SMALL)
     done = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
@@ -85,11 +78,6 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     assert readable(lab, "new", bob, message_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 items 2-3: rollback after new took mail strands that mail on the "
-    "stopped new host; a second rollback or one without the journal does not read the hosts",
-)
 def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
     lab = make_lab(seed=SMALL)
     # enable-mail fails after new's services started: new serves, old is off.
