@@ -35,6 +35,10 @@ def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
     print(f"  {role} host: postfix and dovecot are {state}")
 
 
+# The steps that write the relay's data to new: never to a host that took mail.
+COPY_STEPS = ("presync", "install", "copy-data", "fix-ownership")
+
+
 @dataclass(frozen=True)
 class MailFacts:
     """What a host says about the mail it serves or served (live_relay_facts_command)."""

@@ -334,10 +334,11 @@ class Journal:
         served = self.new_host_served(self.new_host)
         if self.done("disable-mail") and not self.done("enable-mail") and served:
             parts.append(
-                f"The new host served mail since {served} (enable-mail started it there "
-                "before it failed), with mail off on the old host: the newest mail is on "
-                "the new host. Rerun to finish there, or `rollback`, which carries that "
-                "mail back to the old host before old serves again."
+                f"The new host may have taken mail since {served} (enable-mail was "
+                "starting mail there when it failed), with mail off on the old host: the "
+                "newest mail may be on the new host only. Rerun to finish there, or "
+                "`rollback`, which carries that mail back to the old host before old "
+                "serves again."
             )
         elif self.done("disable-mail") and not self.done("enable-mail"):
             parts.append(

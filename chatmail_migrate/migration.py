@@ -515,6 +515,8 @@ def roll_back(s: Settings) -> None:
                     try_new_host_lock(locks)
             except LockHeld as e:
                 raise Exit(f"rollback not started, nothing changed: {e}", code=1) from None
+            if journal and journal.done("switch-dns"):
+                print("note: DNS was switched to the new host: point it back at the old host too")
             done = recovery.roll_back_hosts(s, runner, journal)
             if journal and not s.dry:
                 journal.adopt_hosts(s)
