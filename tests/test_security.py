@@ -9,8 +9,6 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import pytest
-
 from chatmail_migrate.lab import Lab, SeedParams
 
 from .helpers import run_tool
@@ -63,11 +61,6 @@ def _tmp_of_root(lab: Lab) -> set[str]:
     return set(out.split())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 item 6: the copy's ssh control socket is $(mktemp).ssh in /tmp: nobody on "
-    "old binds it first and root's ssh connects to it; a failed copy leaves its files in /tmp",
-)
 def test_copy_control_socket_cannot_be_taken_by_another_user_on_old(make_lab, tmp_path: Path):
     lab = make_lab("cmsec", seed=SeedParams(accounts=4, messages=2))
     lab.ssh("old", "cat > /usr/local/lib/attacker.py", input=ATTACKER)
