@@ -9,6 +9,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import pytest
+
+from chatmail_migrate import commands
 from chatmail_migrate.lab import Lab, SeedParams
 
 from .helpers import run_tool
@@ -94,3 +97,38 @@ def test_copy_control_socket_cannot_be_taken_by_another_user_on_old(make_lab, tm
     assert refused.returncode != 0 and "presync FAILED" in refused.stderr
     assert not left, f"left in old's /tmp: {sorted(left)}"
     assert "No such file or directory" not in done.stderr + copied.stderr
+
+
+def _modes(lab: Lab, host: str, top: str) -> dict[str, str]:
+    """``type mode`` (find's %y and %m) of ``top`` and everything under it."""
+    out = lab.ssh(host, f"find {top} -printf '%y %m %p\\n'").stdout
+    return {line.split(" ", 2)[2]: line.rsplit(" ", 1)[0] for line in out.splitlines()}
+
+
+PRIVATE = ("d 700", "f 600")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22 item 7: journal, command log, report and the lists on new are 0644",
+)
+def test_journal_log_report_and_lists_on_new_are_the_operators_alone(make_lab, tmp_path: Path):
+    lab = make_lab("cmsec", seed=SeedParams(accounts=4, messages=2))
+    state = tmp_path / "state"
+    args = ["migrate", *HOSTS, "--yes", "--no-wait"]
+    result = run_tool(lab, "invoke", *args, state_dir=state)
+    assert result.returncode == 0, result.stderr
+    journal_dir = state / "chatmail-migrate"
+    domain = lab.domain
+    names = {p.name for p in journal_dir.iterdir()}
+    assert {f"{domain}.json", f"{domain}.log", f"{domain}-report.txt"} <= names, names
+    local = {
+        str(p): f"{'d' if p.is_dir() else 'f'} {p.stat().st_mode & 0o777:o}"
+        for p in [journal_dir, *journal_dir.rglob("*")]
+    }
+    on_new = _modes(lab, "new", "/var/lib/chatmail-migrate")
+    assert f"{commands.META_DIR}/names" in on_new or f"{commands.META_DIR}/owners" in on_new
+    print(local, on_new)
+    wrong = [f"{p}: {m}" for p, m in local.items() if m not in PRIVATE]
+    wrong += [f"new:{p}: {m}" for p, m in on_new.items() if m not in PRIVATE]
+    assert not wrong, wrong
