@@ -332,7 +332,9 @@ def copy_script(
         lines.append(f'{names} > "$meta/names"')
     lines.append('wait "$lists"')
     meta_receive = (
-        f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
+        # umask: META_DIR's parents, made here, are root's alone (the lists come 0600/0700).
+        f"umask 077 && rm -rf {META_DIR} && mkdir -p {META_DIR} && "
+        f"tar --extract --file=- -C {META_DIR}"
     )
     lines.append(
         f'tar --create --file=- -C "$meta" --exclude=./index . | {ssh} {shlex.quote(meta_receive)}'

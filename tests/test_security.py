@@ -9,8 +9,6 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import pytest
-
 from chatmail_migrate import commands
 from chatmail_migrate.lab import Lab, SeedParams
 
@@ -108,10 +106,6 @@ def _modes(lab: Lab, host: str, top: str) -> dict[str, str]:
 PRIVATE = ("d 700", "f 600")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 item 7: journal, command log, report and the lists on new are 0644",
-)
 def test_journal_log_report_and_lists_on_new_are_the_operators_alone(make_lab, tmp_path: Path):
     lab = make_lab("cmsec", seed=SeedParams(accounts=4, messages=2))
     state = tmp_path / "state"
