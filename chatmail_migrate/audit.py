@@ -7,9 +7,11 @@ passwords, and long base64 runs (public host keys) are shortened anyway.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
+from typing import TextIO
 
 from .settings import Settings
 
@@ -29,6 +31,16 @@ def report_path(settings: Settings) -> Path | None:
     return settings.journal_dir / f"{settings.mail_domain}-report.txt"
 
 
+def private_file(path: Path, flags: int) -> int:
+    """Open ``path``, made 0600 in a 0700 directory if new: it names accounts and hosts."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return os.open(path, flags | os.O_CREAT, 0o600)
+
+
+def _append(path: Path) -> TextIO:
+    return open(private_file(path, os.O_WRONLY | os.O_APPEND), "a")
+
+
 def redact(text: str) -> str:
     return KEY_RE.sub(lambda m: f"<key …{m.group()[-8:]}>", text)
 
@@ -44,8 +56,7 @@ def record(
     lines = redact(command).strip().splitlines() or [""]
     text = f"{stamp} {where} exit={exit_code} {seconds:.2f}s $ {lines[0]}\n"
     text += "".join(f"    | {line}\n" for line in lines[1:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with _append(path) as f:
         f.write(text)
 
 
@@ -54,6 +65,5 @@ def note(settings: Settings, message: str) -> None:
     path = log_path(settings)
     if path is None or settings.dry:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with _append(path) as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} -- {redact(message)}\n")

@@ -131,10 +131,12 @@ PROGRESS_TAG = "@chatmail-migrate"
 # Runs beside a copier on the old host and reports, every second, what it has read
 # (/proc/PID/io) and how many entries it has passed (its index file), on fd 3.
 # It writes nothing to the pipe, so the copy ends when the copier does.
+# wc's stderr is redirected before its input: tar makes its index file a moment after
+# the reporter starts, and bash reports a failed redirection on the stderr it has then.
 REPORTER = (
     'report() { while kill -0 "$1" 2>/dev/null; do '
     "b=$(awk '/^rchar/ {print $2}' \"/proc/$1/io\" 2>/dev/null || true); "
-    'f=$(wc -l < "$2" 2>/dev/null || echo 0); '
+    'f=$(wc -l 2>/dev/null < "$2" || echo 0); '
     f'echo "{PROGRESS_TAG} progress $3 ${{b:-0}} ${{f:-0}}" >&3; sleep 1 3>&-; done; }}'
 )
 
@@ -214,12 +216,18 @@ def _script_head(host_key_line: str) -> list[str]:
         "set -euo pipefail",
         "exec 3>&1",
         # The pid lets the tool stop this copy (and its whole process group) if interrupted.
+        # What the copy writes on old (the pinned key, the lists for new) is root's alone.
+        "umask 077",
         f"echo $$ > {COPY_PID_FILE}",
-        # The control socket lies outside $meta, whose files are sent to new as they are.
-        'kh=$(mktemp); meta=$(mktemp -d); idx="$meta/index"; cm="$kh.ssh"',
-        # The shared ssh connection to new ends with the script.
-        f'trap \'ssh -o ControlPath="$cm" -O exit x 2>/dev/null; '
-        f'rm -rf "$kh" "$cm" "$meta" {COPY_PID_FILE}\' EXIT',
+        # One directory of root's own (mktemp -d: 0700) holds the pinned key, $meta (sent
+        # to new as it is) and ssh's control socket: a name in /tmp itself, another user
+        # on old could bind first, and root's ssh would talk to that user's socket.
+        'd=$(mktemp -d); kh="$d/known_hosts"; meta="$d/meta"; idx="$meta/index"; cm="$d/ssh"',
+        # The shared ssh connection to new ends with the script. "|| true": under set -e
+        # a failing command (no master: the copy failed early) would end the trap there.
+        f'trap \'ssh -o ControlPath="$cm" -O exit x 2>/dev/null || true; '
+        f'rm -rf "$d" {COPY_PID_FILE}\' EXIT',
+        'mkdir "$meta"',
         f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
         REPORTER,
     ]
@@ -333,7 +341,9 @@ def copy_script(
         lines.append(f'{names} > "$meta/names"')
     lines.append('wait "$lists"')
     meta_receive = (
-        f"rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
+        # umask: META_DIR's parents, made here, are root's alone (the lists come 0600/0700).
+        f"umask 077 && rm -rf {META_DIR} && mkdir -p {META_DIR} && "
+        f"tar --extract --file=- -C {META_DIR}"
     )
     lines.append(
         f'tar --create --file=- -C "$meta" --exclude=./index . | {ssh} {shlex.quote(meta_receive)}'

@@ -15,6 +15,7 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
+import signal
 import socket
 import time
 
@@ -101,7 +102,7 @@ class HostLocks:
         transport.set_keepalive(KEEPALIVE)
         for attempt in (1, 2):
             started = time.time()
-            channel, code, errors = self._ask(role, transport)
+            channel, code, errors = self._ask_through_interrupt(role, transport)
             if channel:
                 self.channels[role] = (channel, started)
                 return
@@ -130,6 +131,42 @@ class HostLocks:
                 "drops that connection (about 2 hours): once no tar or rsync of that run "
                 f"runs on the hosts any more, free it on {host} with pkill -f {NAME}"
             )
+
+    def _ask_through_interrupt(
+        self, role: str, transport
+    ) -> tuple[paramiko.Channel | None, int, str]:
+        """``_ask``, where a ^C waits for the host's answer, then lets go of the lock.
+
+        The host's shell may still be starting (a slow start-up file): left alone, it
+        would take the lock after this run ended. A second ^C stops waiting.
+        """
+        host = self.runner.host(role)
+        interrupted: list[int] = []
+
+        def on_interrupt(signum, frame):
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+            print(f"\n  interrupted: waiting for the {role} host {host} to answer the lock "
+                  "request, to let go of it (^C again: stop waiting)", flush=True)  # fmt: skip
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            answer = self._ask(role, transport)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if not interrupted:
+            return answer
+        channel = answer[0]
+        if channel:  # its shell ends at end of input, and the lock with it
+            channel.shutdown_write()
+            channel.status_event.wait(10)
+            channel.close()
+        if channel and not channel.exit_status_ready():
+            print(f"  the {role} host {host} may hold the lock a while: pkill -f {NAME} there")
+        else:
+            print(f"  the lock on the {role} host {host} was not kept: nothing held there")
+        raise KeyboardInterrupt
 
     def _ask(self, role: str, transport) -> tuple[paramiko.Channel | None, int, str]:
         """Start the holding shell: its channel when it holds the lock, else None with

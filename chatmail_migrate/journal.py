@@ -312,11 +312,12 @@ class Journal:
         self.events.append({"time": now(), "event": "restart"})
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Account names, hosts and paths: the operator's alone, from the moment they exist.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = {k: v for k, v in self.__dict__.items() if k != "path"}
         tmp = self.path.with_suffix(".tmp")
         # Durable: a crash (or a full disk) leaves the old journal or the new one, whole.
-        with open(tmp, "w") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(json.dumps(data, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -37,7 +37,7 @@ def migration_lock(settings: Settings) -> Iterator[None]:
     if settings.dry or not settings.mail_domain:
         yield
         return
-    settings.journal_dir.mkdir(parents=True, exist_ok=True)
+    settings.journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = settings.journal_dir / f"{settings.mail_domain}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

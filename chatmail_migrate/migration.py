@@ -12,6 +12,7 @@ where things stand.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -411,7 +412,8 @@ def write_report(settings: Settings, journal: Journal | None) -> None:
     path = audit.report_path(settings)
     if journal is None or path is None or not journal.path.exists():
         return
-    path.write_text(report(journal, audit.log_path(settings)))
+    with open(audit.private_file(path, os.O_WRONLY | os.O_TRUNC), "w") as f:
+        f.write(report(journal, audit.log_path(settings)))
     print(f"report: {path}\ncommand log: {audit.log_path(settings)}", flush=True)
 
 
