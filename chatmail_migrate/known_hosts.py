@@ -3,8 +3,10 @@ other hosts and hashed entries of other names are kept as they are).
 
 During a move the mail domain may lead to either host (DNS caches, and relays up to
 1.7 whose ``cmdeploy run`` logs in to the domain itself): OpenSSH accepts a host when
-any line naming it holds the key it sees, so the domain gets both verified keys
-until the move ends, then only the new host's.
+any line naming it holds the key it sees, so the domain gets both hosts' verified
+keys until the move ends, then only the new host's. Every key type a host serves:
+OpenSSH asks for the types known_hosts holds for the name, and refuses a key of a
+type it knows when no line of that type holds it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import time
 from pathlib import Path
 
 import paramiko
+
+# A host key as a known_hosts line holds it: (type, base64).
+Key = tuple[str, str]
 
 
 def _names_domain(field: str, domain: str) -> bool:
@@ -45,21 +50,17 @@ def names_domain(path: Path, domain: str) -> bool:
     return path.is_file() and any(_names(parts, domain) for _, parts in _entries(path))
 
 
-def names_other_key(path: Path, domain: str, key: paramiko.PKey) -> bool:
-    """Whether ``path`` names ``domain`` with another key of ``key``'s type.
-
-    A key of another type is no conflict: OpenSSH checks the type it negotiates.
-    """
-    for _, parts in _entries(path):
-        if _names(parts, domain) and parts[1] == key.get_name() and parts[2] != key.get_base64():
-            return True
-    return False
-
-
-def names_key(path: Path, domain: str, key: paramiko.PKey) -> bool:
-    return path.is_file() and any(
-        _names(parts, domain) and parts[2] == key.get_base64() for _, parts in _entries(path)
+def names_other_key(path: Path, domain: str, keys: list[Key]) -> bool:
+    """Whether ``path`` names ``domain`` with a key not among ``keys``."""
+    return any(
+        _names(parts, domain) and (parts[1], parts[2]) not in keys for _, parts in _entries(path)
     )
+
+
+def names_keys(path: Path, domain: str, keys: list[Key]) -> bool:
+    """Whether ``path`` names ``domain`` with each of ``keys``."""
+    known = {(p[1], p[2]) for _, p in _entries(path) if _names(p, domain)} if path.is_file() else ()
+    return all(key in known for key in keys)
 
 
 def backup(path: Path) -> Path:
@@ -69,12 +70,13 @@ def backup(path: Path) -> Path:
     return target
 
 
-def add_key(path: Path, domain: str, key: paramiko.PKey) -> None:
-    """Let ``domain`` be known with ``key`` too, keeping the keys it has."""
-    if names_key(path, domain, key):
-        return
+def add_keys(path: Path, domain: str, keys: list[Key]) -> None:
+    """Let ``domain`` be known with each of ``keys`` too, keeping the keys it has."""
     lines = [line for line, _ in _entries(path)] if path.is_file() else []
-    _write(path, [*lines, f"{domain} {key.get_name()} {key.get_base64()}"])
+    known = {(p[1], p[2]) for _, p in _entries(path) if _names(p, domain)} if lines else set()
+    missing = [k for k in keys if k not in known]
+    if missing:
+        _write(path, [*lines, *(f"{domain} {t} {k}" for t, k in missing)])
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -87,8 +89,8 @@ def _write(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def replace_key(path: Path, domain: str, key: paramiko.PKey) -> None:
-    """Drop ``domain`` from every entry naming it, then add it with ``key``."""
+def replace_keys(path: Path, domain: str, keys: list[Key]) -> None:
+    """Drop ``domain`` from every entry naming it, then add it with ``keys``."""
     out = []
     for line, parts in _entries(path):
         if _names(parts, domain):
@@ -97,5 +99,4 @@ def replace_key(path: Path, domain: str, key: paramiko.PKey) -> None:
                 out.append(" ".join([",".join(rest), *parts[1:]]))
             continue
         out.append(line)
-    out.append(f"{domain} {key.get_name()} {key.get_base64()}")
-    _write(path, out)
+    _write(path, [*out, *(f"{domain} {t} {k}" for t, k in keys)])

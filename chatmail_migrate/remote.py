@@ -53,6 +53,21 @@ def fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
+def key_fingerprint(key_type: str, key: str) -> str:
+    """``fingerprint`` of a key as known_hosts writes it (type, base64)."""
+    digest = hashlib.sha256(base64.b64decode(key)).digest()
+    return f"{key_type} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+
+
+# The public halves of the keys sshd serves (its effective HostKey settings), else of
+# the usual files; sshd -T needs root, as the tool is on the hosts.
+HOST_KEYS_SCRIPT = (
+    "keys=$(for k in $(sshd -T 2>/dev/null | awk '$1 == \"hostkey\" {print $2}'); do "
+    'ssh-keygen -y -f "$k" 2>/dev/null || cat "$k.pub" 2>/dev/null; done); '
+    'if [ -n "$keys" ]; then echo "$keys"; else cat /etc/ssh/ssh_host_*_key.pub; fi'
+)
+
+
 def known_hosts_files(conn: fabric.Connection) -> tuple[list[Path], list[Path]]:
     """The user and global known_hosts files OpenSSH would read for this host."""
 
@@ -437,6 +452,28 @@ class Runner:
     def server_key(self, role: str) -> paramiko.PKey:
         """The host key the tool's own (checked) connection to ``role`` saw."""
         return self.connection(role).client.get_transport().get_remote_server_key()
+
+    def host_keys(self, role: str) -> list[tuple[str, str]]:
+        """Every host key (type, base64) the host's sshd serves, the one the tool's
+        connection checked first.
+
+        OpenSSH picks the key type by what known_hosts holds for the name it is given,
+        paramiko by the first line for the address: a name that leads to this host
+        must accept each type. The others are read from the host over that checked
+        connection, as OpenSSH's UpdateHostKeys learns them (from the host, once it is
+        verified), never from an unauthenticated scan.
+        """
+        seen = self.server_key(role)
+        checked = (seen.get_name(), seen.get_base64())
+        out = self.run(role, HOST_KEYS_SCRIPT, hide=True, quiet=True).stdout
+        listed = [(p[0], p[1]) for p in (line.split() for line in out.splitlines()) if len(p) > 1]
+        if checked not in listed:
+            raise MigrateError(
+                f"{role} host {self.host(role)}: its sshd does not list the host key this "
+                f"connection saw ({fingerprint(seen)}) among its keys: check its HostKey "
+                "settings (sshd -T) and that the address reaches this host"
+            )
+        return [checked, *dict.fromkeys(k for k in listed if k != checked)]
 
     def host_key_line(self, role: str, alias: str) -> str:
         """known_hosts lines naming ``alias`` with the host's keys this machine trusts.

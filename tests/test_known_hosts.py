@@ -40,13 +40,6 @@ def domain_entries(known_hosts: Path, domain: str) -> set[tuple[str, str]]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 22 item 5: switch-dns adds only the key type paramiko negotiated with new "
-    "(ECDSA) for the domain; cmdeploy 1.7's ssh root@DOMAIN then gets new's ED25519 key, "
-    "beside old's ED25519 line: REMOTE HOST IDENTIFICATION HAS CHANGED, mail down on both",
-)
 def test_known_hosts_with_every_key_type_of_both_hosts(make_lab, tmp_path: Path):
     # Relay 1.7: its cmdeploy logs in with `ssh root@DOMAIN` before and after the switch.
     lab = make_lab("cmkh", seed=SeedParams(version="1.7.0", accounts=2, messages=1))
@@ -82,6 +75,8 @@ def test_known_hosts_with_every_key_type_of_both_hosts(make_lab, tmp_path: Path)
     )  # fmt: skip
     assert code == 0, output
     assert "HOST IDENTIFICATION HAS CHANGED" not in output
+    assert "the old and the new host's keys (ecdsa-sha2-nistp256 SHA256:" in output
+    assert ", ssh-ed25519, ssh-rsa) until enable-mail ends" in output
     assert output.count(f"[ssh] login to {lab.domain}") >= 3, output
     assert_migrated(lab, before)
     # During the move the domain was accepted with every type of either host; now only
