@@ -19,9 +19,21 @@ from pathlib import Path
 from . import known_hosts
 from .errors import MigrateError
 from .journal import Journal
-from .remote import Runner, connect, fingerprint, key_fingerprint, known_hosts_files
+from .remote import (
+    Runner,
+    connect,
+    fingerprint,
+    hashes_known_hosts,
+    key_fingerprint,
+    known_hosts_files,
+)
 from .settings import Settings
 from .switch_dns import points_at_new
+
+
+def _hashed(settings: Settings) -> bool:
+    """Whether the ssh config hashes the names it records (HashKnownHosts yes)."""
+    return hashes_known_hosts(connect(settings, settings.mail_domain or ""))
 
 
 def _domain_known_hosts(settings: Settings) -> list[Path]:
@@ -50,7 +62,7 @@ def accept_both(settings: Settings, runner: Runner, journal: Journal | None) -> 
             continue
         if path.is_file():
             backups.append(str(known_hosts.backup(path)))
-        known_hosts.add_keys(path, domain, keys)
+        known_hosts.add_keys(path, domain, keys, _hashed(settings))
         changed.append(str(path))
     if changed:
         print(
@@ -103,7 +115,7 @@ def keep_only_new(settings: Settings, runner: Runner, journal: Journal | None) -
         return
     keys = runner.host_keys("new")
     for path in map(Path, move["files"]):
-        known_hosts.replace_keys(path, domain, keys)
+        known_hosts.replace_keys(path, domain, keys, _hashed(settings))
     print(f"  known_hosts: {domain} now names only the new host's keys ({_described(keys)})")
 
 
@@ -120,10 +132,10 @@ def old_key_during_rollback(
     keys = runner.host_keys("old")
     if not done:
         for path in map(Path, move["files"]):
-            known_hosts.add_keys(path, domain, keys)
+            known_hosts.add_keys(path, domain, keys, _hashed(settings))
     elif points_at_new(settings, journal) is False:
         for path in map(Path, move["files"]):
-            known_hosts.replace_keys(path, domain, keys)
+            known_hosts.replace_keys(path, domain, keys, _hashed(settings))
         print(f"  known_hosts: {domain} names only the old host's keys again ({_described(keys)})")
     else:
         print(
@@ -153,7 +165,7 @@ def offer_new_key_only(settings: Settings, runner: Runner) -> None:
         update = answer.strip().lower() in ("y", "yes")
     if update:
         for path in stale:
-            known_hosts.replace_keys(path, domain, keys)
+            known_hosts.replace_keys(path, domain, keys, _hashed(settings))
         print(f"  known_hosts: {domain} now names only the new host's keys ({_described(keys)})")
     else:
         print(

@@ -119,3 +119,36 @@ def test_a_key_the_host_does_not_serve_is_another_key_whatever_its_type(tmp_path
     assert known_hosts.names_other_key(path, "chat.example.org", served)
     served.append(("ecdsa-sha2-nistp256", "AAAAecdsa"))
     assert not known_hosts.names_other_key(path, "chat.example.org", served)
+
+
+def test_known_hosts_markers_patterns_hashing_and_symlinks(tmp_path):
+    key = _key(tmp_path, "k")
+    seen = (key.get_name(), key.get_base64())
+    target = tmp_path / "dotfiles" / "known_hosts"
+    target.parent.mkdir()
+    text = (
+        f"@cert-authority *.corp.example,!bad.corp.example {seen[0]} {seen[1]}\n"
+        f"@revoked 10.0.0.* {seen[0]} {seen[1]}\n"
+        f"*.example.org,!skip.example.org {seen[0]} {seen[1]}\n"
+        f"{paramiko.HostKeys.hash_host('chat.example.org')} ssh-rsa AAAArsa\n"
+    )
+    target.write_text(text)
+    target.chmod(0o640)
+    link = tmp_path / "known_hosts"
+    link.symlink_to(target)
+    assert known_hosts.has_cert_authority([link], ["db.corp.example"])
+    assert not known_hosts.has_cert_authority([link], ["bad.corp.example", "corp.example"])
+    assert known_hosts.revoked_for([link], "10.0.0.7", seen) == link
+    assert known_hosts.revoked_for([link], "10.0.1.7", seen) is None
+    # A revoked key is accepted for no name, whatever pattern revoked it.
+    assert known_hosts.keys_for([link], "www.example.org") == []
+    assert known_hosts.keys_for([link], "CHAT.example.org") == [("ssh-rsa", "AAAArsa")]
+    assert known_hosts.without_markers(link, {seen}) == text.splitlines(True)[3]
+    known_hosts.add_keys(link, "chat.example.org", [seen], hashed=True)
+    assert link.is_symlink() and (target.stat().st_mode & 0o777) == 0o640
+    assert target.with_name("known_hosts.old").read_text() == text
+    added = target.read_text().splitlines()[-1].split()
+    assert added[0].startswith("|1|") and (added[1], added[2]) == seen
+    assert known_hosts.names_keys(link, "chat.example.org", [seen, ("ssh-rsa", "AAAArsa")])
+    known_hosts.append(link, "10.0.0.9", seen, hashed=False)
+    assert link.is_symlink() and target.read_text().endswith(f"10.0.0.9 {seen[0]} {seen[1]}\n")
