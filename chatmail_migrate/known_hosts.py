@@ -1,21 +1,30 @@
-"""Editing the operator's known_hosts for the mail domain, line by line (comments,
-other hosts and hashed entries of other names are kept as they are).
+"""Reading and editing the operator's known_hosts as OpenSSH keeps it, line by line
+(comments, other hosts, hashed names, ``@cert-authority`` and ``@revoked`` lines are
+kept as they are; new names are hashed under ``HashKnownHosts yes``; a symlinked file
+is edited at its target, its previous text kept in ``.old`` as ``ssh-keygen -R`` does).
 
 During a move the mail domain may lead to either host (DNS caches, and relays up to
 1.7 whose ``cmdeploy run`` logs in to the domain itself): OpenSSH accepts a host when
-any line naming it holds the key it sees, so the domain gets both verified keys
-until the move ends, then only the new host's.
+any line naming it holds the key it sees, so the domain gets both hosts' verified
+keys until the move ends, then only the new host's. Every key type a host serves:
+OpenSSH asks for the types known_hosts holds for the name, and refuses a key of a
+type it knows when no line of that type holds it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import paramiko
+
+# A host key as a known_hosts line holds it: (type, base64).
+Key = tuple[str, str]
 
 
 def _names_domain(field: str, domain: str) -> bool:
@@ -41,25 +50,100 @@ def _names(parts: list[str], domain: str) -> bool:
     )
 
 
+def _matches(field: str, name: str) -> bool:
+    """OpenSSH's host patterns: hashed names, ``*``/``?`` wildcards, ``!`` negation."""
+    hit = False
+    for pattern in field.split(","):
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        if pattern.startswith("|1|"):  # OpenSSH hashes the name in lower case
+            found = _names_domain(pattern, name.lower())
+        else:
+            found = fnmatch.fnmatchcase(name.lower(), pattern.lower().replace("[", "[[]"))
+        if found and negated:
+            return False
+        hit = hit or found
+    return hit
+
+
+def _lines(paths: Iterable[Path]):
+    for path in paths:
+        if path.is_file():
+            for _, parts in _entries(path):
+                if len(parts) >= 3 and not parts[0].startswith("#"):
+                    yield path, parts
+
+
+def revoked(paths: Iterable[Path]) -> set[Key]:
+    """Every key a ``@revoked`` line holds (OpenSSH never accepts it for those hosts)."""
+    return {(p[2], p[3]) for _, p in _lines(paths) if p[0] == "@revoked" and len(p) >= 4}
+
+
+def revoked_for(paths: Iterable[Path], name: str, key: Key) -> Path | None:
+    """The file whose ``@revoked`` line matching ``name`` holds ``key``, if any."""
+    for path, p in _lines(paths):
+        if p[0] == "@revoked" and len(p) >= 4 and _matches(p[1], name) and (p[2], p[3]) == key:
+            return path
+    return None
+
+
+def has_cert_authority(paths: Iterable[Path], names: Iterable[str]) -> bool:
+    """Whether a ``@cert-authority`` line is meant for one of ``names``."""
+    lines = [p for _, p in _lines(paths) if p[0] == "@cert-authority" and len(p) >= 4]
+    return any(_matches(p[1], name) for p in lines for name in names)
+
+
+def keys_for(paths: Iterable[Path], name: str) -> list[Key]:
+    """The keys plain lines accept for ``name`` (none a ``@revoked`` line holds)."""
+    paths = list(paths)
+    bad = revoked(paths)
+    found = [(p[1], p[2]) for _, p in _lines(paths) if not p[0].startswith("@")
+             and _matches(p[0], name)]  # fmt: skip
+    return [k for k in dict.fromkeys(found) if k not in bad]
+
+
+def without_markers(path: Path, dropped: set[Key]) -> str:
+    """The file's plain lines, without those of ``dropped`` keys: what paramiko can
+    load (it raises on ``@`` lines, and would accept a revoked key a plain line holds)."""
+    return "".join(
+        line + "\n"
+        for line, parts in _entries(path)
+        if not (parts and parts[0].startswith("@"))
+        and not (len(parts) >= 3 and (parts[1], parts[2]) in dropped)
+    )
+
+
+def hashed_name(name: str) -> str:
+    return paramiko.HostKeys.hash_host(name)
+
+
+def line_for(name: str, key: Key, hashed: bool) -> str:
+    return f"{hashed_name(name) if hashed else name} {key[0]} {key[1]}"
+
+
+def append(path: Path, name: str, key: Key, hashed: bool) -> None:
+    """Add one line at the end, as OpenSSH records a key (a symlink's target)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(line_for(name, key, hashed) + "\n")
+
+
 def names_domain(path: Path, domain: str) -> bool:
     return path.is_file() and any(_names(parts, domain) for _, parts in _entries(path))
 
 
-def names_other_key(path: Path, domain: str, key: paramiko.PKey) -> bool:
-    """Whether ``path`` names ``domain`` with another key of ``key``'s type.
-
-    A key of another type is no conflict: OpenSSH checks the type it negotiates.
-    """
-    for _, parts in _entries(path):
-        if _names(parts, domain) and parts[1] == key.get_name() and parts[2] != key.get_base64():
-            return True
-    return False
-
-
-def names_key(path: Path, domain: str, key: paramiko.PKey) -> bool:
-    return path.is_file() and any(
-        _names(parts, domain) and parts[2] == key.get_base64() for _, parts in _entries(path)
+def names_other_key(path: Path, domain: str, keys: list[Key]) -> bool:
+    """Whether ``path`` names ``domain`` with a key not among ``keys``."""
+    return any(
+        _names(parts, domain) and (parts[1], parts[2]) not in keys for _, parts in _entries(path)
     )
+
+
+def names_keys(path: Path, domain: str, keys: list[Key]) -> bool:
+    """Whether ``path`` names ``domain`` with each of ``keys``."""
+    known = {(p[1], p[2]) for _, p in _entries(path) if _names(p, domain)} if path.is_file() else ()
+    return all(key in known for key in keys)
 
 
 def backup(path: Path) -> Path:
@@ -69,26 +153,32 @@ def backup(path: Path) -> Path:
     return target
 
 
-def add_key(path: Path, domain: str, key: paramiko.PKey) -> None:
-    """Let ``domain`` be known with ``key`` too, keeping the keys it has."""
-    if names_key(path, domain, key):
-        return
+def add_keys(path: Path, domain: str, keys: list[Key], hashed: bool = False) -> None:
+    """Let ``domain`` be known with each of ``keys`` too, keeping the keys it has."""
     lines = [line for line, _ in _entries(path)] if path.is_file() else []
-    _write(path, [*lines, f"{domain} {key.get_name()} {key.get_base64()}"])
+    known = {(p[1], p[2]) for _, p in _entries(path) if _names(p, domain)} if lines else set()
+    missing = [k for k in keys if k not in known]
+    if missing:
+        _write(path, [*lines, *(line_for(domain, k, hashed) for k in missing)])
 
 
 def _write(path: Path, lines: list[str]) -> None:
-    """Replace ``path`` whole (a temporary file of its own, then a rename)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Replace the file whole (a temporary file of its own, then a rename), at a
+    symlink's target, which stays a symlink; the previous text is kept in ``.old``
+    beside the file, as ``ssh-keygen -R`` keeps it."""
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if target.is_file():
+        shutil.copy2(target, target.with_name(target.name + ".old"))
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
-    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o600)
-    os.replace(tmp, path)
+    os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o600)
+    os.replace(tmp, target)
 
 
-def replace_key(path: Path, domain: str, key: paramiko.PKey) -> None:
-    """Drop ``domain`` from every entry naming it, then add it with ``key``."""
+def replace_keys(path: Path, domain: str, keys: list[Key], hashed: bool = False) -> None:
+    """Drop ``domain`` from every entry naming it, then add it with ``keys``."""
     out = []
     for line, parts in _entries(path):
         if _names(parts, domain):
@@ -97,5 +187,4 @@ def replace_key(path: Path, domain: str, key: paramiko.PKey) -> None:
                 out.append(" ".join([",".join(rest), *parts[1:]]))
             continue
         out.append(line)
-    out.append(f"{domain} {key.get_name()} {key.get_base64()}")
-    _write(path, out)
+    _write(path, [*out, *(line_for(domain, k, hashed) for k in keys)])

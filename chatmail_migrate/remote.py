@@ -11,9 +11,11 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import re
 import select
 import shlex
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ import paramiko
 import paramiko.agent
 from invoke.exceptions import UnexpectedExit
 
-from . import audit
+from . import audit, known_hosts
 from .errors import HostKeyError, MigrateError
 from .settings import Settings, canonical_address, split_host
 
@@ -53,6 +55,21 @@ def fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
+def key_fingerprint(key_type: str, key: str) -> str:
+    """``fingerprint`` of a key as known_hosts writes it (type, base64)."""
+    digest = hashlib.sha256(base64.b64decode(key)).digest()
+    return f"{key_type} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+
+
+# The public halves of the keys sshd serves (its effective HostKey settings), else of
+# the usual files; sshd -T needs root, as the tool is on the hosts.
+HOST_KEYS_SCRIPT = (
+    "keys=$(for k in $(sshd -T 2>/dev/null | awk '$1 == \"hostkey\" {print $2}'); do "
+    'ssh-keygen -y -f "$k" 2>/dev/null || cat "$k.pub" 2>/dev/null; done); '
+    'if [ -n "$keys" ]; then echo "$keys"; else cat /etc/ssh/ssh_host_*_key.pub; fi'
+)
+
+
 def known_hosts_files(conn: fabric.Connection) -> tuple[list[Path], list[Path]]:
     """The user and global known_hosts files OpenSSH would read for this host."""
 
@@ -71,9 +88,12 @@ def known_hosts_files(conn: fabric.Connection) -> tuple[list[Path], list[Path]]:
 class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     """Refuse hosts whose key is not known, or (trust on first use) record it.
 
-    ``known_as``: other names the operator's known_hosts may know the host by (the
-    mail domain, for an old host the tool reached at the address DNS gave); a key
-    recorded there, of the same type, is accepted as known.
+    paramiko has already accepted a key a plain line holds for the host; this sees the
+    rest, and decides as OpenSSH would. ``known_as``: other names the operator's
+    known_hosts may know the host by (the mail domain, for an old host the tool
+    reached at the address DNS gave); a key recorded there is accepted as known.
+    ``openssh``: asks OpenSSH about the host's certificate (None: it accepted it, else
+    why not), for hosts a ``@cert-authority`` line is meant for.
     """
 
     def __init__(
@@ -83,27 +103,37 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         searched: list[Path],
         known_as: tuple[str, ...] = (),
         what: str = "",
+        hashed: bool = False,
+        openssh: Callable[[paramiko.PKey], str | None] | None = None,
     ):
         self.accept_new = accept_new
         self.record_to = record_to
         self.searched = searched
         self.known_as = known_as
         self.what = what
+        self.hashed = hashed
+        self.openssh = openssh
 
-    def _known_under_other_name(self, hostname: str, key: paramiko.PKey) -> str | None:
+    def _other_names(self, hostname: str) -> list[str]:
         port = hostname.rpartition("]:")[2] if hostname.startswith("[") else "22"
-        for name in self.known_as:
-            entry = name if port == "22" else f"[{name}]:{port}"
-            for path in self.searched:
-                if not path.is_file():
-                    continue
-                known = (paramiko.HostKeys(str(path)).lookup(entry) or {}).get(key.get_name())
-                if known is not None and known.asbytes() == key.asbytes():
-                    return entry
-        return None
+        return [name if port == "22" else f"[{name}]:{port}" for name in self.known_as]
 
     def missing_host_key(self, client, hostname, key):
-        other = self._known_under_other_name(hostname, key)
+        seen = (key.get_name(), key.get_base64())
+        for name in [hostname, *self._other_names(hostname)]:
+            path = known_hosts.revoked_for(self.searched, name, seen)
+            if path:
+                raise HostKeyError(
+                    f"host key of {self.what}{hostname} ({fingerprint(key)}) is marked "
+                    f"@revoked in {path}: it is never accepted; if the host was given a new "
+                    "key, check its fingerprint and add that one"
+                )
+        if seen in known_hosts.keys_for(self.searched, hostname):
+            return  # a line paramiko does not read (a wildcard, or beside a @revoked key)
+        other = next(
+            (n for n in self._other_names(hostname)
+             if seen in known_hosts.keys_for(self.searched, n)), None,
+        )  # fmt: skip
         if other:
             # As OpenSSH's CheckHostIP would: cmdeploy's own ssh (and pyinfra) look the
             # host up by this address, and without a terminal refuse an unknown key.
@@ -111,6 +141,22 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
             print(
                 f"  host key of {hostname} is the one known_hosts has for {other}: "
                 f"recorded it for {hostname} too, in {self.record_to}"
+            )
+            return
+        names = [hostname, *self._other_names(hostname)]
+        if self.openssh and known_hosts.has_cert_authority(self.searched, names):
+            # paramiko cannot check host certificates: OpenSSH, with the operator's
+            # config and files, decides; nothing is recorded.
+            refused = self.openssh(key)
+            if refused:
+                raise HostKeyError(
+                    f"host key of {self.what}{hostname} ({fingerprint(key)}) is in no plain "
+                    "line, and OpenSSH did not accept the host's certificate for it (the "
+                    f"@cert-authority line meant for it): {refused}"
+                )
+            print(
+                f"  host key of {hostname} is certified by a CA your known_hosts trusts for "
+                f"it (checked by OpenSSH): {fingerprint(key)}, accepted, not recorded"
             )
             return
         if not self.accept_new:
@@ -124,26 +170,70 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         print(f"  recorded new host key of {hostname} ({fingerprint(key)}) in {self.record_to}")
 
     def _record(self, hostname: str, key: paramiko.PKey) -> None:
-        self.record_to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.record_to, "a") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        known_hosts.append(self.record_to, hostname, (key.get_name(), key.get_base64()),
+                           self.hashed)  # fmt: skip
+
+
+def hashes_known_hosts(conn: fabric.Connection) -> bool:
+    """Whether the ssh config says HashKnownHosts yes for this host."""
+    return str(conn.ssh_config.get("hashknownhosts", "no")).lower() == "yes"
+
+
+def _openssh_certificate_check(
+    ssh_config: str | None, conn: fabric.Connection
+) -> Callable[[paramiko.PKey], str | None]:
+    """OpenSSH's verdict on the host's certificate for ``key``: it logs in as the tool
+    would (same config and known_hosts), offering no authentication at all."""
+
+    def check(key: paramiko.PKey) -> str | None:
+        command = [
+            "ssh", *(["-F", ssh_config] if ssh_config else []), "-v", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no",
+            "-o", "PreferredAuthentications=password", "-o", "ConnectTimeout=15",
+            "-p", str(conn.port), "-l", conn.user, conn.original_host, "true",
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"ssh could not be run: {e}"
+        certified = re.search(r"Server host certificate: \S+ (SHA256:[^\s,]+)", result.stderr)
+        matched = re.search(r"is known and matches the \S+ host certificate", result.stderr)
+        if certified and matched and certified.group(1) == fingerprint(key).split()[1]:
+            return None
+        said = [line for line in result.stderr.splitlines() if not line.startswith("debug")]
+        return said[0] if said else "it saw no host certificate"
+
+    return check
 
 
 def trust_known_hosts(
-    conn: fabric.Connection, accept_new: bool, known_as: tuple[str, ...] = (), what: str = ""
+    conn: fabric.Connection,
+    accept_new: bool,
+    known_as: tuple[str, ...] = (),
+    what: str = "",
+    ssh_config: str | None = None,
 ) -> None:
-    """Check host keys as OpenSSH does, instead of Fabric's accept-anything default."""
+    """Check host keys as OpenSSH does, instead of Fabric's accept-anything default.
+
+    paramiko reads only plain lines (it raises on ``@cert-authority`` and ``@revoked``
+    ones) and never sees a revoked key: the policy refuses it.
+    """
     user, system = known_hosts_files(conn)
-    for path in system:
+    revoked = known_hosts.revoked([*user, *system])
+    for path, load in [(p, conn.client.load_system_host_keys) for p in system] + [
+        (p, conn.client.get_host_keys().load) for p in user
+    ]:
         if path.is_file():
-            conn.client.load_system_host_keys(str(path))
-    for path in user:
-        if path.is_file():
-            conn.client.get_host_keys().load(str(path))
+            with tempfile.NamedTemporaryFile("w", prefix="chatmail-migrate-kh-") as plain:
+                plain.write(known_hosts.without_markers(path, revoked))
+                plain.flush()
+                load(plain.name)
     record_to = user[0] if user else Path("~/.ssh/known_hosts").expanduser()
-    conn.client.set_missing_host_key_policy(
-        KnownHostsPolicy(accept_new, record_to, [*user, *system], known_as, what)
-    )
+    policy = KnownHostsPolicy(accept_new, record_to, [*user, *system], known_as, what,
+                              hashes_known_hosts(conn),
+                              _openssh_certificate_check(ssh_config, conn))  # fmt: skip
+    conn.client.set_missing_host_key_policy(policy)
 
 
 def connect(
@@ -170,13 +260,15 @@ def connect(
         connect_timeout=timeout,
         connect_kwargs=kwargs,
     )
-    trust_known_hosts(conn, settings.accept_new_host_keys, known_as)
+    trust_known_hosts(conn, settings.accept_new_host_keys, known_as, ssh_config=settings.ssh_config)
     target, jump = conn, conn.gateway
     while isinstance(jump, fabric.Connection):
         jump.connect_timeout = timeout
         jump.connect_kwargs = {**jump.connect_kwargs, **kwargs}
         what = f"jump host (ProxyJump of {target.host}) "
-        trust_known_hosts(jump, settings.accept_new_host_keys, what=what)
+        trust_known_hosts(
+            jump, settings.accept_new_host_keys, what=what, ssh_config=settings.ssh_config
+        )
         target, jump = jump, jump.gateway
     return conn
 
@@ -438,6 +530,28 @@ class Runner:
         """The host key the tool's own (checked) connection to ``role`` saw."""
         return self.connection(role).client.get_transport().get_remote_server_key()
 
+    def host_keys(self, role: str) -> list[tuple[str, str]]:
+        """Every host key (type, base64) the host's sshd serves, the one the tool's
+        connection checked first.
+
+        OpenSSH picks the key type by what known_hosts holds for the name it is given,
+        paramiko by the first line for the address: a name that leads to this host
+        must accept each type. The others are read from the host over that checked
+        connection, as OpenSSH's UpdateHostKeys learns them (from the host, once it is
+        verified), never from an unauthenticated scan.
+        """
+        seen = self.server_key(role)
+        checked = (seen.get_name(), seen.get_base64())
+        out = self.run(role, HOST_KEYS_SCRIPT, hide=True, quiet=True).stdout
+        listed = [(p[0], p[1]) for p in (line.split() for line in out.splitlines()) if len(p) > 1]
+        if checked not in listed:
+            raise MigrateError(
+                f"{role} host {self.host(role)}: its sshd does not list the host key this "
+                f"connection saw ({fingerprint(seen)}) among its keys: check its HostKey "
+                "settings (sshd -T) and that the address reaches this host"
+            )
+        return [checked, *dict.fromkeys(k for k in listed if k != checked)]
+
     def host_key_line(self, role: str, alias: str) -> str:
         """known_hosts lines naming ``alias`` with the host's keys this machine trusts.
 
@@ -449,14 +563,11 @@ class Runner:
             return f"{alias} <host key of {self.host(role)}>"
         conn = connect(self.settings, self.host(role))
         name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
-        keys: dict[str, paramiko.PKey] = {}
-        for path in (p for files in known_hosts_files(conn) for p in files):
-            if path.is_file():
-                keys.update(paramiko.HostKeys(str(path)).lookup(name) or {})
+        keys = known_hosts.keys_for([p for files in known_hosts_files(conn) for p in files], name)
         if not keys:
             key = self.server_key(role)
-            keys = {key.get_name(): key}
-        return "\n".join(f"{alias} {t} {k.get_base64()}" for t, k in sorted(keys.items()))
+            keys = [(key.get_name(), key.get_base64())]
+        return "\n".join(f"{alias} {t} {k}" for t, k in sorted(keys))
 
     def reached_address(self, role: str) -> str | None:
         """The IP address the tool's connection reached the host at (None through a

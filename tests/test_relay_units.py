@@ -79,35 +79,76 @@ def _key(tmp_path: Path, name: str) -> paramiko.PKey:
 
 def test_known_hosts_accepts_both_keys_then_only_the_new_one(tmp_path):
     old, new = _key(tmp_path, "old"), _key(tmp_path, "new")
+    old_keys = [(old.get_name(), old.get_base64()), ("ssh-rsa", "AAAAoldrsa")]
+    new_keys = [(new.get_name(), new.get_base64()), ("ecdsa-sha2-nistp256", "AAAAnewecdsa")]
     hashed = paramiko.HostKeys.hash_host("chat.example.org")
     path = tmp_path / "known_hosts"
     original = (
         "# mine\n"
         f"{hashed} {old.get_name()} {old.get_base64()}\n"
+        f"{hashed} ssh-rsa AAAAoldrsa\n"
         "other.example.org ssh-ed25519 AAAAother\n"
     )
     path.write_text(original)
     domain = "chat.example.org"
     assert known_hosts.names_domain(path, domain)
-    assert known_hosts.names_other_key(path, domain, new)
+    assert known_hosts.names_other_key(path, domain, new_keys)
     backup = known_hosts.backup(path)
-    known_hosts.add_key(path, domain, new)
-    known_hosts.add_key(path, domain, new)  # once only
+    known_hosts.add_keys(path, domain, new_keys)
+    known_hosts.add_keys(path, domain, new_keys)  # once only
     assert backup.read_text() == original
-    assert path.read_text() == original + f"{domain} {new.get_name()} {new.get_base64()}\n"
-    assert known_hosts.names_key(path, domain, old) and known_hosts.names_key(path, domain, new)
-    known_hosts.replace_key(path, domain, new)
-    assert not known_hosts.names_key(path, domain, old)
+    assert path.read_text() == original + "".join(f"{domain} {t} {k}\n" for t, k in new_keys)
+    assert known_hosts.names_keys(path, domain, old_keys + new_keys)
+    known_hosts.replace_keys(path, domain, new_keys)
+    assert not known_hosts.names_other_key(path, domain, new_keys)
+    assert not known_hosts.names_keys(path, domain, old_keys[:1])
     assert "other.example.org ssh-ed25519 AAAAother" in path.read_text()
-    # After a rollback: the old key alone again, every other line as it was.
-    known_hosts.add_key(path, domain, old)
-    known_hosts.replace_key(path, domain, old)
-    assert not known_hosts.names_key(path, domain, new)
+    # After a rollback: the old keys alone again, every other line as it was.
+    known_hosts.add_keys(path, domain, old_keys)
+    known_hosts.replace_keys(path, domain, old_keys)
+    assert not known_hosts.names_keys(path, domain, new_keys[:1])
+    assert known_hosts.names_keys(path, domain, old_keys)
     assert "# mine" in path.read_text() and "other.example.org" in path.read_text()
 
 
-def test_a_key_of_another_type_is_no_conflict(tmp_path):
+def test_a_key_the_host_does_not_serve_is_another_key_whatever_its_type(tmp_path):
     new = _key(tmp_path, "new")
     path = tmp_path / "known_hosts"
     path.write_text("chat.example.org ecdsa-sha2-nistp256 AAAAecdsa\n")
-    assert not known_hosts.names_other_key(path, "chat.example.org", new)
+    served = [(new.get_name(), new.get_base64())]
+    assert known_hosts.names_other_key(path, "chat.example.org", served)
+    served.append(("ecdsa-sha2-nistp256", "AAAAecdsa"))
+    assert not known_hosts.names_other_key(path, "chat.example.org", served)
+
+
+def test_known_hosts_markers_patterns_hashing_and_symlinks(tmp_path):
+    key = _key(tmp_path, "k")
+    seen = (key.get_name(), key.get_base64())
+    target = tmp_path / "dotfiles" / "known_hosts"
+    target.parent.mkdir()
+    text = (
+        f"@cert-authority *.corp.example,!bad.corp.example {seen[0]} {seen[1]}\n"
+        f"@revoked 10.0.0.* {seen[0]} {seen[1]}\n"
+        f"*.example.org,!skip.example.org {seen[0]} {seen[1]}\n"
+        f"{paramiko.HostKeys.hash_host('chat.example.org')} ssh-rsa AAAArsa\n"
+    )
+    target.write_text(text)
+    target.chmod(0o640)
+    link = tmp_path / "known_hosts"
+    link.symlink_to(target)
+    assert known_hosts.has_cert_authority([link], ["db.corp.example"])
+    assert not known_hosts.has_cert_authority([link], ["bad.corp.example", "corp.example"])
+    assert known_hosts.revoked_for([link], "10.0.0.7", seen) == link
+    assert known_hosts.revoked_for([link], "10.0.1.7", seen) is None
+    # A revoked key is accepted for no name, whatever pattern revoked it.
+    assert known_hosts.keys_for([link], "www.example.org") == []
+    assert known_hosts.keys_for([link], "CHAT.example.org") == [("ssh-rsa", "AAAArsa")]
+    assert known_hosts.without_markers(link, {seen}) == text.splitlines(True)[3]
+    known_hosts.add_keys(link, "chat.example.org", [seen], hashed=True)
+    assert link.is_symlink() and (target.stat().st_mode & 0o777) == 0o640
+    assert target.with_name("known_hosts.old").read_text() == text
+    added = target.read_text().splitlines()[-1].split()
+    assert added[0].startswith("|1|") and (added[1], added[2]) == seen
+    assert known_hosts.names_keys(link, "chat.example.org", [seen, ("ssh-rsa", "AAAArsa")])
+    known_hosts.append(link, "10.0.0.9", seen, hashed=False)
+    assert link.is_symlink() and target.read_text().endswith(f"10.0.0.9 {seen[0]} {seen[1]}\n")
