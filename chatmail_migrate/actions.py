@@ -358,6 +358,7 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
     refuse_to_overwrite_a_live_relay(settings, runner, "install", journal)
     if journal and not settings.dry:
         journal.record_start("install", settings.new_host)
+    mark_install(runner, commands.INSTALLING)
     staged, why = stages_supported(settings)
     if not staged:
         # A deploy without them would make a new DKIM key and ask for a certificate.
@@ -365,6 +366,7 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         print(f"  cmdeploy deploys whole ({why}), with mail off on new")
         cmdeploy_run(settings, settings.new_host, disable_mail=True)
         expect_mail_services(runner, "new", running=False)
+        mark_install(runner, commands.INSTALLED)
         return
     print(f"  cmdeploy runs in stages ({why}): install and configure now, activate last")
     if settings.relay and settings.relay.tls_external:
@@ -382,6 +384,17 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         print(f"  stopped {', '.join(running)} on new until the activate stage")
     else:
         print("  new host: postfix and dovecot are not running (activate starts them)")
+    mark_install(runner, commands.INSTALLED)
+
+
+def mark_install(runner: Runner, mark: str) -> None:
+    """Date the install on new: mail units its packages start are not a relay's."""
+    runner.run(
+        "new",
+        f"mkdir -p -m 700 {commands.STATE_DIR} && date +%s > {mark}.tmp && mv {mark}.tmp {mark}",
+        hide=True,
+        quiet=True,
+    )
 
 
 def with_link_targets(settings: Settings, runner: Runner, paths: list[str]) -> list[str]:

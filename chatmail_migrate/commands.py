@@ -16,6 +16,10 @@ MAIL_QUEUES = ("incoming", "active", "deferred", "hold", "maildrop", "corrupt")
 STATE_DIR = "/var/lib/chatmail-migrate"
 SERVED_SINCE = f"{STATE_DIR}/served-since"
 CARRIED_BACK = f"{STATE_DIR}/carried-back"
+# When this tool's install began on the host, and when it ended with mail stopped:
+# mail units running in between are the packages' (Debian starts what it installs).
+INSTALLING = f"{STATE_DIR}/installing"
+INSTALLED = f"{STATE_DIR}/installed"
 # Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
 META_DIR = f"{STATE_DIR}/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
@@ -510,6 +514,9 @@ def live_relay_facts_command(mailbox_tree: str = MAILBOX_ROOT) -> str:
     of the mailbox tree or the queue changed while a mail unit ran (after the last
     carry back: a delivery, an expunge, a flag changed, a queue file moved), and its
     global addresses. Folders only: a walk of every file would lie inside the downtime.
+    Units started during this tool's install (Debian's packages start what they
+    install) and stopped when it ended are not counted: the deploy itself may touch
+    the mailbox tree a pre-sync made.
 
     Debian's ``postfix.service`` is a wrapper that stays active when the real instance
     failed: the instance is ``postfix@-``. A unit's timestamps survive only while
@@ -518,6 +525,7 @@ def live_relay_facts_command(mailbox_tree: str = MAILBOX_ROOT) -> str:
     queues = " ".join(f"/var/spool/postfix/{q}" for q in MAIL_QUEUES)
     script = rf"""
 c=$(cat {CARRIED_BACK} 2>/dev/null || echo 0)
+s0=$(cat {INSTALLING} 2>/dev/null || echo 0); s1=$(cat {INSTALLED} 2>/dev/null || echo 0)
 echo '== active'
 for u in {" ".join(MAIL_UNITS)}; do systemctl is-active --quiet "$u" && echo "$u"; done
 echo '== served'; cat {SERVED_SINCE} 2>/dev/null || true
@@ -529,6 +537,11 @@ for u in {" ".join(MAIL_UNITS)}; do
   i=$(systemctl show -P InactiveEnterTimestamp --timestamp=unix "$u" 2>/dev/null | tr -d @)
   end=""
   if ! systemctl is-active --quiet "$u" && [ -n "$i" ] && [ "$i" -ge "$a" ]; then end=$i; fi
+  # Started during this tool's install: stopped when it ended, or it is still running.
+  if [ "$s0" != 0 ] && [ "$a" -ge "$s0" ]; then
+    if [ -n "$end" ] && [ "$s1" -ge "$s0" ] && [ "$end" -le "$s1" ]; then continue; fi
+    if [ -z "$end" ] && [ "$s1" -lt "$s0" ]; then continue; fi
+  fi
   start=$a; [ "$c" -le "$start" ] || start=$c
   if [ -n "$end" ] && [ "$end" -le "$start" ]; then continue; fi
   find {shlex.quote(mailbox_tree)} {queues} -type d -newerct "@$start" \
