@@ -176,9 +176,9 @@ class Migration:
     def run(self) -> None:
         """The plan, holding the relay's lock: one migration of a relay at a time."""
         with migration_lock(self.settings):
-            self.host_locks = HostLocks(self.settings)
+            self._load_journal()
+            self.host_locks = HostLocks(self.settings, self.journal)
             try:
-                self._load_journal()
                 self._run()
             finally:
                 self.host_locks.release()
@@ -247,8 +247,17 @@ class Migration:
             # Another run works on the host: neither this step nor a rollback may.
             stand = f"\n{journal.where_things_stand()}" if journal and journal.steps else ""
             raise Exit(f"error: {name}: {e}{stand}", code=1) from None
-        except MigrateError:
-            pass  # the host is unreachable: the step itself fails on it, and says so
+        except MigrateError as e:
+            # Not taken, twice (a host unreachable, its lock unusable): the step does not
+            # begin; what earlier steps did is rolled back as after a failed step.
+            if journal and not s.dry:
+                journal.record_failure(name, f"not started: {e}")
+            if self.whole:
+                stand = self._after_failure(name, began=False)
+            else:
+                stand = journal.where_things_stand() if journal and journal.steps else ""
+            raise Exit(f"error: {name} not started: {e}" + (f"\n{stand}" if stand else ""),
+                       code=1) from None  # fmt: skip
         print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
         audit.note(s, f"{number} {name} {where(name, s)}: started")
         runner = Runner(s)
@@ -299,12 +308,14 @@ class Migration:
                     code=2,
                 )
 
-    def _after_failure(self, name: str) -> str:
-        """Roll back a whole migration while DNS still points at old; say where things stand."""
+    def _after_failure(self, name: str, began: bool = True) -> str:
+        """Roll back a whole migration while DNS still points at old; say where things stand.
+
+        ``began``: whether step ``name`` began (it may have turned something off)."""
         s, journal = self.settings, self.journal
         if not journal or s.dry:
             return ""
-        mail_off = journal.done("disable-mail") or name == "disable-mail"
+        mail_off = journal.done("disable-mail") or (began and name == "disable-mail")
         if not (self.whole and mail_off):
             return journal.where_things_stand()
         # Asked of the authoritative servers now: a --yes or a timed-out wait is not
@@ -336,13 +347,16 @@ class Migration:
                 self.host_locks.hold("old")
         except LockHeld as e:
             return f"Not rolling back: {e}. " + journal.where_things_stand()
-        except MigrateError:
-            pass  # old unreachable: the rollback fails on it, and says so
+        except MigrateError as e:
+            return (
+                f"ROLLBACK NOT STARTED: {e}. Mail is DOWN on the old host: fix that, then run "
+                "`rollback`."
+            )
         print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
         runner = Runner(s)
         try:
             actions.rollback_on_old(s, runner, journal)
-            if journal.done("enable-mail") or name == "enable-mail":
+            if journal.done("enable-mail") or (began and name == "enable-mail"):
                 actions.stop_mail_on_new(s, runner)
         except (MigrateError, SettingsError) as e:
             return (
@@ -475,11 +489,12 @@ def roll_back(s: Settings) -> None:
     locks = HostLocks(s)
     try:
         with migration_lock(s):
+            journal = Journal.for_settings(s)
+            locks.journal = journal  # a dead run of this journal may be taken over
             try:
                 locks.hold("old")
             except LockHeld as e:
                 raise Exit(f"rollback not started, nothing changed: {e}", code=1) from None
-            journal = Journal.for_settings(s)
             if journal and journal.done("switch-dns"):
                 print("note: DNS was switched to the new host: point it back at the old host too")
             actions.rollback_on_old(s, runner, journal)
