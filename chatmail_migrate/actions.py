@@ -18,6 +18,7 @@ from . import commands, dnscheck, domain_keys, verify
 from .cmdeploy import ACTIVATE_STAGES, PREPARE_STAGES, cmdeploy_run, stages_supported
 from .errors import MigrateError
 from .journal import Journal
+from .lock import RUN_ID
 from .progress import CopyProgress
 from .relay import MAILBOX_ROOT, copy_paths
 from .remote import Runner, existing_paths, have_program, path_exists
@@ -238,7 +239,10 @@ def run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
     progress = CopyProgress(interval=settings.progress_interval)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        runner.stream("old", script, progress.feed, forward_agent=True)
+        runner.stream(
+            "old", f"{commands.COPY_STOPPED}\n{script}", progress.feed, forward_agent=True,
+            launcher=commands.copy_launcher(RUN_ID),
+        )  # fmt: skip
     except MigrateError:
         if interrupted:
             raise KeyboardInterrupt from None
@@ -341,10 +345,11 @@ def relay_users_exist(settings: Settings, runner: Runner) -> bool:
 
 
 def stop_copy_on_old(settings: Settings) -> None:
-    """After an interrupt, stop the pipe still running on the old host (new connection)."""
+    """After an interrupt, stop this run's copy still running on old (new connection)."""
     runner = Runner(settings)
     try:
-        out = runner.run("old", commands.stop_copy_command(), hide=True, quiet=True, warn=True)
+        stop = commands.stop_copy_command(RUN_ID)
+        out = runner.run("old", stop, hide=True, quiet=True, warn=True)
         if "stopped" in out.stdout:
             print("  stopped the copy still running on the old host")
     except MigrateError as e:

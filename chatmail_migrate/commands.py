@@ -23,7 +23,8 @@ INSTALLED = f"{STATE_DIR}/installed"
 # Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
 META_DIR = f"{STATE_DIR}/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
-COPY_PID_FILE = "/run/chatmail-migrate-copy.pid"
+# The copy on old runs as a transient systemd unit of this name and the run's id.
+COPY_UNIT = "chatmail-migrate-copy"
 RECEIVE_PID_FILE = "/run/chatmail-migrate-receive.pid"
 # On the new host, before receiving: a tar still receiving from an attempt whose
 # connection died (the new host cannot always tell) would write into this copy.
@@ -219,18 +220,15 @@ def _script_head(host_key_line: str) -> list[str]:
     return [
         "set -euo pipefail",
         "exec 3>&1",
-        # The pid lets the tool stop this copy (and its whole process group) if interrupted.
         # What the copy writes on old (the pinned key, the lists for new) is root's alone.
         "umask 077",
-        f"echo $$ > {COPY_PID_FILE}",
         # One directory of root's own (mktemp -d: 0700) holds the pinned key, $meta (sent
         # to new as it is) and ssh's control socket: a name in /tmp itself, another user
         # on old could bind first, and root's ssh would talk to that user's socket.
         'd=$(mktemp -d); kh="$d/known_hosts"; meta="$d/meta"; idx="$meta/index"; cm="$d/ssh"',
         # The shared ssh connection to new ends with the script. "|| true": under set -e
         # a failing command (no master: the copy failed early) would end the trap there.
-        f'trap \'ssh -o ControlPath="$cm" -O exit x 2>/dev/null || true; '
-        f'rm -rf "$d" {COPY_PID_FILE}\' EXIT',
+        'trap \'ssh -o ControlPath="$cm" -O exit x 2>/dev/null || true; rm -rf "$d"\' EXIT',
         'mkdir "$meta"',
         f"printf '%s\\n' {shlex.quote(host_key_line)} > \"$kh\"",
         REPORTER,
@@ -355,12 +353,34 @@ def copy_script(
     return "\n".join(lines)
 
 
-def stop_copy_command() -> str:
-    """Stop a copy left running on the old host by an interrupted tool."""
+def copy_unit(run_id: str) -> str:
+    return f"{COPY_UNIT}-{run_id}.service"
+
+
+def copy_launcher(run_id: str) -> str:
+    """What starts a copy script on old: a transient unit named after the run.
+
+    Its unit is the copy's whole, exact handle: stopping it ends every process of this
+    run's copy, and nothing else (a pid or process group names whatever runs now). Its
+    output still streams back (``--pipe``), its exit code is the script's (``--wait``),
+    and the forwarded agent reaches it (``--setenv``: root's unit can open the socket).
+    """
     return (
-        f'if [ -s {COPY_PID_FILE} ]; then pgid=$(ps -o pgid= -p "$(cat {COPY_PID_FILE})" | '
-        f'tr -d " "); if [ -n "$pgid" ]; then kill -TERM -- "-$pgid"; echo stopped; fi; '
-        f"rm -f {COPY_PID_FILE}; fi"
+        f"systemd-run --unit={copy_unit(run_id)} --pipe --wait --collect --quiet "
+        "--setenv=SSH_AUTH_SOCK -- "
+    )
+
+
+# systemd counts a service ended by SIGTERM as a success: a stopped copy must fail.
+COPY_STOPPED = "trap 'exit 143' TERM"
+
+
+def stop_copy_command(run_id: str) -> str:
+    """Stop the copy of run ``run_id`` on the old host, if it still runs."""
+    unit = copy_unit(run_id)
+    return (
+        f"case $(systemctl show -P ActiveState {unit}) in "
+        f"active|activating|deactivating|reloading) systemctl stop {unit} && echo stopped;; esac"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -22,12 +23,16 @@ from contextlib import contextmanager
 from .errors import MigrateError
 from .settings import Settings
 
+# This run's own name, in the journal and in every lock it holds: a user@hostname is no
+# name of a machine (containers and cloned VMs share theirs), nor is a pid of another's.
+RUN_ID = secrets.token_hex(8)
+
 
 def holder_text() -> str:
     """Who holds a lock: for the run that is refused."""
     return (
-        f"pid {os.getpid()} of {getpass.getuser()}@{socket.gethostname()} since "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S%z')}, running `{shlex.join(sys.argv)}`"
+        f"pid {os.getpid()} of {getpass.getuser()}@{socket.gethostname()} (run {RUN_ID}) "
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S%z')}, running `{shlex.join(sys.argv)}`"
     )
 
 

@@ -186,9 +186,9 @@ class Migration:
     def run(self) -> None:
         """The plan, holding the relay's lock: one migration of a relay at a time."""
         with migration_lock(self.settings):
-            self.host_locks = HostLocks(self.settings)
+            self._load_journal()
+            self.host_locks = HostLocks(self.settings, self.journal)
             try:
-                self._load_journal()
                 self._run()
             finally:
                 self.host_locks.release()
@@ -264,8 +264,17 @@ class Migration:
             # Another run works on the host: neither this step nor a rollback may.
             stand = f"\n{journal.where_things_stand()}" if journal and journal.steps else ""
             raise Exit(f"error: {name}: {e}{stand}", code=1) from None
-        except MigrateError:
-            pass  # the host is unreachable: the step itself fails on it, and says so
+        except MigrateError as e:
+            # Not taken, twice (a host unreachable, its lock unusable): the step does not
+            # begin; what earlier steps did is rolled back as after a failed step.
+            if journal and not s.dry:
+                journal.record_failure(name, f"not started: {e}")
+            if self.whole:
+                stand = self._after_failure(name, began=False)
+            else:
+                stand = journal.where_things_stand() if journal and journal.steps else ""
+            raise Exit(f"error: {name} not started: {e}" + (f"\n{stand}" if stand else ""),
+                       code=1) from None  # fmt: skip
         print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
         audit.note(s, f"{number} {name} {where(name, s)}: started")
         runner = Runner(s)
@@ -316,12 +325,14 @@ class Migration:
                     code=2,
                 )
 
-    def _after_failure(self, name: str) -> str:
-        """Roll back a whole migration while DNS still points at old; say where things stand."""
+    def _after_failure(self, name: str, began: bool = True) -> str:
+        """Roll back a whole migration while DNS still points at old; say where things stand.
+
+        ``began``: whether step ``name`` began (it may have turned something off)."""
         s, journal = self.settings, self.journal
         if not journal or s.dry:
             return ""
-        mail_off = journal.done("disable-mail") or name == "disable-mail"
+        mail_off = journal.done("disable-mail") or (began and name == "disable-mail")
         if not (self.whole and mail_off):
             return journal.where_things_stand()
         # Asked of the authoritative servers now: a --yes or a timed-out wait is not
@@ -353,8 +364,11 @@ class Migration:
                 self.host_locks.hold("old")
         except LockHeld as e:
             return f"Not rolling back: {e}. " + journal.where_things_stand()
-        except MigrateError:
-            pass  # old unreachable: the rollback fails on it, and says so
+        except MigrateError as e:
+            return (
+                f"ROLLBACK NOT STARTED: {e}. Mail is DOWN on the old host: fix that, then run "
+                "`rollback`."
+            )
         print("rolling back: re-enabling mail on the old host (--no-rollback turns this off)")
         runner = Runner(s)
         try:
@@ -509,6 +523,8 @@ def roll_back(s: Settings) -> None:
     locks = HostLocks(s)
     try:
         with migration_lock(s):
+            journal = Journal.for_settings(s)
+            locks.journal = journal  # a dead run of this journal may be taken over
             try:
                 # Both: mail may be carried back from new. An unreachable new host is
                 # judged by the rollback itself (it refuses when new took mail).

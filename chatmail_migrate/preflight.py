@@ -21,6 +21,7 @@ from .addresses import new_host_addresses
 from .commands import parse_sections
 from .errors import MigrateError
 from .journal import Journal
+from .lock import RUN_ID
 from .relay import Relay, copy_paths
 from .remote import Runner, fingerprint
 from .settings import Settings, canonical_address
@@ -449,7 +450,7 @@ def check_relay_files(relay: Relay, old: dict, new: dict):
 
 
 def check_copy_path(settings: Settings, runner: Runner) -> Check:
-    """The exact path of the copy: from old, forwarded agent, batch ssh to new."""
+    """The exact path of the copy: from old, in its unit, forwarded agent, batch ssh to new."""
     host, port, user = runner.address("new")
     host = settings.new_host_from_old or host
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
@@ -461,7 +462,7 @@ def check_copy_path(settings: Settings, runner: Runner) -> Check:
     )
     result = runner.run(
         "old",
-        f"bash -c {shlex.quote(script)}",
+        f"{commands.copy_launcher(RUN_ID)}bash -c {shlex.quote(script)}",
         hide=True,
         quiet=True,
         warn=True,

@@ -460,17 +460,19 @@ class Runner:
         on_line: Callable[[str], bool],
         *,
         forward_agent: bool = False,
+        launcher: str = "",
     ) -> None:
         """Run a bash script, handing each output line to ``on_line`` as it arrives.
 
         Lines ``on_line`` does not take are printed. Used for long copies, whose
         progress lines must be seen while they run (Invoke's runner is quadratic).
+        ``launcher``: a command line prefix that starts the script's bash.
         """
         agent = " (agent forwarded)" if forward_agent else ""
-        self.echo(f"[{role}: {self.host(role)}]{agent} $ bash <<'EOF'\n{script}\nEOF")
+        self.echo(f"[{role}: {self.host(role)}]{agent} $ {launcher}bash <<'EOF'\n{script}\nEOF")
         if self.dry:
             return
-        command = "bash -c " + shlex.quote(script)
+        command = f"{launcher}bash -c " + shlex.quote(script)
         transport = self.connection(role).client.get_transport()
         errors: list[str] = []
         started, clock = time.time(), time.monotonic()
@@ -518,7 +520,8 @@ class Runner:
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise MigrateError(f"lost connection to {role} host {self.host(role)}: {e}") from None
         finally:
-            self._audit(role, f"bash <<'EOF'\n{script}\nEOF", started, clock, code, forward_agent)
+            logged = f"{launcher}bash <<'EOF'\n{script}\nEOF"
+            self._audit(role, logged, started, clock, code, forward_agent)
         if code != 0:
             tail = [e for e in errors if e.strip()][-3:]
             raise MigrateError(
@@ -586,6 +589,11 @@ class Runner:
         """(hostname, port, user) of ``role`` after ssh config resolution."""
         conn = connect(self.settings, self.host(role))
         return conn.host, conn.port, conn.user
+
+    def drop(self, role: str) -> None:
+        """Close the connections to ``role``: the next command connects anew."""
+        for key in [k for k in self._connections if k[0] == role]:
+            self._connections.pop(key).close()
 
     def close(self) -> None:
         for conn in self._connections.values():

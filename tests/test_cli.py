@@ -86,7 +86,8 @@ def test_dry_run_prints_every_command_and_connects_nowhere(tmp_path: Path, relay
     assert "run --disable-mail --ssh-host dry-old" in out
     assert "run --disable-mail --ssh-host dry-new" in out
     assert "run --ssh-host dry-new" in out
-    assert "[old: dry-old] (agent forwarded) $ bash" in out and "tar --create" in out
+    assert "[old: dry-old] (agent forwarded) $ systemd-run --unit=chatmail-migrate-copy-" in out
+    assert "tar --create" in out
     assert "set -euo pipefail" in out
     assert "[new: dry-new] $ bash" in out and "chown -R vmail: /home/vmail/mail" in out
     assert "systemctl is-active postfix" in out

@@ -14,7 +14,16 @@ import paramiko
 import pytest
 from invoke import Config, Context
 
-from chatmail_migrate import addresses, commands, dnscheck, host_lock, migration, steps, verify
+from chatmail_migrate import (
+    addresses,
+    commands,
+    dnscheck,
+    host_lock,
+    lock,
+    migration,
+    steps,
+    verify,
+)
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.errors import HostKeyError
 from chatmail_migrate.journal import STEPS, Journal, plan
@@ -548,14 +557,35 @@ def test_host_lock_holds_until_end_of_input_and_names_its_holder(tmp_path: Path)
     fourth.wait(10)
 
 
-def test_a_dead_run_of_this_machine_is_told_from_a_live_or_foreign_one():
+def test_a_dead_run_is_taken_over_only_when_this_journal_recorded_its_id(tmp_path: Path):
     me = f"{getpass.getuser()}@{socket.gethostname()}"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    line = f"4242 pid {dead.pid} of {me} since 2026-11-30, running `invoke migrate`"
-    assert host_lock.dead_own_holder(line) == "4242"
-    alive = f"4242 pid {os.getpid()} of {me} since 2026-11-30, running `invoke migrate`"
-    assert host_lock.dead_own_holder(alive) is None
-    foreign = f"4242 pid {dead.pid} of root@elsewhere since 2026-11-30, running `x`"
-    assert host_lock.dead_own_holder(foreign) is None
-    assert host_lock.dead_own_holder("garbage") is None
+    journal = Journal(path=tmp_path / "j.json", mail_domain="relay.example")
+    journal.events.append({"event": "run", "id": "00aa"})
+
+    def holder(pid: int, who: str = me, run: str = "00aa") -> host_lock.Holder:
+        line = f"4242 pid {pid} of {who} (run {run}) since 2026-11-30, running `invoke x`"
+        parsed = host_lock.parse_holder(line)
+        assert parsed is not None and parsed.shell == "4242" and parsed.run == run
+        return parsed
+
+    assert host_lock.dead_run_of(holder(dead.pid), journal)
+    assert not host_lock.dead_run_of(holder(os.getpid()), journal), "alive"
+    assert not host_lock.dead_run_of(holder(dead.pid, run="11bb"), journal), "not in the journal"
+    assert not host_lock.dead_run_of(holder(dead.pid), None), "no journal"
+    assert not host_lock.dead_run_of(holder(dead.pid, who="root@elsewhere"), journal)
+    assert host_lock.parse_holder("4242 pid 1 of a@b since 2026-11-30, running `x`") is None
+    assert host_lock.parse_holder("garbage") is None
+    # What the tool writes, it reads back.
+    mine = host_lock.parse_holder(f"4242 {lock.holder_text()}")
+    assert mine is not None and mine.run == lock.RUN_ID and mine.pid == str(os.getpid())
+
+
+def test_a_copy_runs_in_a_unit_named_after_its_run_and_only_that_unit_is_stopped():
+    launch = commands.copy_launcher("00aa")
+    assert launch.startswith("systemd-run --unit=chatmail-migrate-copy-00aa.service --pipe --wait")
+    assert "--setenv=SSH_AUTH_SOCK" in launch, "the forwarded agent reaches the copy"
+    stop = commands.stop_copy_command("00aa")
+    assert stop.count("chatmail-migrate-copy-00aa.service") == 2 and "kill" not in stop
+    assert commands.COPY_STOPPED == "trap 'exit 143' TERM", "a stopped copy fails"
