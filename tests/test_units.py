@@ -15,6 +15,7 @@ import pytest
 from invoke import Config, Context
 
 from chatmail_migrate import (
+    actions,
     addresses,
     commands,
     dnscheck,
@@ -589,3 +590,37 @@ def test_a_copy_runs_in_a_unit_named_after_its_run_and_only_that_unit_is_stopped
     stop = commands.stop_copy_command("00aa")
     assert stop.count("chatmail-migrate-copy-00aa.service") == 2 and "kill" not in stop
     assert commands.COPY_STOPPED == "trap 'exit 143' TERM", "a stopped copy fails"
+
+
+def test_which_host_took_mail_is_read_from_its_marks():
+    def facts(served=None, carried=None, changed=()):
+        return actions.MailFacts([], served, carried, list(changed), [])
+
+    assert not facts().took_mail
+    assert facts(served=100.0).took_mail, "enable-mail started mail: not carried back yet"
+    assert not facts(served=100.0, carried=200.0).took_mail
+    assert facts(served=300.0, carried=200.0).took_mail, "served again after the carry back"
+    changed = facts(changed=["postfix@- 1700000000 /home/vmail/mail/d/a@d/new"])
+    assert changed.took_mail
+    assert "/home/vmail/mail/d/a@d/new changed while postfix@- ran" in changed.took_mail_reason()
+
+
+def test_journal_remembers_when_new_served_and_the_rollback_s_new_host(relay: Path):
+    journal = Journal.for_settings(resolve(context(), relay_dir=str(relay), new_host="new"))
+    journal.adopt_hosts(resolve(context(), relay_dir=str(relay), new_host="new"))
+    journal.record("disable-mail", 0, 1.0)
+    assert journal.new_host_served("new") is None
+    journal.note("new-served", host="new", since=1.0)
+    assert journal.new_host_served("new") is not None
+    assert "may have taken mail" in journal.where_things_stand()
+    journal.record_rollback()
+    assert journal.last_new_host() == "new", "a second rollback still looks at new"
+    journal.note("carried-back", host="new")
+    assert journal.new_host_served("new") is None
+
+
+def test_a_rollback_never_takes_its_old_host_from_dns(relay: Path):
+    settings = resolve(context(), relay_dir=str(relay))
+    assert settings.old_host_from_domain
+    with pytest.raises(SettingsError, match="give --old-host OLD --new-host NEW"):
+        migration.rollback_hosts(settings, None)
