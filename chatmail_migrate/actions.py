@@ -396,7 +396,7 @@ def mark_install(runner: Runner, mark: str) -> None:
     """Date the install on new: mail units its packages start are not a relay's."""
     runner.run(
         "new",
-        f"mkdir -p -m 700 {commands.STATE_DIR} && date +%s > {mark}.tmp && mv {mark}.tmp {mark}",
+        commands.stamp_command(mark),
         hide=True,
         quiet=True,
     )
@@ -533,7 +533,7 @@ def mark_serving(settings: Settings, runner: Runner, journal: Journal | None) ->
     mark = commands.SERVED_SINCE
     result = runner.run(
         "new",
-        f"mkdir -p -m 700 {commands.STATE_DIR} && "
+        f"umask 077; mkdir -p -m 700 {commands.STATE_DIR} && "
         f"if [ -s {mark} ] && [ ! {commands.CARRIED_BACK} -nt {mark} ]; then cat {mark}; "
         f"else date +%s | tee {mark}.tmp && mv {mark}.tmp {mark}; fi",
         hide=True,

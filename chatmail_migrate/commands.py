@@ -573,6 +573,13 @@ ip -o address show scope global | awk '{{print $4}}' | cut -d/ -f1
     return script
 
 
+def stamp_command(mark: str) -> str:
+    """Write the time now into one of this tool's marks on a host (root's alone)."""
+    return (
+        f"umask 077; mkdir -p -m 700 {STATE_DIR} && date +%s > {mark}.tmp && mv {mark}.tmp {mark}"
+    )
+
+
 def digest_command(paths: list[str]) -> str:
     """One sha256 over the names and contents of every file under ``paths``."""
     quoted = " ".join(shlex.quote(p) for p in paths)

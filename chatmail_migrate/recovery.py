@@ -145,8 +145,7 @@ def carry_back_new_to_old(
             )
         back_runner.run(
             "old",
-            f"date +%s > {commands.CARRIED_BACK}.tmp && mv {commands.CARRIED_BACK}.tmp "
-            f"{commands.CARRIED_BACK}",
+            commands.stamp_command(commands.CARRIED_BACK),
             hide=True,
         )
     finally:
