@@ -694,7 +694,7 @@ def check_probe_account(item, address: str) -> Check:
 def check_dns(settings: Settings, journal: Journal | None) -> Check:
     # Imported here: switch_dns and domain_keys import each other, and only work
     # imported in the order actions.py does.
-    from .switch_dns import points_at_new
+    from .dnscheck import points_at_new
 
     points = points_at_new(settings, journal)
     domain = settings.mail_domain

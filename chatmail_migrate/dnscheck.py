@@ -21,6 +21,8 @@ import dns.rdatatype
 import dns.resolver
 
 from .errors import MigrateError
+from .journal import Journal
+from .settings import Settings
 
 TIMEOUT = 3.0
 SUGGESTED_TTL = 300
@@ -257,3 +259,19 @@ def points_at(domain: str, servers: list[Server], want: dict[str, list[str]]) ->
     if not any(canonical(a[t].values) & values for a in current.values() for t in ("A", "AAAA")):
         return False
     return None
+
+
+def points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
+    """Whether the mail domain points at the records this migration asked for, asked of
+    the authoritative servers now (never a note): True, False (none answers them, or
+    none were asked for), or None (mixed, or the servers cannot be asked)."""
+    want = journal.dns_records_asked() if journal else None
+    if not want:
+        # A change confirmed by a journal that did not keep the records: unknown.
+        return None if journal and journal.dns_change_confirmed() else False
+    domain = settings.mail_domain or ""
+    try:
+        _, servers = authoritative_servers(domain, parse_nameservers(settings.nameservers))
+        return points_at(domain, servers, want)
+    except MigrateError:
+        return None

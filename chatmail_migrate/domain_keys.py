@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import known_hosts
+from .dnscheck import points_at_new
 from .errors import MigrateError
 from .journal import Journal
 from .remote import (
@@ -28,7 +29,6 @@ from .remote import (
     known_hosts_files,
 )
 from .settings import Settings
-from .switch_dns import points_at_new
 
 
 def _hashed(settings: Settings) -> bool:

@@ -338,7 +338,7 @@ class Migration:
         # Asked of the authoritative servers now: a --yes or a timed-out wait is not
         # proof that anything changed, and a record changed early is. Only your own
         # 'done' counts as a change that may still reach the servers.
-        points = switch_dns.points_at_new(s, journal)
+        points = dnscheck.points_at_new(s, journal)
         if points is True:
             return (
                 "Not rolling back: DNS already points at the new host. "

@@ -184,21 +184,3 @@ def check_published_keys(settings: Settings, runner: Runner, server) -> None:
         )
     if uris:
         print("  CAA accounturi matches the new host's ACME account")
-
-
-def points_at_new(settings: Settings, journal: Journal | None) -> bool | None:
-    """Whether the mail domain points at the records this migration asked for, asked of
-    the authoritative servers now (never a note): True, False (none answers them, or
-    none were asked for), or None (mixed, or the servers cannot be asked)."""
-    want = journal.dns_records_asked() if journal else None
-    if not want:
-        # A change confirmed by a journal that did not keep the records: unknown.
-        return None if journal and journal.dns_change_confirmed() else False
-    domain = settings.mail_domain or ""
-    try:
-        _, servers = dnscheck.authoritative_servers(
-            domain, dnscheck.parse_nameservers(settings.nameservers)
-        )
-        return dnscheck.points_at(domain, servers, want)
-    except MigrateError:
-        return None

@@ -8,6 +8,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -624,3 +625,29 @@ def test_a_rollback_never_takes_its_old_host_from_dns(relay: Path):
     assert settings.old_host_from_domain
     with pytest.raises(SettingsError, match="give --old-host OLD --new-host NEW"):
         migration.rollback_hosts(settings, None)
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    # An import circle shows only when a module is imported first: each one alone.
+    package = Path(__file__).resolve().parent.parent / "chatmail_migrate"
+    modules = [
+        ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__main__.py"
+    ]
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import {name}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in modules
+    }
+    failed = {}
+    for name, proc in started.items():
+        errors = proc.communicate()[1]
+        if proc.returncode != 0:
+            failed[name] = errors.strip().splitlines()[-1:]
+    assert len(modules) > 30
+    assert failed == {}
