@@ -66,6 +66,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``lab`` every test that boots lab hosts: all reach them through the
+    ``lab_available`` fixture, so ``-m "not lab"`` selects the unit tests alone."""
+    for item in items:
+        if "lab_available" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
+
+
 def lab_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "lab tests need root (network namespaces, mounts, systemd-nspawn)"
