@@ -424,6 +424,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"params": vars(args), "results": results,
                                           "targets": found}, indent=2) + "\n")  # fmt: skip
     print(f"results: {args.out}")
+    missed = [target for target, t in found.items() if not t["met"]]
+    if missed:
+        raise SystemExit(f"{len(missed)} target(s) missed: {', '.join(missed)}")
 
 
 if __name__ == "__main__":
