@@ -129,7 +129,14 @@ def carry_back_new_to_old(
             mailbox_tree=tree,
             owners_by_name=True,
         )
-        summaries = actions.run_copy(back, back_runner, script)
+        try:
+            summaries = actions.run_copy(back, back_runner, script)
+        except MigrateError as e:
+            raise MigrateError(
+                f"carrying new's mail back failed ({e}): old's mailboxes and queue may be "
+                "partly replaced by new's, whose are untouched; old stays off. Fix the "
+                "cause and rerun rollback: it carries everything back again"
+            ) from None
         # Queue files renamed to old's inode numbers, owners checked by name.
         back_runner.run_script("new", commands.fix_ownership_script(paths, tree))
         checked = back_runner.run("new", "postfix check 2>&1 || true", hide=True).stdout
