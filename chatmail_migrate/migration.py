@@ -377,8 +377,9 @@ class Migration:
             done = recovery.roll_back_hosts(s, runner, journal)
         except (MigrateError, SettingsError) as e:
             return (
-                f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host: fix that, then run "
-                "`rollback` (or cmdeploy run --ssh-host OLD)."
+                f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host (and on the new one "
+                "once the rollback stopped it there): fix that, then run `rollback`, which "
+                "carries back what the new host took before old serves."
             )
         finally:
             runner.close()
