@@ -49,28 +49,37 @@ class MailFacts:
     # its mail back to old (unix times).
     served_since: float | None
     carried_back: float | None
+    # A carry back into this host began at this time and was not verified.
+    carrying: float | None
     # "UNIT START PATH": folders changed while a mail unit ran (after the last carry back).
     changed: list[str]
     addresses: list[str]
+    # When this tool's last install on the host began: a migration's new host has one.
+    installed: float | None = None
+
+    @property
+    def carry_due(self) -> bool:
+        """This tool's enable-mail let mail in there, and nothing carried it to the
+        other host since: a rollback carries it back (the one case it mirrors)."""
+        return self.served_since is not None and (
+            self.carried_back is None or self.carried_back < self.served_since
+        )
 
     @property
     def took_mail(self) -> bool:
-        """Whether mail taken there may be on no other host: it served since
-        enable-mail (or files changed while its mail units ran) and nothing carried it
-        back since."""
-        uncarried = self.served_since is not None and (
-            self.carried_back is None or self.carried_back < self.served_since
-        )
-        return uncarried or bool(self.changed)
+        """Whether mail taken there may be on no other host: ``carry_due``, or folders
+        changed while its mail units ran (weaker evidence: never mirrored, only
+        refused)."""
+        return self.carry_due or bool(self.changed)
 
     def took_mail_reason(self) -> str:
         if self.changed:
             unit, start, path = (self.changed[0].split(" ", 2) + ["", ""])[:3]
-            return f"{path} changed while {unit} ran (since {_clock(start)})"
-        return f"enable-mail started mail there at {_clock(self.served_since)}"
+            return f"{path} changed while {unit} ran (since {clock(start)})"
+        return f"enable-mail started mail there at {clock(self.served_since)}"
 
 
-def _clock(stamp) -> str:
+def clock(stamp) -> str:
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(stamp)))
     except (TypeError, ValueError):
@@ -95,8 +104,10 @@ def mail_facts(settings: Settings, runner: Runner, role: str) -> MailFacts | Non
         active=facts.get("active", []),
         served_since=_stamp(facts.get("served", [])),
         carried_back=_stamp(facts.get("carried", [])),
+        carrying=_stamp(facts.get("carrying", [])),
         changed=facts.get("changed", []),
         addresses=facts.get("addresses", []),
+        installed=_stamp(facts.get("installed", [])),
     )
 
 
@@ -325,6 +336,10 @@ def copy_data_old_to_new(
     summaries = run_copy(settings, runner, script)
     if journal and not settings.dry:
         journal.note("copied", host=settings.new_host, copies=summaries)
+        if journal.done("disable-mail"):
+            # Old's mail, off since disable-mail, is on new now: whatever old took as
+            # some earlier move's new host is carried, and old may be a target again.
+            runner.run("old", commands.stamp_command(commands.CARRIED_BACK), hide=True)
 
 
 def relay_users_exist(settings: Settings, runner: Runner) -> bool:
@@ -363,7 +378,7 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
     refuse_to_overwrite_a_live_relay(settings, runner, "install", journal)
     if journal and not settings.dry:
         journal.record_start("install", settings.new_host)
-    mark_install(runner, commands.INSTALLING)
+    runner.run("new", commands.install_mark_command(ended=False), hide=True, quiet=True)
     staged, why = stages_supported(settings)
     if not staged:
         # A deploy without them would make a new DKIM key and ask for a certificate.
@@ -371,7 +386,7 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         print(f"  cmdeploy deploys whole ({why}), with mail off on new")
         cmdeploy_run(settings, settings.new_host, disable_mail=True)
         expect_mail_services(runner, "new", running=False)
-        mark_install(runner, commands.INSTALLED)
+        runner.run("new", commands.install_mark_command(ended=True), hide=True, quiet=True)
         return
     print(f"  cmdeploy runs in stages ({why}): install and configure now, activate last")
     if settings.relay and settings.relay.tls_external:
@@ -389,17 +404,7 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         print(f"  stopped {', '.join(running)} on new until the activate stage")
     else:
         print("  new host: postfix and dovecot are not running (activate starts them)")
-    mark_install(runner, commands.INSTALLED)
-
-
-def mark_install(runner: Runner, mark: str) -> None:
-    """Date the install on new: mail units its packages start are not a relay's."""
-    runner.run(
-        "new",
-        commands.stamp_command(mark),
-        hide=True,
-        quiet=True,
-    )
+    runner.run("new", commands.install_mark_command(ended=True), hide=True, quiet=True)
 
 
 def with_link_targets(settings: Settings, runner: Runner, paths: list[str]) -> list[str]:
@@ -544,7 +549,7 @@ def mark_serving(settings: Settings, runner: Runner, journal: Journal | None) ->
         journal.note("new-served", host=settings.new_host, since=since)
 
 
-def restart_on_copied_state(runner: Runner) -> None:
+def restart_on_copied_state(runner: Runner, role: str = "new") -> None:
     """Restart what read its keys, certificates and config before the copy.
 
     A staged activate (relay >= 1.8) only starts what is stopped: opendkim, started by
@@ -554,19 +559,19 @@ def restart_on_copied_state(runner: Runner) -> None:
     """
     services = " ".join(commands.RESTART_AFTER_COPY)
     result = runner.run(
-        "new",
+        role,
         f"for s in {services}; do if systemctl is-active --quiet $s; then "
         "systemctl restart $s && echo $s || exit 1; fi; done",
         hide=True,
     )
     restarted = result.stdout.split()
     if restarted:
-        print(f"  restarted {', '.join(restarted)} on new: they read the copied state at start")
+        print(f"  restarted {', '.join(restarted)} on {role}: they read the copied state at start")
 
 
-def expect_milters_reachable(runner: Runner) -> None:
+def expect_milters_reachable(runner: Runner, role: str = "new") -> None:
     """Every milter socket postfix is configured with exists (opendkim signs through one)."""
-    result = runner.run("new", commands.milter_sockets_command(), hide=True)
+    result = runner.run(role, commands.milter_sockets_command(), hide=True)
     if runner.dry:
         return
     missing = [
@@ -575,7 +580,7 @@ def expect_milters_reachable(runner: Runner) -> None:
     found = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("ok ")]
     if missing:
         raise MigrateError(
-            f"postfix on new cannot reach its milter socket {', '.join(missing)}: outgoing mail "
+            f"postfix on {role} cannot reach its milter socket {', '.join(missing)}: outgoing mail "
             "would be tempfailed or leave unsigned; check `systemctl status opendkim` and "
             "its Socket in /etc/opendkim.conf, then rerun enable-mail"
         )

@@ -15,11 +15,16 @@ MAIL_QUEUES = ("incoming", "active", "deferred", "hold", "maildrop", "corrupt")
 # started mail on the host, and when a rollback last carried its mail back to old.
 STATE_DIR = "/var/lib/chatmail-migrate"
 SERVED_SINCE = f"{STATE_DIR}/served-since"
+# When the host's mail was last carried to the other host: by a rollback's carry back
+# (new's mail to old), or by a move's copy (old's mail to new, with old's mail off).
 CARRIED_BACK = f"{STATE_DIR}/carried-back"
-# When this tool's install began on the host, and when it ended with mail stopped:
-# mail units running in between are the packages' (Debian starts what it installs).
-INSTALLING = f"{STATE_DIR}/installing"
-INSTALLED = f"{STATE_DIR}/installed"
+# On old while a carry back writes there: until it is verified, old's mailboxes and
+# queue may be partly new's, and old must not serve.
+CARRYING = f"{STATE_DIR}/carry-back-incomplete"
+# This tool's installs on the host, one line each: "START END" (END once it ended with
+# mail stopped). Mail units running in between are the packages' (Debian starts what
+# it installs), not a relay's.
+INSTALLS = f"{STATE_DIR}/installs"
 # Where the new host keeps what copy-data sends beside the trees (ACLs, owner names).
 META_DIR = f"{STATE_DIR}/from-old"
 NEW_HOST_ALIAS = "chatmail-migrate-new-host"
@@ -530,26 +535,28 @@ def milter_sockets_command() -> str:
 
 def live_relay_facts_command(mailbox_tree: str = MAILBOX_ROOT) -> str:
     """What says a host serves, or served, mail: its mail units running, this tool's
-    marks (enable-mail started mail there; its mail was carried back since), folders
-    of the mailbox tree or the queue changed while a mail unit ran (after the last
-    carry back: a delivery, an expunge, a flag changed, a queue file moved), and its
-    global addresses. Folders only: a walk of every file would lie inside the downtime.
-    Units started during this tool's install (Debian's packages start what they
-    install) and stopped when it ended are not counted: the deploy itself may touch
-    the mailbox tree a pre-sync made.
+    marks (enable-mail started mail there; its mail was carried to the other host
+    since; a carry back into it not finished), folders of the mailbox tree or the
+    queue changed while a mail unit ran (after the last carry: a delivery, an expunge,
+    a flag changed, a queue file moved), and its global addresses. Folders only: a walk
+    of every file would lie inside the downtime.
 
-    Debian's ``postfix.service`` is a wrapper that stays active when the real instance
-    failed: the instance is ``postfix@-``. A unit's timestamps survive only while
-    systemd keeps it loaded; this tool's marks survive a reboot.
+    Units started during one of this tool's installs (Debian's packages start what
+    they install) and stopped when it ended, or still running from an install that
+    did not end, are not counted: the deploy itself may touch the mailbox tree a
+    pre-sync made. Debian's ``postfix.service`` is a wrapper that stays active when the
+    real instance failed: the instance is ``postfix@-``. A unit's timestamps survive
+    only while systemd keeps it loaded (not a reboot); this tool's marks survive.
     """
     queues = " ".join(f"/var/spool/postfix/{q}" for q in MAIL_QUEUES)
     script = rf"""
 c=$(cat {CARRIED_BACK} 2>/dev/null || echo 0)
-s0=$(cat {INSTALLING} 2>/dev/null || echo 0); s1=$(cat {INSTALLED} 2>/dev/null || echo 0)
 echo '== active'
 for u in {" ".join(MAIL_UNITS)}; do systemctl is-active --quiet "$u" && echo "$u"; done
 echo '== served'; cat {SERVED_SINCE} 2>/dev/null || true
 echo '== carried'; [ "$c" = 0 ] || echo "$c"
+echo '== carrying'; cat {CARRYING} 2>/dev/null || true
+echo '== installed'; tail -n 1 {INSTALLS} 2>/dev/null | cut -d' ' -f1
 echo '== changed'
 for u in {" ".join(MAIL_UNITS)}; do
   a=$(systemctl show -P ActiveEnterTimestamp --timestamp=unix "$u" 2>/dev/null | tr -d @)
@@ -557,11 +564,15 @@ for u in {" ".join(MAIL_UNITS)}; do
   i=$(systemctl show -P InactiveEnterTimestamp --timestamp=unix "$u" 2>/dev/null | tr -d @)
   end=""
   if ! systemctl is-active --quiet "$u" && [ -n "$i" ] && [ "$i" -ge "$a" ]; then end=$i; fi
-  # Started during this tool's install: stopped when it ended, or it is still running.
-  if [ "$s0" != 0 ] && [ "$a" -ge "$s0" ]; then
-    if [ -n "$end" ] && [ "$s1" -ge "$s0" ] && [ "$end" -le "$s1" ]; then continue; fi
-    if [ -z "$end" ] && [ "$s1" -lt "$s0" ]; then continue; fi
+  ours=""
+  if [ -s {INSTALLS} ]; then
+    while read -r s0 s1; do
+      [ -n "$s0" ] && [ "$a" -ge "$s0" ] || continue
+      if [ -n "$end" ] && [ -n "$s1" ] && [ "$end" -le "$s1" ]; then ours=1; fi
+      if [ -z "$end" ] && [ -z "$s1" ]; then ours=1; fi
+    done < {INSTALLS}
   fi
+  [ -z "$ours" ] || continue
   start=$a; [ "$c" -le "$start" ] || start=$c
   if [ -n "$end" ] && [ "$end" -le "$start" ]; then continue; fi
   find {shlex.quote(mailbox_tree)} {queues} -type d -newerct "@$start" \
@@ -571,6 +582,13 @@ echo '== addresses'
 ip -o address show scope global | awk '{{print $4}}' | cut -d/ -f1
 """
     return script
+
+
+def install_mark_command(*, ended: bool) -> str:
+    """Add an install's start to the host's list of this tool's installs, or its end."""
+    if not ended:
+        return f"umask 077; mkdir -p -m 700 {STATE_DIR} && date +%s >> {INSTALLS}"
+    return f"[ ! -s {INSTALLS} ] || sed -i '$ s/^\\([0-9]*\\)$/\\1 '$(date +%s)'/' {INSTALLS}"
 
 
 def stamp_command(mark: str) -> str:

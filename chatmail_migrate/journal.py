@@ -180,6 +180,23 @@ class Journal:
             for e in self.events
         )
 
+    def started_anywhere(self) -> bool:
+        """Whether this migration began writing to any new host (a copy, an install)."""
+        return any(
+            e.get("step") in ("copy-data", "presync", "install") and e.get("event") == "started"
+            for e in self.events
+        )
+
+    def unfinished_carry_back(self) -> str | None:
+        """When a carry back into old began that was never verified, if one was."""
+        began = None
+        for event in self.events:
+            if event.get("event") == "carry-back-started":
+                began = event["time"]
+            elif event.get("event") == "carried-back":
+                began = None
+        return began
+
     def presynced(self, new_host: str | None) -> bool:
         """Whether a pre-sync to ``new_host`` finished: rsync can mirror onto its copy."""
         return any(
@@ -311,6 +328,12 @@ class Journal:
         self.old_host = self.new_host = None
         self.events.append({"time": now(), "event": "restart"})
 
+    def archive(self) -> Path:
+        """Set this journal aside (a finished move), under a name ``status`` skips."""
+        kept = self.path.with_name(f"{self.path.name}.finished-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.path.replace(kept)
+        return kept
+
     def save(self) -> None:
         # Account names, hosts and paths: the operator's alone, from the moment they exist.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -332,6 +355,14 @@ class Journal:
         """One paragraph for the operator after a stop: what is done and what it means."""
         done = self.done_steps()
         parts = [f"Done: {', '.join(done) if done else 'nothing'}."]
+        unfinished = self.unfinished_carry_back()
+        if unfinished:
+            parts.append(
+                f"A carry back of the new host's mail into the old host began {unfinished} "
+                "and did not finish: old's mailboxes and queue may be partly new's (new's are "
+                "untouched); old stays off until `rollback` carries everything back again."
+            )
+            return " ".join(parts)
         served = self.new_host_served(self.new_host)
         if self.done("disable-mail") and not self.done("enable-mail") and served:
             parts.append(

@@ -160,6 +160,18 @@ class Migration:
         if not self.whole:
             return
         assert journal is not None  # migrate needs relay_dir, hence a mail domain
+        s = self.settings
+        if (
+            journal.finished()
+            and journal.new_host
+            and s.old_host
+            and same_endpoint(s, s.old_host, journal.new_host)
+            and not s.dry
+        ):
+            # Moving again, from the host the last move went to: that move is history.
+            kept = journal.archive()
+            print(f"the move to {journal.new_host} finished; its journal is kept as {kept}")
+            self.journal = journal = Journal(path=journal.path, mail_domain=journal.mail_domain)
         if journal.finished() and self.restart:
             raise Exit(
                 f"error: migrate --restart refused: the move of {journal.mail_domain} to "
@@ -374,7 +386,10 @@ class Migration:
         try:
             if self.host_locks:
                 try_new_host_lock(self.host_locks)  # new's mail may be carried back
-            done = recovery.roll_back_hosts(s, runner, journal)
+            served = journal.new_host_served(s.new_host) or name == "enable-mail"
+            done = recovery.roll_back_hosts(
+                s, runner, journal, unreachable_new_never_served=not served
+            )
         except (MigrateError, SettingsError) as e:
             return (
                 f"ROLLBACK FAILED: {e}. Mail is DOWN on the old host (and on the new one "
@@ -506,13 +521,13 @@ def check_relay_by_hand(s: Settings, probe_account: str | None = None) -> None:
         )
 
 
-def roll_back(s: Settings) -> None:
+def roll_back(s: Settings, *, new_host_gone: bool = False) -> None:
     """Mail on the old host again, with what the new host took carried back first;
     recorded in the journal (the next migrate starts over). Decided from the hosts,
-    safe to repeat."""
+    safe to repeat. ``new_host_gone``: the operator says the new host is gone for good."""
     try:
         journal = Journal.for_settings(s)
-        s = rollback_hosts(s, journal)
+        s = rollback_hosts(s, journal, new_host_gone=new_host_gone)
     except SettingsError as e:
         raise Exit(f"error: {e}", code=2) from None
     print(
@@ -536,7 +551,7 @@ def roll_back(s: Settings) -> None:
                 raise Exit(f"rollback not started, nothing changed: {e}", code=1) from None
             if journal and journal.done("switch-dns"):
                 print("note: DNS was switched to the new host: point it back at the old host too")
-            done = recovery.roll_back_hosts(s, runner, journal)
+            done = recovery.roll_back_hosts(s, runner, journal, new_host_gone=new_host_gone)
             if journal and not s.dry:
                 journal.adopt_hosts(s)
                 journal.record_rollback()
@@ -563,11 +578,15 @@ def try_new_host_lock(locks: HostLocks) -> None:
         print(f"  no lock on the new host ({e}): the rollback judges it by what it can reach")
 
 
-def rollback_hosts(s: Settings, journal: Journal | None) -> Settings:
+def rollback_hosts(
+    s: Settings, journal: Journal | None, *, new_host_gone: bool = False
+) -> Settings:
     """The hosts a rollback works on: the flags, else the journal's; never DNS's.
 
     After the switch the mail domain names the new host: a rollback that took its old
     host from DNS would deploy on the live new relay and leave the real old host off.
+    The new host is needed too (it may serve, or hold mail to carry back), unless the
+    journal shows no copy began, or the operator says it is gone.
     """
     if s.old_host_from_domain:
         if not (journal and journal.old_host):
@@ -577,8 +596,13 @@ def rollback_hosts(s: Settings, journal: Journal | None) -> Settings:
             )
         s = dataclasses.replace(s, old_host=journal.old_host, old_host_from_domain=False)
     new_host = s.new_host or (journal.last_new_host() if journal else None)
-    if not new_host:
-        print("  no new host known (journal, --new-host): only the old host is looked at")
+    if not new_host and not new_host_gone:
+        if not journal or journal.started_anywhere():
+            raise SettingsError(
+                "rollback: give --new-host NEW, the host mail was being moved to (it may "
+                "serve, or hold mail to carry back), or --new-host-gone if it is gone for good"
+            )
+        print("  no copy to a new host began (journal): only the old host is looked at")
     if new_host and same_endpoint(s, new_host, s.old_host or ""):
         raise SettingsError(f"rollback: --new-host {new_host} is the old host; give the other")
     check_cmdeploy(s)

@@ -31,25 +31,45 @@ class Rollback:
     left: list[str] = field(default_factory=list)
 
 
-def roll_back_hosts(settings: Settings, runner: Runner, journal: Journal | None) -> Rollback:
+def roll_back_hosts(
+    settings: Settings,
+    runner: Runner,
+    journal: Journal | None,
+    *,
+    new_host_gone: bool = False,
+    unreachable_new_never_served: bool = False,
+) -> Rollback:
     """Stop mail on new (carrying back what it took), then serve mail on old again.
 
-    ``settings.new_host`` may be None (no new host known: only old is brought back).
+    ``settings.new_host`` is None only when no copy to any new host began.
+    ``new_host_gone``: the operator says the new host is gone for good; it is not asked.
+    ``unreachable_new_never_served``: this very run knows new never served (a step
+    before enable-mail failed), so an unreachable new host does not stop the rollback.
     """
     new_facts = None
-    if settings.new_host:
-        new_facts = _new_host_facts(settings, runner, journal)
+    if settings.new_host and not new_host_gone:
+        new_facts = _new_host_facts(settings, runner, unreachable_new_never_served)
     old_facts = actions.mail_facts(settings, runner, "old")
     if settings.dry:
         actions.rollback_on_old(settings, runner, journal)
         return Rollback()
     assert old_facts is not None
+    refuse_unsafe_rollback(settings, old_facts, new_facts, new_host_gone)
     if new_facts and new_facts.active:
         actions.stop_mail_on_new(settings, runner, must=True)
-    carried = False
-    if new_facts and new_facts.took_mail:
-        carry_back_new_to_old(settings, runner, journal, new_facts, old_facts)
-        carried = True
+    carried = bool(new_facts and new_facts.carry_due)
+    if new_facts and carried:
+        carry_back_new_to_old(settings, runner, journal, new_facts)
+    left = dns_left_to_do(settings, old_facts, new_facts)
+    if new_facts and new_facts.changed and not carried:
+        # Weaker evidence than this tool's own mark: never mirrored over old's mail.
+        left.append(
+            f"the new host {settings.new_host} may hold mail the old host lacks "
+            f"({new_facts.took_mail_reason()}): it was not carried back (only mail this "
+            "tool's enable-mail let in is); look at its mailboxes, copy what is yours by "
+            "hand (rsync without --delete), then `date +%s > "
+            f"{commands.CARRIED_BACK}` there lets copies to it go ahead"
+        )
     if old_facts.active and not carried and not (new_facts and new_facts.active):
         states = commands.parse_service_states(
             runner.run("old", commands.service_state_command(), hide=True).stdout
@@ -60,28 +80,71 @@ def roll_back_hosts(settings: Settings, runner: Runner, journal: Journal | None)
                 + (f" and the new host {settings.new_host} is stopped" if new_facts else "")
                 + ": nothing to roll back there"
             )
-            return Rollback(False, dns_left_to_do(settings, old_facts, new_facts))
+            return Rollback(False, left)
+    if carried:
+        # The carry back replaced old's spool, opendkim's socket in it too.
+        actions.restart_on_copied_state(runner, "old")
     actions.rollback_on_old(settings, runner, journal)
-    return Rollback(carried, dns_left_to_do(settings, old_facts, new_facts))
+    if carried:
+        actions.expect_milters_reachable(runner, "old")
+    return Rollback(carried, left)
+
+
+def refuse_unsafe_rollback(
+    settings: Settings,
+    old_facts: actions.MailFacts,
+    new_facts: actions.MailFacts | None,
+    new_host_gone: bool,
+) -> None:
+    """Refuse, before anything changes, a rollback that would lose or mix mail."""
+    old, new = settings.old_host, settings.new_host
+    if new_facts and old_facts.installed and old_facts.installed > (new_facts.installed or 0):
+        raise MigrateError(
+            f"rollback refused, nothing changed: this tool installed the relay on {old}, "
+            f"given as the old host, at {actions.clock(old_facts.installed)}, after any "
+            f"install on {new}: are --old-host and --new-host swapped?"
+        )
+    if old_facts.carry_due and not (new_facts and new_facts.carry_due):
+        raise MigrateError(
+            f"rollback refused, nothing changed: the host given as old, {old}, took mail as a "
+            f"migration's new host since {actions.clock(old_facts.served_since)} that was "
+            f"never carried away: are --old-host and --new-host swapped?"
+        )
+    if new_facts and new_facts.carry_due and old_facts.active:
+        raise MigrateError(
+            f"rollback refused, nothing changed: both hosts took mail ({old} runs "
+            f"{' and '.join(old_facts.active)}; {new} took mail since "
+            f"{actions.clock(new_facts.served_since)}). Two relays' mail is not merged "
+            "automatically: keep the one DNS points at, stop mail on the other and copy "
+            "its mail over by hand (rsync without --delete)"
+        )
+    if old_facts.carrying and not (new_facts and new_facts.carry_due) and not new_host_gone:
+        raise MigrateError(
+            f"rollback refused, nothing changed: a carry back into {old} began at "
+            f"{actions.clock(old_facts.carrying)} and was not verified (old's mailboxes "
+            f"may be partly new's), and {new or 'the new host'} no longer shows that mail "
+            "to carry: look at both, or give --new-host-gone to serve what old holds"
+        )
 
 
 def _new_host_facts(
-    settings: Settings, runner: Runner, journal: Journal | None
+    settings: Settings, runner: Runner, never_served: bool
 ) -> actions.MailFacts | None:
-    """The new host's mail facts; an unreachable new host that took mail (the journal
-    says enable-mail started mail there) stops the rollback: its mail would be stranded."""
+    """The new host's mail facts. Unreachable, it stops the rollback (whether it took
+    mail, or serves still, cannot be told, and its mail would be stranded), unless this
+    run knows it never served."""
     try:
         return actions.mail_facts(settings, runner, "new")
     except MigrateError as e:
-        served = journal.new_host_served(settings.new_host) if journal else None
-        if served:
-            raise MigrateError(
-                f"the new host {settings.new_host} cannot be reached ({e}), and it took mail "
-                f"since {served} (enable-mail): a rollback now would strand that mail. Make "
-                f"it reachable and rerun rollback; nothing was changed"
-            ) from None
-        print(f"  could not reach the new host ({e}): if mail runs there, stop it yourself")
-        return None
+        if never_served:
+            print(f"  the new host cannot be reached ({e}); it never served mail in this run")
+            return None
+        raise MigrateError(
+            f"rollback refused, nothing changed: the new host {settings.new_host} cannot be "
+            f"reached ({e}), so whether it serves or took mail cannot be told. Make it "
+            "reachable and rerun; if it is gone for good (its mail with it), rerun with "
+            "--new-host-gone"
+        ) from None
 
 
 def carry_back_new_to_old(
@@ -89,20 +152,13 @@ def carry_back_new_to_old(
     runner: Runner,
     journal: Journal | None,
     new_facts: actions.MailFacts,
-    old_facts: actions.MailFacts,
 ) -> None:
     """Mirror new's mailbox tree onto old's and replace old's queue with new's, verified.
 
     The copy runs on new, as the forward one runs on old (agent forwarded, old's key
-    pinned to the one this machine saw), with both hosts' mail stopped.
+    pinned to the one this machine saw), with both hosts' mail stopped. Old carries a
+    mark while it may be partly new's; only a verified carry back removes it.
     """
-    if old_facts.active:
-        raise MigrateError(
-            f"the old host {settings.old_host} runs {' and '.join(old_facts.active)} while the "
-            f"new host {settings.new_host} holds mail it took: both served. Stop mail on old "
-            "(cmdeploy run --disable-mail --ssh-host OLD), then rerun rollback to carry new's "
-            "mail back; nothing was copied"
-        )
     print(
         f"  the new host {settings.new_host} took mail ({new_facts.took_mail_reason()}): "
         f"carrying it back to the old host {settings.old_host} before old serves again"
@@ -116,7 +172,10 @@ def carry_back_new_to_old(
         compress=False,
     )
     back_runner = Runner(back)
+    if journal:
+        journal.note("carry-back-started", host=settings.new_host)
     try:
+        back_runner.run("new", commands.stamp_command(commands.CARRYING), hide=True)
         tree = actions.mailbox_tree(settings)
         paths = existing_paths(back_runner, "old", [tree, SPOOL])
         actions.need_agent(back, "rollback")
@@ -131,9 +190,10 @@ def carry_back_new_to_old(
         )
         try:
             summaries = actions.run_copy(back, back_runner, script)
-        except MigrateError as e:
+        except (MigrateError, KeyboardInterrupt) as e:
+            why = str(e) if isinstance(e, MigrateError) else "interrupted"
             raise MigrateError(
-                f"carrying new's mail back failed ({e}): old's mailboxes and queue may be "
+                f"carrying new's mail back failed ({why}): old's mailboxes and queue may be "
                 "partly replaced by new's, whose are untouched; old stays off. Fix the "
                 "cause and rerun rollback: it carries everything back again"
             ) from None
@@ -150,11 +210,8 @@ def carry_back_new_to_old(
                 + report.summary()
                 + "; old stays off, new's data is untouched: fix it and rerun rollback"
             )
-        back_runner.run(
-            "old",
-            commands.stamp_command(commands.CARRIED_BACK),
-            hide=True,
-        )
+        back_runner.run("old", commands.stamp_command(commands.CARRIED_BACK), hide=True)
+        back_runner.run("new", f"rm -f {commands.CARRYING}", hide=True)
     finally:
         back_runner.close()
     if journal:

@@ -252,8 +252,14 @@ def check_relay(c, new_host=None, relay_dir=None, nameserver=None, probe_account
     check_relay_by_hand(task_settings(c, "new", needs, False, **flags), probe_account)
 
 
-@task(help=flag_help("old_host", "new_host", "relay_dir"))
-def rollback(c, old_host=None, new_host=None, relay_dir=None):
+@task(
+    help={
+        **flag_help("old_host", "new_host", "relay_dir"),
+        "new_host_gone": "The new host is gone for good (a dead disk): roll back without "
+        "asking it; whatever mail it took is lost with it. Example: --new-host-gone",
+    }
+)
+def rollback(c, old_host=None, new_host=None, relay_dir=None, new_host_gone=False):
     """OLD host: mail back on it, after carrying back what the new host took.
 
     Reads both hosts first. Mail stops on the new host; when it took mail (enable-mail
@@ -265,7 +271,7 @@ def rollback(c, old_host=None, new_host=None, relay_dir=None):
     invoke rollback --old-host 13.37.13.37 --new-host 13.12.23.42
     """
     flags = {"old_host": old_host, "new_host": new_host, "relay_dir": relay_dir}
-    roll_back(task_settings(c, "old", ("relay_dir",), **flags))
+    roll_back(task_settings(c, "old", ("relay_dir",), **flags), new_host_gone=new_host_gone)
 
 
 @task(

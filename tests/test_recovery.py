@@ -14,7 +14,7 @@ from chatmail_migrate.lab import Lab, SeedParams, nameserver
 from chatmail_migrate.lab.seed import account_password, seeded_accounts
 
 from .helpers import mail_services, run_tool
-from .relay_client import RelayClient, pinned_context, relay_certificate
+from .relay_client import RelayClient, assert_relay_serves, pinned_context, relay_certificate
 from .test_migrate import MAIL_OFF, MAIL_ON
 
 SMALL = SeedParams(version="1.10.0", accounts=4, messages=2)
@@ -32,6 +32,24 @@ def send_and_read(lab: Lab, host: str, subject: str) -> tuple[str, str]:
     message_id = relay.send(alice, account_password(alice), bob, subject)
     relay.fetch(bob, account_password(bob), message_id)
     return bob, message_id
+
+
+def inbox_ids(lab: Lab, host: str, user: str) -> list[str]:
+    """The Message-IDs in ``user``'s INBOX on ``host``, sorted."""
+    conn = client(lab, host).imap(user, account_password(user))
+    try:
+        conn.select("INBOX")
+        _, data = conn.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    finally:
+        conn.logout()
+    ids = [part[1].decode().split(":", 1)[1].strip() for part in data if isinstance(part, tuple)]
+    return sorted(ids)
+
+
+def serves_signed(lab: Lab, host: str) -> None:
+    """Mail goes through ``host`` signed with the key DNS publishes (opendkim answers)."""
+    alice, bob = seeded_accounts(lab, host)[:2]
+    assert_relay_serves(lab, client(lab, host), alice, bob)
 
 
 def readable(lab: Lab, host: str, user: str, message_id: str) -> bool:
@@ -60,11 +78,13 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     elsewhere = run_tool(lab, "invoke", *MIGRATE, "--old-host", "old", "--force",
                          state_dir=tmp_path / "other")  # fmt: skip
     assert elsewhere.returncode != 0
+    assert "new is no live relay: new runs postfix and dovecot" in elsewhere.stdout
     assert mail_services(lab, "new") == MAIL_ON
     assert readable(lab, "new", bob, message_id)
 
     # Back to old while DNS points at new, as after a finished move: the journal's old
-    # host, not DNS's; new's mail comes along. Then the move again, with that mail.
+    # host, not DNS's; new's mail comes along, and old signs again (the carry back
+    # replaced the spool that holds opendkim's socket).
     nameserver.update(lab, a=[lab.address("new")])
     back = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)
     assert back.returncode == 0, back.stdout + back.stderr
@@ -72,10 +92,18 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     assert mail_services(lab, "old") == MAIL_ON
     assert mail_services(lab, "new") == MAIL_OFF
     assert readable(lab, "old", bob, message_id)
+    serves_signed(lab, "old")
+    # The move again, failing after new's services started: the automatic rollback
+    # carries new's mail back too, and old serves it, signed.
     nameserver.update(lab, a=[lab.address("old")])
-    moved = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
-    assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert readable(lab, "new", bob, message_id)
+    failed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
+                      CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable")  # fmt: skip
+    assert failed.returncode != 0
+    assert "with the mail the new host took carried back" in failed.stderr, failed.stderr
+    assert mail_services(lab, "old") == MAIL_ON
+    assert mail_services(lab, "new") == MAIL_OFF
+    assert readable(lab, "old", bob, message_id)
+    serves_signed(lab, "old")
 
 
 def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
@@ -88,16 +116,16 @@ def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
     status = run_tool(lab, "invoke", "status", state_dir=tmp_path)
     assert "The new host may have taken mail since" in status.stdout, status.stdout
     bob, message_id = send_and_read(lab, "new", "taken by new before the rollback")
-    # A message bob read and deleted on new must not come back on old.
+    # A message read and deleted on new must not come back on old.
     alice = seeded_accounts(lab, "new")[0]
+    before = inbox_ids(lab, "new", alice)
     conn = client(lab, "new").imap(alice, account_password(alice))
     conn.select("INBOX")
-    _, found = conn.search(None, "ALL")
-    first = found[0].split()[0]
-    conn.store(first, "+FLAGS", "\\Deleted")
+    conn.store("1", "+FLAGS", "\\Deleted")
     conn.expunge()
-    _, left = conn.search(None, "ALL")
     conn.logout()
+    left = inbox_ids(lab, "new", alice)
+    assert len(left) == len(before) - 1
 
     back = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)
     assert back.returncode == 0, back.stdout + back.stderr
@@ -105,28 +133,36 @@ def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
     assert mail_services(lab, "old") == MAIL_ON
     assert mail_services(lab, "new") == MAIL_OFF
     assert readable(lab, "old", bob, message_id)
-    conn = client(lab, "old").imap(alice, account_password(alice))
-    conn.select("INBOX")
-    assert conn.search(None, "ALL")[1] == left
-    conn.logout()
+    assert inbox_ids(lab, "old", alice) == left
+    serves_signed(lab, "old")
 
-    # Again: it reads the hosts, finds old serving and new stopped, and says so.
+    # Again: it reads the hosts, finds old serving and new stopped, and changes nothing.
     second = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "new host" in second.stdout and "stopped" in second.stdout
+    assert "already serves mail and the new host new is stopped: nothing to roll back" in (
+        second.stdout
+    )
+    assert "carried back" not in second.stdout and "cmdeploy" not in second.stdout
     assert mail_services(lab, "old") == MAIL_ON
     assert mail_services(lab, "new") == MAIL_OFF
 
-    # A colleague without the journal, DNS (wrongly) at new: no deploy on new.
+    # A colleague without the journal, DNS (wrongly) at new: no deploy on new, and the
+    # new host is asked for, not assumed.
     nameserver.update(lab, a=[lab.address("new")])
-    blind = run_tool(lab, "invoke", "rollback", state_dir=tmp_path / "colleague")
-    assert blind.returncode != 0
+    colleague = tmp_path / "colleague"
+    blind = run_tool(lab, "invoke", "rollback", state_dir=colleague)
+    assert blind.returncode == 2
     assert "--old-host" in blind.stderr and "--new-host" in blind.stderr
+    half = run_tool(lab, "invoke", "rollback", "--old-host", "old", state_dir=colleague)
+    assert half.returncode == 2 and "give --new-host NEW" in half.stderr
+    swapped = run_tool(lab, "invoke", "rollback", "--old-host", "new", "--new-host", "old",
+                       state_dir=colleague)  # fmt: skip
+    assert swapped.returncode != 0
     assert mail_services(lab, "new") == MAIL_OFF
     named = run_tool(lab, "invoke", "rollback", "--old-host", "old", "--new-host", "new",
-                     state_dir=tmp_path / "colleague")  # fmt: skip
+                     state_dir=colleague)  # fmt: skip
     assert named.returncode == 0, named.stderr
-    assert "point" in named.stdout and lab.address("old") in named.stdout  # DNS back
+    assert "point DNS back" in named.stdout and lab.address("old") in named.stdout
     assert mail_services(lab, "old") == MAIL_ON
     assert mail_services(lab, "new") == MAIL_OFF
     assert readable(lab, "old", bob, message_id)

@@ -595,14 +595,14 @@ def test_a_copy_runs_in_a_unit_named_after_its_run_and_only_that_unit_is_stopped
 
 def test_which_host_took_mail_is_read_from_its_marks():
     def facts(served=None, carried=None, changed=()):
-        return actions.MailFacts([], served, carried, list(changed), [])
+        return actions.MailFacts([], served, carried, None, list(changed), [])
 
     assert not facts().took_mail
     assert facts(served=100.0).took_mail, "enable-mail started mail: not carried back yet"
     assert not facts(served=100.0, carried=200.0).took_mail
     assert facts(served=300.0, carried=200.0).took_mail, "served again after the carry back"
     changed = facts(changed=["postfix@- 1700000000 /home/vmail/mail/d/a@d/new"])
-    assert changed.took_mail
+    assert changed.took_mail and not changed.carry_due, "folders alone are never mirrored"
     assert "/home/vmail/mail/d/a@d/new changed while postfix@- ran" in changed.took_mail_reason()
 
 
