@@ -597,7 +597,7 @@ def rollback_hosts(
         s = dataclasses.replace(s, old_host=journal.old_host, old_host_from_domain=False)
     new_host = s.new_host or (journal.last_new_host() if journal else None)
     if not new_host and not new_host_gone:
-        if not journal or journal.started_anywhere():
+        if not (journal and journal.path.exists()) or journal.started_anywhere():
             raise SettingsError(
                 "rollback: give --new-host NEW, the host mail was being moved to (it may "
                 "serve, or hold mail to carry back), or --new-host-gone if it is gone for good"
