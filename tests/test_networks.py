@@ -6,8 +6,6 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-import pytest
-
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
 
 from .helpers import listing, run_tool, run_tool_with_fault
@@ -42,8 +40,10 @@ def test_switch_dns_proposes_only_the_address_clients_reach(make_lab, tmp_path: 
         state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
     )  # fmt: skip
     assert code == 0, output
-    row = next(line for line in output.splitlines() if f"{lab.domain}." in line and " A " in line)
-    assert row.split()[3] == public, row
+    row = next(line for line in output.splitlines() if line.split()[:2] == ["A", f"{lab.domain}:"])
+    assert " ".join(row.split()) == (
+        f"A {lab.domain}: replace {lab.address('old')} with {public} (public on new's eth0)"
+    ), row
     assert "AAAA" not in output.split("Change these records")[1].split("waiting for DNS")[0]
     for why in (
         f"{lab.address('new')} (private)",
@@ -230,11 +230,6 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
     assert_migrated(lab, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 (smaller): new with only a private IPv4 and a public IPv6 gets "
-    "'A: (delete)' proposed without a word, preflight passes, no --ipv6-only",
-)
 def test_only_ipv4_record_is_not_deleted_without_ipv6_only(make_lab, tmp_path: Path):
     # 1.8: no login to the mail domain, whose A record this test takes away.
     lab = make_lab("cmnet", seed=SeedParams(version="1.8.0", accounts=3, messages=2))
@@ -264,6 +259,16 @@ def test_only_ipv4_record_is_not_deleted_without_ipv6_only(make_lab, tmp_path: P
     assert "preflight: 1 check(s) failed, nothing was changed" in output
     unchanged(lab)
     assert listing(lab, "old") == before
+    # switch-dns by hand refuses too, before it proposes anything or asks for 'done'.
+    result = run_tool(
+        lab, "invoke", "switch-dns", "--new-host", "new", "--yes", "--dns-timeout", "30",
+        state_dir=tmp_path / "by-hand",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"switch-dns refused: new has no public IPv4, so {lab.domain}'s A record" in output
+    assert "Change these records" not in output and "known_hosts" not in output
+    unchanged(lab)
 
     # With --ipv6-only: every row says which record changes and why.
     def operator_changes_dns(proc):
