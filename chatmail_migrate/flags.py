@@ -37,6 +37,9 @@ HELP = {
     "Default: the address the tool reached it at when public (NAT included), else the "
     "public ones on its interfaces (never private, docker or temporary). "
     "Example: --new-address 13.12.23.42,2001:db8::42",
+    "ipv6_only": "Clients reach the new host over IPv6 only: switch-dns proposes no A "
+    "record (it deletes the domain's A records), preflight and switch-dns refuse that "
+    "deletion without it. Example: --ipv6-only",
     "wait": "Wait for every nameserver to answer the new address (default); --no-wait does not. "
     "Example: --no-wait",
     "wait_caches": "After the switch, also wait until resolver caches can no longer hold "
@@ -62,18 +65,22 @@ DNS_FLAGS = (
     "nameserver",
     "dns_timeout",
     "new_address",
+    "ipv6_only",
     "wait",
     "wait_caches",
     "update_known_hosts",
 )
 
 
-def dns_settings(nameserver, dns_timeout, new_address, wait, wait_caches, update_known_hosts):
+def dns_settings(
+    nameserver, dns_timeout, new_address, ipv6_only, wait, wait_caches, update_known_hosts
+):
     """Command-line DNS values as resolve() takes them (None: not given)."""
     return {
         "nameservers": nameserver,
         "dns_timeout": dns_timeout,
         "new_addresses": new_address,
+        "ipv6_only": ipv6_only or None,
         "dns_wait": False if not wait else None,
         "wait_caches": wait_caches or None,
         "update_known_hosts": update_known_hosts or None,

@@ -17,7 +17,7 @@ import paramiko
 
 from . import audit, commands, dnscheck
 from .actions import COPY_STEPS, live_relay_reason
-from .addresses import new_host_addresses
+from .addresses import ipv4_deletion_refused, new_host_addresses, new_host_records
 from .commands import parse_sections
 from .errors import MigrateError
 from .journal import Journal
@@ -337,6 +337,9 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     else:
         yield Check("PASS", "new is no live relay", "not asked: nothing is left to copy there")
     yield from check_dns(settings, old.get("addresses", []))
+    records = check_new_records(settings, runner)
+    if records:
+        yield records
 
     domain_login = check_domain_login(settings, runner)
     if domain_login:
@@ -500,6 +503,32 @@ def describe_version(settings: Settings, first_line: str) -> str:
 
 def _duration(seconds: int) -> str:
     return f"{seconds // 3600} h" if seconds >= 7200 else f"{seconds // 60} min"
+
+
+def check_new_records(settings: Settings, runner: Runner) -> Check | None:
+    """The records switch-dns will propose for new, refused here as there when they
+    delete every A record without --ipv6-only (IPv4-only clients would lose the relay)."""
+    name = "records for new"
+    try:
+        new, why = new_host_records(settings, runner, echo=lambda line: None)
+    except MigrateError as e:
+        return Check("WARN", name, f"not checked: {e}")
+    try:
+        _, servers = dnscheck.authoritative_servers(
+            settings.mail_domain or "", dnscheck.parse_nameservers(settings.nameservers)
+        )
+        current = dnscheck.address_records(settings.mail_domain or "", servers)
+    except MigrateError:
+        return None  # the DNS check above says why
+    old_a = sorted({v for answer in current.values() for v in answer["A"].values})
+    refused = ipv4_deletion_refused(settings, old_a, new["A"], why["A"])
+    if refused:
+        return Check("FAIL", name, refused)
+    return Check(
+        "PASS",
+        name,
+        "; ".join(f"{t} {', '.join(v) or '(none)'}" for t, v in new.items()),
+    )
 
 
 def check_dns(settings: Settings, old_addresses: list[str]):

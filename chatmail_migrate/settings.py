@@ -47,6 +47,8 @@ DEFAULTS: dict = {
         "nameservers": None,
         "dns_timeout": 3600,  # how long switch-dns waits for every nameserver
         "new_addresses": None,  # the new host's public addresses, when not its own
+        # Let switch-dns delete the domain's A records when new has no public IPv4.
+        "ipv6_only": False,
         "dns_wait": True,
         "wait_caches": False,
         "update_known_hosts": False,
@@ -146,6 +148,7 @@ class Settings:
     nameservers: str | None = None
     dns_timeout: float = 3600
     new_addresses: list[str] = field(default_factory=list)
+    ipv6_only: bool = False
     dns_wait: bool = True
     wait_caches: bool = False
     update_known_hosts: bool = False
@@ -249,6 +252,7 @@ def resolve(
     nameservers: str | None = None,
     dns_timeout: float | None = None,
     new_addresses: str | None = None,
+    ipv6_only: bool | None = None,
     dns_wait: bool | None = None,
     wait_caches: bool | None = None,
     update_known_hosts: bool | None = None,
@@ -300,6 +304,7 @@ def resolve(
             for a in (new_addresses or cfg.get("new_addresses") or "").replace(" ", ",").split(",")
             if a
         ],
+        ipv6_only=bool(ipv6_only or cfg.get("ipv6_only")),
         dns_wait=bool(dns_wait if dns_wait is not None else cfg.get("dns_wait", True)),
         wait_caches=bool(wait_caches or cfg.get("wait_caches")),
         update_known_hosts=bool(update_known_hosts or cfg.get("update_known_hosts")),
@@ -327,6 +332,11 @@ def resolve(
                 f"new address {address!r} is not an IP address; give --new-address "
                 "IPV4,IPV6 (what the new host's A and AAAA records should say)"
             ) from None
+    if settings.ipv6_only and any(":" not in a for a in settings.new_addresses):
+        raise SettingsError(
+            "--ipv6-only and an IPv4 --new-address contradict each other: drop one "
+            "(--ipv6-only deletes the A records, --new-address IPV4 sets them)"
+        )
     settings = dataclasses.replace(
         settings, new_addresses=[canonical_address(a) for a in settings.new_addresses]
     )

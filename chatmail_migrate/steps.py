@@ -145,6 +145,7 @@ def switch_dns(
     nameserver=None,
     dns_timeout=None,
     new_address=None,
+    ipv6_only=False,
     wait=True,
     wait_caches=False,
     update_known_hosts=False,
@@ -161,7 +162,9 @@ def switch_dns(
         new_host=new_host,
         relay_dir=relay_dir,
         yes=yes or None,
-        **dns_settings(nameserver, dns_timeout, new_address, wait, wait_caches, update_known_hosts),
+        **dns_settings(
+            nameserver, dns_timeout, new_address, ipv6_only, wait, wait_caches, update_known_hosts
+        ),
     )
 
 
@@ -189,6 +192,7 @@ def enable_mail(c, new_host=None, relay_dir=None):
         "accept_new_host_keys",
         "nameserver",
         "new_address",
+        "ipv6_only",
     )
 )
 def preflight(
@@ -201,6 +205,7 @@ def preflight(
     accept_new_host_keys=False,
     nameserver=None,
     new_address=None,
+    ipv6_only=False,
 ):
     """OLD and NEW, changing nothing: can the migration work? PASS/WARN/FAIL per check.
 
@@ -220,6 +225,7 @@ def preflight(
         accept_new_host_keys=accept_new_host_keys or None,
         nameservers=nameserver,
         new_addresses=new_address,
+        ipv6_only=ipv6_only or None,
     )
     run_preflight(s, Journal.for_settings(s))
 
@@ -308,6 +314,7 @@ def migrate(
     nameserver=None,
     dns_timeout=None,
     new_address=None,
+    ipv6_only=False,
     wait=True,
     wait_caches=False,
     update_known_hosts=False,
@@ -338,7 +345,9 @@ def migrate(
         rollback=None if rollback else False,
         accept_new_host_keys=accept_new_host_keys or None,
         checksum=checksum or None,
-        **dns_settings(nameserver, dns_timeout, new_address, wait, wait_caches, update_known_hosts),
+        **dns_settings(
+            nameserver, dns_timeout, new_address, ipv6_only, wait, wait_caches, update_known_hosts
+        ),
     )
     Migration.whole_relay(s, restart=restart).run()
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from . import commands, dnscheck, domain_keys
-from .addresses import new_host_addresses
+from .addresses import ipv4_deletion_refused, new_host_addresses, new_host_records
 from .errors import MigrateError
 from .journal import Journal
 from .remote import Runner
@@ -44,29 +44,49 @@ class Proposal:
 def propose_records(settings: Settings, runner: Runner) -> Proposal:
     """Ask the zone's authoritative servers, and print the changes to make there."""
     domain = settings.mail_domain or ""
-    new = new_host_addresses(settings, runner)
+    new, why = new_host_records(settings, runner)
     given = dnscheck.parse_nameservers(settings.nameservers)
     zone, servers = dnscheck.authoritative_servers(domain, given)
     current = dnscheck.address_records(domain, servers)
     old = {t: sorted({v for a in current.values() for v in a[t].values}) for t in ("A", "AAAA")}
     ttls = [a[t].ttl for a in current.values() for t in ("A", "AAAA") if a[t].ttl is not None]
     want = {t: sorted(new[t]) for t in ("A", "AAAA") if new[t] or old[t]}
+    refused = ipv4_deletion_refused(settings, old["A"], new["A"], why["A"])
+    if refused:
+        raise MigrateError(f"switch-dns refused: {refused}")
     print(
         f"  Change these records in the zone {zone} (nameservers: "
-        f"{', '.join(str(s) for s in servers)}):"
+        f"{', '.join(str(s) for s in servers)}), TTL {dnscheck.SUGGESTED_TTL}:"
     )
-    print(f"  {'name':28} {'type':5} {'old value':24} {'new value':24} TTL")
-    for rtype, values in want.items():
-        print(
-            f"  {domain + '.':28} {rtype:5} {', '.join(old[rtype]) or '(none)':24} "
-            f"{', '.join(values) or '(delete)':24} {dnscheck.SUGGESTED_TTL}"
-        )
+    for row in proposed_changes(domain, old, want, why):
+        print(f"    {row}")
     already = all(
         dnscheck.canonical(current[s][t].values) == dnscheck.canonical(v)
         for s in servers
         for t, v in want.items()
     )
     return Proposal(domain, zone, servers, old, want, max(ttls, default=0), already)
+
+
+def proposed_changes(
+    domain: str, old: dict[str, list[str]], want: dict[str, list[str]], why: dict[str, str]
+) -> list[str]:
+    """One line per record: what changes in it, and why (``why`` by address, or by
+    record type for a type new gets none of)."""
+    rows = []
+    for rtype, values in want.items():
+        before, after = ", ".join(old[rtype]), ", ".join(values)
+        reason = "; ".join(dict.fromkeys(why.get(v, "") for v in values)) or why.get(rtype, "")
+        if not values:
+            change = f"delete {before}"
+        elif dnscheck.canonical(old[rtype]) == dnscheck.canonical(values):
+            change = f"keep {after}"
+        elif not before:
+            change = f"add {after}"
+        else:
+            change = f"replace {before} with {after}"
+        rows.append(f"{rtype:5} {domain}: {change} ({reason})")
+    return rows
 
 
 def confirm_change(settings: Settings, proposal: Proposal, journal: Journal | None) -> None:

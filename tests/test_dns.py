@@ -79,7 +79,10 @@ def test_wait_ends_when_every_nameserver_has_changed_and_not_before(dns: Lab, tm
     assert code == 0, output
     assert "ns1.lab.example:✓ ns2.lab.example:…" in output
     assert "all 2 nameservers answer the new values" in output
-    assert f"{dns.domain}.           A     {dns.address('old')}" in output
+    assert (
+        f"    A     {dns.domain}: replace {dns.address('old')} with {new} "
+        "(new has no public address: the one the tool reached)"
+    ) in output
     assert "resolvers may hand out the old address until" in output
 
 

@@ -40,8 +40,10 @@ def test_switch_dns_proposes_only_the_address_clients_reach(make_lab, tmp_path: 
         state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
     )  # fmt: skip
     assert code == 0, output
-    row = next(line for line in output.splitlines() if f"{lab.domain}." in line and " A " in line)
-    assert row.split()[3] == public, row
+    row = next(line for line in output.splitlines() if line.split()[:2] == ["A", f"{lab.domain}:"])
+    assert " ".join(row.split()) == (
+        f"A {lab.domain}: replace {lab.address('old')} with {public} (public on new's eth0)"
+    ), row
     assert "AAAA" not in output.split("Change these records")[1].split("waiting for DNS")[0]
     for why in (
         f"{lab.address('new')} (private)",
@@ -225,4 +227,66 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
         f"WARN  login to {lab.domain} (cmdeploy 1.7.0): your ssh config's HostName sends "
         f"`ssh root@{lab.domain}` to the old host {lab.address('old')}"
     ) in output
+    assert_migrated(lab, before)
+
+
+def test_only_ipv4_record_is_not_deleted_without_ipv6_only(make_lab, tmp_path: Path):
+    # 1.8: no login to the mail domain, whose A record this test takes away.
+    lab = make_lab("cmnet", seed=SeedParams(version="1.8.0", accounts=3, messages=2))
+    # New's IPv4 is the lab's private one; its only public address is an IPv6 one (6to4
+    # of the public-looking IPv4, global to Python's ipaddress, routed only onto the lab).
+    public = ipaddress.IPv4Address(public_looking(lab))
+    public6 = str(ipaddress.IPv6Address((0x2002 << 112) | (int(public) << 80) | 1))
+    lab.add_address("new", f"{public6}/64")
+    assert nameserver.records_of(lab)["a"] == [lab.address("old")]
+    old_a = lab.address("old")
+    before = listing(lab, "old")
+
+    # preflight and migrate refuse in one line, before anything changes.
+    result = run_tool(lab, "invoke", "preflight", "--new-host", "new", state_dir=tmp_path)
+    assert result.returncode != 0, result.stdout + result.stderr
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1, fails
+    assert f"{lab.domain}'s A record ({old_a})" in fails[0], fails[0]
+    assert "--new-address" in fails[0] and "--ipv6-only" in fails[0], fails[0]
+    result = run_tool(
+        lab, "invoke", "migrate", "--new-host", "new", "--yes", "--dns-timeout", "30",
+        state_dir=tmp_path / "refused",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert [line for line in output.splitlines() if line.startswith("FAIL")] == fails
+    assert "preflight: 1 check(s) failed, nothing was changed" in output
+    unchanged(lab)
+    assert listing(lab, "old") == before
+    # switch-dns by hand refuses too, before it proposes anything or asks for 'done'.
+    result = run_tool(
+        lab, "invoke", "switch-dns", "--new-host", "new", "--yes", "--dns-timeout", "30",
+        state_dir=tmp_path / "by-hand",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"switch-dns refused: new has no public IPv4, so {lab.domain}'s A record" in output
+    assert "Change these records" not in output and "known_hosts" not in output
+    unchanged(lab)
+
+    # With --ipv6-only: every row says which record changes and why.
+    def operator_changes_dns(proc):
+        assert proc.poll() is None, "switch-dns must wait until the records change"
+        nameserver.update(lab, a=[], aaaa=[public6])
+
+    code, output = run_tool_with_fault(
+        lab, ["migrate", "--new-host", "new", "--yes", "--ipv6-only", "--dns-timeout", "60"],
+        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
+    )  # fmt: skip
+    assert code == 0, output
+    rows = [
+        " ".join(line.split()) for line in output.split("Change these records")[1].splitlines()[1:3]
+    ]
+    assert rows == [
+        f"A {lab.domain}: delete {old_a} (new has no public IPv4: --ipv6-only)",
+        f"AAAA {lab.domain}: add {public6} (public on new's eth0)",
+    ], rows
+    assert f"not proposed: {lab.address('new')} (private)" in output
+    assert "all 2 nameservers answer the new values" in output
     assert_migrated(lab, before)

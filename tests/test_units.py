@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hashlib
 import os
@@ -24,6 +25,7 @@ from chatmail_migrate import (
     lock,
     migration,
     steps,
+    switch_dns,
     verify,
 )
 from chatmail_migrate.cmdeploy import cmdeploy_host
@@ -32,7 +34,14 @@ from chatmail_migrate.journal import STEPS, Journal, plan
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
 from chatmail_migrate.relay import DEFAULT_COPY_PATHS
 from chatmail_migrate.remote import KnownHostsPolicy, connect
-from chatmail_migrate.settings import DEFAULTS, SettingsError, resolve, same_host, split_host
+from chatmail_migrate.settings import (
+    DEFAULTS,
+    Settings,
+    SettingsError,
+    resolve,
+    same_host,
+    split_host,
+)
 
 
 @pytest.fixture
@@ -495,17 +504,59 @@ def test_dns_proposes_only_what_clients_reach():
         _addr("2a01:4f8::beef", "br-1a2b"),  # a docker network with global IPv6
         _addr("fd00::5"),  # ULA
     ]
-    records, left = addresses.addresses_for_clients("10.0.0.5", host)
+    records, why, left = addresses.addresses_for_clients("10.0.0.5", host)
     assert records == {"A": ["192.88.99.5"], "AAAA": ["2a01:4f8::5"]}
+    assert why == {"192.88.99.5": "public on new's eth0", "2a01:4f8::5": "public on new's eth0"}
     assert "172.17.0.1 (on docker0, a container bridge)" in left
     assert "2a01:4f8::dead (temporary)" in left and "fd00::5 (private)" in left
     # Reached at a public address that no interface has (NAT): that one for IPv4.
-    records, _ = addresses.addresses_for_clients("9.9.9.9", host)
+    records, why, _ = addresses.addresses_for_clients("9.9.9.9", host)
     assert records == {"A": ["9.9.9.9"], "AAAA": ["2a01:4f8::5"]}
+    assert why["9.9.9.9"] == "the address the tool reached new at"
     # A lab or LAN relay: nothing public, so the address the tool reached, said so.
-    records, left = addresses.addresses_for_clients("10.0.0.5", [_addr("10.0.0.5")])
+    records, why, left = addresses.addresses_for_clients("10.0.0.5", [_addr("10.0.0.5")])
     assert records == {"A": ["10.0.0.5"], "AAAA": []}
+    assert why["10.0.0.5"] == "new has no public address: the one the tool reached"
     assert any("no public address" in line for line in left)
+
+
+def test_dns_proposal_says_which_record_changes_and_why():
+    rows = switch_dns.proposed_changes(
+        "chat.example.org",
+        {"A": ["192.0.2.1"], "AAAA": ["2001:db8::1"]},
+        {"A": [], "AAAA": ["2001:DB8::2"]},
+        {"2001:DB8::2": "public on new's eth0", "A": "new has no public IPv4: --ipv6-only"},
+    )
+    assert rows == [
+        "A     chat.example.org: delete 192.0.2.1 (new has no public IPv4: --ipv6-only)",
+        "AAAA  chat.example.org: replace 2001:db8::1 with 2001:DB8::2 (public on new's eth0)",
+    ]
+    rows = switch_dns.proposed_changes(
+        "chat.example.org",
+        {"A": [], "AAAA": ["2001:db8::2"]},
+        {"A": ["192.0.2.9"], "AAAA": ["2001:DB8:0::2"]},
+        dict.fromkeys(("192.0.2.9", "2001:DB8:0::2"), "--new-address"),
+    )
+    assert rows == [
+        "A     chat.example.org: add 192.0.2.9 (--new-address)",
+        "AAAA  chat.example.org: keep 2001:DB8:0::2 (--new-address)",
+    ]
+
+
+def test_deleting_every_a_record_needs_ipv6_only():
+    s = Settings(mail_domain="chat.example.org")
+    why = "new has no public IPv4"
+    refused = addresses.ipv4_deletion_refused(s, ["192.0.2.1"], [], why)
+    assert refused and refused.startswith(
+        "new has no public IPv4, so chat.example.org's A record (192.0.2.1) would be deleted"
+    )
+    assert "--new-address" in refused and "--ipv6-only" in refused
+    assert addresses.ipv4_deletion_refused(s, ["192.0.2.1"], ["192.0.2.2"], why) is None
+    assert addresses.ipv4_deletion_refused(s, [], [], why) is None  # no A record to lose
+    ipv6_only = dataclasses.replace(s, ipv6_only=True)
+    assert addresses.ipv4_deletion_refused(ipv6_only, ["192.0.2.1"], [], why) is None
+    with pytest.raises(SettingsError, match="--ipv6-only and an IPv4 --new-address"):
+        resolve(context(), new_host="n", new_addresses="192.0.2.9", ipv6_only=True)
 
 
 def test_old_host_key_is_accepted_under_the_mail_domain(tmp_path: Path):
