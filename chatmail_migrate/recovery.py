@@ -15,7 +15,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 
-from . import actions, commands, dnscheck
+from . import actions, commands, copy_key, dnscheck
 from .errors import MigrateError
 from .journal import Journal
 from .relay import SPOOL
@@ -39,6 +39,8 @@ def roll_back_hosts(settings: Settings, runner: Runner, journal: Journal | None)
     new_facts = None
     if settings.new_host:
         new_facts = _new_host_facts(settings, runner, journal)
+        # A copy key an interrupted copy left (on old, authorized on new): never kept.
+        copy_key.remove(settings, runner, interrupted=True)
     old_facts = actions.mail_facts(settings, runner, "old")
     if settings.dry:
         actions.rollback_on_old(settings, runner, journal)
@@ -121,15 +123,15 @@ def carry_back_new_to_old(
         paths = existing_paths(back_runner, "old", [tree, SPOOL])
         actions.need_agent(back, "rollback")
         actions.need_rsync(back, back_runner, "rollback")
-        script = commands.copy_script(
+        summaries = actions.copy_to_new(
+            back,
+            back_runner,
             paths,
-            **actions.copy_target(back, back_runner),
             replace=True,
             sync_mailboxes=tree in paths,
             mailbox_tree=tree,
             owners_by_name=True,
         )
-        summaries = actions.run_copy(back, back_runner, script)
         # Queue files renamed to old's inode numbers, owners checked by name.
         back_runner.run_script("new", commands.fix_ownership_script(paths, tree))
         checked = back_runner.run("new", "postfix check 2>&1 || true", hide=True).stdout

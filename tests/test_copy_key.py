@@ -124,11 +124,6 @@ def check_during_copy(lab: Lab) -> None:
     lab.ssh("spare", "rm -rf /root/stolen")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 item 9: no --copy-key; the copy always forwards the operator's agent "
-    "to old's root",
-)
 def test_ephemeral_copy_key(make_lab, tmp_path: Path):
     lab = make_lab("cmkey", seed=SeedParams(accounts=4, messages=3))  # 1.7: install copies
     lab.add_address("old", f"{OLD_PRIVATE}/24")
