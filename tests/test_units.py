@@ -219,6 +219,38 @@ def test_copy_key_receiver_runs_exactly_what_the_copy_sends(tmp_path: Path):
     assert 'expiry-time="%s",command="%s"' in line and copy_key.MARK in line
 
 
+def test_copy_key_line_added_renewed_and_removed_in_place(tmp_path: Path):
+    """The shell that edits authorized_keys, run here on a file of a fake home: other
+    lines kept as they are, only the copy key's expiry moved, then its line gone."""
+    (tmp_path / "bin").mkdir()
+    sshd = tmp_path / "bin" / "sshd"  # sshd -T, as a host would answer it
+    sshd.write_text("#!/bin/sh\necho 'authorizedkeysfile %h/.ssh/authorized_keys'\n")
+    sshd.chmod(0o755)
+    keys = tmp_path / ".ssh" / "authorized_keys"
+    keys.parent.mkdir()
+    keys.write_text("ssh-ed25519 AAAAother other@x")  # no newline at its end
+    env = {"HOME": str(tmp_path), "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+
+    def run(command: str) -> str:
+        result = subprocess.run(["bash", "-c", f"set -eu; {command}"], env=env,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        return result.stdout
+
+    run(copy_key.add_line_command("ssh-ed25519 AAAAx", 'restrict,from="10.0.0.1"', "/r", 120))
+    other, line = keys.read_text().splitlines()
+    assert other == "ssh-ed25519 AAAAother other@x"
+    assert line.startswith('restrict,from="10.0.0.1",expiry-time="')
+    assert line.endswith(f'",command="/r" ssh-ed25519 AAAAx {copy_key.MARK}')
+    keys.write_text(keys.read_text().replace(line.split('"')[3], "200001010000"))
+    run(copy_key.renew_command())
+    renewed = keys.read_text().splitlines()[1]
+    assert renewed.split('"')[3] >= line.split('"')[3]  # two hours from now again
+    out = run(copy_key.remove_line_command().replace(copy_key.RECEIVER, str(tmp_path / "r")))
+    assert out.split() == ["stale"]
+    assert keys.read_text() == "ssh-ed25519 AAAAother other@x\n"
+    assert sorted(p.name for p in keys.parent.iterdir()) == ["authorized_keys"]
+
+
 def test_copy_onto_a_host_with_the_relay_users_walks_nothing_beside_tar():
     kwargs = dict(host="h", port=22, user="root", host_key_line="k", owners_by_name=True)
     script = commands.copy_script(DEFAULT_COPY_PATHS, **kwargs)
