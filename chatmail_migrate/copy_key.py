@@ -197,7 +197,8 @@ def authorized(
         )  # fmt: skip
         print(
             f"  copy key made on old, authorized on new for {address} and this copy's "
-            f"receiving side, for {EXPIRY_MINUTES} minutes at most; your agent stays here"
+            f"receiving side, expiring {EXPIRY_MINUTES} minutes after the tool last renews "
+            "it; your agent stays here"
         )
         with _renewing(settings):
             yield
