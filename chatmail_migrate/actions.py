@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import commands, dnscheck, domain_keys, verify
+from . import commands, copy_key, dnscheck, domain_keys, verify
 from .cmdeploy import ACTIVATE_STAGES, PREPARE_STAGES, cmdeploy_run, stages_supported
 from .errors import MigrateError
 from .journal import Journal
@@ -190,6 +190,8 @@ def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | N
 
 
 def need_agent(settings: Settings, step: str) -> None:
+    if settings.copy_key == "ephemeral":
+        return  # old logs in to new with a key made for the copy
     if not settings.dry and not os.environ.get("SSH_AUTH_SOCK"):
         raise MigrateError(
             f"{step} needs an ssh-agent (SSH_AUTH_SOCK) holding a key the new host accepts: "
@@ -229,11 +231,31 @@ def copy_target(settings: Settings, runner: Runner) -> dict:
         host, port, user = other.host, other.port or port, other.user or user
     # Pin the keys this machine trusts for the new host.
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
-    return {"host": host, "port": port, "user": user, "host_key_line": key_line}
+    target = {"host": host, "port": port, "user": user, "host_key_line": key_line}
+    if settings.copy_key == "ephemeral":
+        target["identity"] = copy_key.KEY
+    return target
+
+
+def copy_to_new(
+    settings: Settings, runner: Runner, paths: list[str] | None = None, **options
+) -> list[dict]:
+    """Build a copy (a pre-sync without ``paths``), authorize old's key for it under
+    --copy-key ephemeral, and run it on old."""
+    target = copy_target(settings, runner)
+    if paths is None:
+        script = commands.presync_script(**target, **options)
+        receives = commands.presync_receives(**options)
+    else:
+        script = commands.copy_script(paths, **target, **options)
+        receives = commands.copy_receives(paths, **options)
+    with copy_key.authorized(settings, runner, receives, target):
+        return run_copy(settings, runner, script)
 
 
 def run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
-    """Run a copy script on old with the agent forwarded, showing its progress.
+    """Run a copy script on old (the agent forwarded unless --copy-key ephemeral),
+    showing its progress.
 
     Invoke waits for a remote command to end even after ^C, and without a pty the
     remote side never hears of it: so on ^C, stop the copy on old ourselves.
@@ -250,10 +272,15 @@ def run_copy(settings: Settings, runner: Runner, script: str) -> list[dict]:
     progress = CopyProgress(interval=settings.progress_interval)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        # With a copy key of its own, old's ssh needs no agent.
+        agent = settings.copy_key != "ephemeral"
         runner.stream(
-            "old", f"{commands.COPY_STOPPED}\n{script}", progress.feed, forward_agent=True,
-            launcher=commands.copy_launcher(RUN_ID),
-        )  # fmt: skip
+            "old",
+            f"{commands.COPY_STOPPED}\n{script}",
+            progress.feed,
+            forward_agent=agent,
+            launcher=commands.copy_launcher(RUN_ID, agent=agent),
+        )
     except MigrateError:
         if interrupted:
             raise KeyboardInterrupt from None
@@ -282,10 +309,7 @@ def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | No
     compress = _compression(settings, runner)
     if journal and not settings.dry:
         journal.record_start("presync", settings.new_host)
-    script = commands.presync_script(
-        **copy_target(settings, runner), compress=compress, mailbox_tree=tree
-    )
-    summaries = run_copy(settings, runner, script)
+    summaries = copy_to_new(settings, runner, compress=compress, mailbox_tree=tree)
     if journal and not settings.dry:
         journal.note("presync-done", host=settings.new_host, copies=summaries)
 
@@ -319,7 +343,6 @@ def copy_data_old_to_new(
     if replace and not sync:
         print(f"  replacing what an earlier attempt left on {settings.new_host}")
     compress = _compression(settings, runner)
-    target = copy_target(settings, runner)
     by_name = relay_users_exist(settings, runner)
     if by_name:
         print("  the relay's users exist on new: owners and ACLs are restored by name as "
@@ -328,12 +351,11 @@ def copy_data_old_to_new(
         secrets_changed_since_install(settings, runner, journal)
     if journal and not settings.dry:
         journal.record_start("copy-data", settings.new_host)
-    script = commands.copy_script(
-        paths, **target, replace=replace, sync_mailboxes=sync, compress=compress,
+    summaries = copy_to_new(
+        settings, runner, paths, replace=replace, sync_mailboxes=sync, compress=compress,
         mailbox_tree=tree, owners_by_name=by_name,
         rsync_total=journal.presync_total(settings.new_host) if sync and journal else None,
     )  # fmt: skip
-    summaries = run_copy(settings, runner, script)
     if journal and not settings.dry:
         journal.note("copied", host=settings.new_host, copies=summaries)
         if journal.done("disable-mail"):
@@ -432,7 +454,7 @@ def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[
         )
     print(f"  carrying {', '.join(paths)} to new first: configure reads them")
     paths = with_link_targets(settings, runner, paths)
-    run_copy(settings, runner, commands.copy_script(paths, **copy_target(settings, runner)))
+    copy_to_new(settings, runner, paths)
 
 
 def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | None) -> None:
@@ -458,7 +480,7 @@ def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | N
     print(f"  carrying {', '.join(paths)} to new first: the deploy finds them there")
     paths = with_link_targets(settings, runner, paths)
     digest = secrets_digest(runner, paths)
-    run_copy(settings, runner, commands.copy_script(paths, **copy_target(settings, runner)))
+    copy_to_new(settings, runner, paths)
     if journal and not settings.dry:
         journal.note("secrets-carried", host=settings.new_host, paths=paths, digest=digest)
 

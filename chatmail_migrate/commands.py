@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from .relay import MAILBOX_ROOT
 
@@ -98,17 +99,24 @@ def service_problems(states: dict[str, tuple[str, str]], want_running: bool) -> 
 
 
 def ssh_options(
-    port: int, known_hosts_word: str, control_word: str | None = None, compress: bool = False
+    port: int,
+    known_hosts_word: str,
+    control_word: str | None = None,
+    compress: bool = False,
+    identity: str | None = None,
 ) -> str:
     """The options of the ssh the old host runs to reach the new one: batch, key pinned.
 
     ``known_hosts_word`` is a shell word (e.g. ``"$kh"``), expanded on the old host.
     ``control_word`` names a control socket: the copy's several ssh sessions (rsync,
     tar, metadata) then share one connection, and one handshake. ``compress``: ssh's zlib.
+    ``identity``: the copy's own key on old (--copy-key ephemeral), the only one offered.
     """
     control = ""
+    if identity:
+        control = f"-i {shlex.quote(identity)} -o IdentitiesOnly=yes "
     if control_word:
-        control = f"-o ControlMaster=auto -o ControlPath={control_word} -o ControlPersist=60 "
+        control += f"-o ControlMaster=auto -o ControlPath={control_word} -o ControlPersist=60 "
     return (
         ("-C " if compress else "")
         + control
@@ -129,9 +137,10 @@ def ssh_to_new(
     known_hosts_word: str,
     control_word: str | None = None,
     compress: bool = False,
+    identity: str | None = None,
 ) -> str:
     """The ssh command line the old host runs to reach the new one."""
-    options = ssh_options(port, known_hosts_word, control_word, compress)
+    options = ssh_options(port, known_hosts_word, control_word, compress, identity)
     return f"ssh {options} {shlex.quote(f'{user}@{host}')}"
 
 
@@ -178,6 +187,7 @@ def rsync_mailboxes(
     live: bool = False,
     tree: str = MAILBOX_ROOT,
     known: tuple[int, int] | None = None,
+    identity: str | None = None,
 ) -> list[str]:
     """Lines of bash: mirror the mailbox tree to new with rsync, deletions included.
 
@@ -205,20 +215,85 @@ def rsync_mailboxes(
         flags += " --compress --compress-choice=zstd"
     elif compress:
         flags += " --compress"
-    receive = f"{STOP_STALE_RECEIVER}; echo $$ > {RECEIVE_PID_FILE}; exec rsync"
+    receive = rsync_receive_command()
     # rsync splits HOST:PATH at the first colon: an IPv6 address goes in brackets.
     bracketed = f"[{host}]" if ":" in host else host
     target = shlex.quote(f"{user}@{bracketed}:{tree}/")
     return [
         f"( {measure_command('rsync', [tree], known)} ) & m=$!",
         ': > "$idx"',
-        f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh", "$cm")}" '
+        f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh", "$cm", identity=identity)}" '
         f'--rsync-path={shlex.quote(receive)} {shlex.quote(tree)}/ {target} > "$idx" & t=$!; '
         'report "$t" "$idx" rsync >/dev/null & ' + wait + "; }",
         # Entries rsync listed (%i %l %n), and the bytes of the files among them.
         'wait "$m"; awk \'{n++; if (substr($1, 2, 1) == "f") b += $2} '
         f'END {{printf "{PROGRESS_TAG} done rsync %d %d\\n", n, b}}\' "$idx" >&3',
     ]
+
+
+def rsync_receive_command() -> str:
+    """What rsync runs on new (its --rsync-path): ``--server`` and its options follow."""
+    return f"{STOP_STALE_RECEIVER}; echo $$ > {RECEIVE_PID_FILE}; exec rsync"
+
+
+# What copy-data sends beside the trees lands here, replacing an earlier attempt's.
+META_RECEIVE = (
+    # umask: META_DIR's parents, made here, are root's alone (the lists come 0600/0700).
+    f"umask 077 && rm -rf {META_DIR} && mkdir -p {META_DIR} && tar --extract --file=- -C {META_DIR}"
+)
+
+
+@dataclass(frozen=True)
+class Receives:
+    """What a copy runs on new, for a copy key's forced command to accept and nothing
+    else: these commands exactly, and rsync's server mirroring into ``rsync_tree``."""
+
+    exact: tuple[str, ...] = ()
+    rsync_tree: str | None = None
+
+
+def _split_paths(paths: list[str], sync_mailboxes: bool, mailbox_tree: str):
+    """The paths tar carries, and those rsync mirrors (the mailbox tree after a pre-sync)."""
+    tar_paths = [p for p in paths if not (sync_mailboxes and p == mailbox_tree)]
+    return tar_paths, [p for p in paths if p not in tar_paths]
+
+
+def tar_receive_command(
+    tar_paths: list[str], *, replace: bool, compress: str | None, members: bool
+) -> str:
+    """What the tar pipe runs on new. ``members``: extract only the copied paths (for a
+    copy key: the archive, whatever it holds, writes nowhere else under /)."""
+    receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
+    if members:
+        receive_tar += " -- " + " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
+    if compress == "zstd":
+        receive_tar = f"zstd --quiet --decompress --stdout | sh -c {shlex.quote(receive_tar)}"
+    removals = [f"rm -rf {' '.join(shlex.quote(p) for p in tar_paths)}"] if replace else []
+    return "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
+
+
+def presync_receives(*, mailbox_tree: str = MAILBOX_ROOT, **_: object) -> Receives:
+    """What presync_script, with the same arguments, runs on new."""
+    return Receives(rsync_tree=mailbox_tree)
+
+
+def copy_receives(
+    paths: list[str],
+    *,
+    replace: bool = False,
+    sync_mailboxes: bool = False,
+    compress: str | None = None,
+    mailbox_tree: str = MAILBOX_ROOT,
+    **_: object,
+) -> Receives:
+    """What copy_script, with the same arguments and an ``identity``, runs on new."""
+    tar_paths, synced = _split_paths(paths, sync_mailboxes, mailbox_tree)
+    exact = [META_RECEIVE]
+    if tar_paths:
+        exact.insert(
+            0, tar_receive_command(tar_paths, replace=replace, compress=compress, members=True)
+        )
+    return Receives(tuple(exact), mailbox_tree if synced else None)
 
 
 def _script_head(host_key_line: str) -> list[str]:
@@ -248,12 +323,14 @@ def presync_script(
     host_key_line: str,
     compress: str | None = None,
     mailbox_tree: str = MAILBOX_ROOT,
+    identity: str | None = None,
 ) -> str:
     """Mirror the mailbox tree to new while the old relay still serves (repeatable)."""
     lines = _script_head(host_key_line)
     lines += rsync_mailboxes(
-        host=host, port=port, user=user, compress=compress, live=True, tree=mailbox_tree
-    )
+        host=host, port=port, user=user, compress=compress, live=True, tree=mailbox_tree,
+        identity=identity,
+    )  # fmt: skip
     return "\n".join(lines)
 
 
@@ -270,11 +347,14 @@ def copy_script(
     mailbox_tree: str = MAILBOX_ROOT,
     owners_by_name: bool = False,
     rsync_total: tuple[int, int] | None = None,
+    identity: str | None = None,
 ) -> str:
     """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
 
-    Runs on the old host with the agent forwarded. ``pipefail`` makes a failure of
-    either tar or of the ssh between them fail the whole command. A second, small
+    Runs on the old host with the agent forwarded, or with ``identity``, a key made for
+    this copy whose forced command on new runs only what copy_receives lists.
+    ``pipefail`` makes a failure of either tar or of the ssh between them fail the
+    whole command. A second, small
     stream carries what tar cannot restore on a host whose users do not exist yet:
     the ACLs, every copied file's numeric owner and group, and old's id-to-name maps,
     applied by name by fix-ownership.
@@ -290,8 +370,7 @@ def copy_script(
     ``rsync_total``: the mailbox tree's (bytes, entries) as the pre-sync found it.
     """
     lines = _script_head(host_key_line)
-    tar_paths = [p for p in paths if not (sync_mailboxes and p == mailbox_tree)]
-    synced = [p for p in paths if p not in tar_paths]
+    tar_paths, synced = _split_paths(paths, sync_mailboxes, mailbox_tree)
     if owners_by_name:
         # rsync carries no ACLs (the relay keeps none in mailboxes): read them there only.
         lists = " ".join(shlex.quote(p) for p in synced)
@@ -316,22 +395,21 @@ def copy_script(
     if synced:
         lines += rsync_mailboxes(
             host=host, port=port, user=user, compress=compress, tree=mailbox_tree,
-            known=rsync_total,
+            known=rsync_total, identity=identity,
         )  # fmt: skip
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
-    ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"')
+    ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"', identity=identity)
     # The whole relay goes through a connection of its own: a shared one would pass
     # every byte through the master ssh once more. Small copies share it.
     bulk = (
-        ssh if sync_mailboxes else ssh_to_new(host, port, user, '"$kh"', compress=compress == "ssh")
+        ssh
+        if sync_mailboxes
+        else ssh_to_new(host, port, user, '"$kh"', compress=compress == "ssh", identity=identity)
     )
-    receive_tar = f"echo $$ > {RECEIVE_PID_FILE}; exec {TAR_EXTRACT}"
-    zstd = ""
-    if compress == "zstd":
-        zstd = " | zstd --quiet -1 -T0"
-        receive_tar = f"zstd --quiet --decompress --stdout | sh -c {shlex.quote(receive_tar)}"
-    removals = [f"rm -rf {' '.join(shlex.quote(p) for p in tar_paths)}"] if replace else []
-    receive = "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
+    zstd = " | zstd --quiet -1 -T0" if compress == "zstd" else ""
+    receive = tar_receive_command(
+        tar_paths, replace=replace, compress=compress, members=identity is not None
+    )
     if tar_paths:
         lines += [
             f"( {measure_command('copy', tar_paths)} ) & m=$!",
@@ -347,13 +425,8 @@ def copy_script(
         names = "awk '!seen[$2]++ {print $2}' \"$idx\"" if tar_paths else "true"
         lines.append(f'{names} > "$meta/names"')
     lines.append('wait "$lists"')
-    meta_receive = (
-        # umask: META_DIR's parents, made here, are root's alone (the lists come 0600/0700).
-        f"umask 077 && rm -rf {META_DIR} && mkdir -p {META_DIR} && "
-        f"tar --extract --file=- -C {META_DIR}"
-    )
     lines.append(
-        f'tar --create --file=- -C "$meta" --exclude=./index . | {ssh} {shlex.quote(meta_receive)}'
+        f'tar --create --file=- -C "$meta" --exclude=./index . | {ssh} {shlex.quote(META_RECEIVE)}'
     )
     return "\n".join(lines)
 
@@ -362,7 +435,7 @@ def copy_unit(run_id: str) -> str:
     return f"{COPY_UNIT}-{run_id}.service"
 
 
-def copy_launcher(run_id: str) -> str:
+def copy_launcher(run_id: str, *, agent: bool = True) -> str:
     """What starts a copy script on old: a transient unit named after the run.
 
     Its unit is the copy's whole, exact handle: stopping it ends every process of this
@@ -370,10 +443,8 @@ def copy_launcher(run_id: str) -> str:
     output still streams back (``--pipe``), its exit code is the script's (``--wait``),
     and the forwarded agent reaches it (``--setenv``: root's unit can open the socket).
     """
-    return (
-        f"systemd-run --unit={copy_unit(run_id)} --pipe --wait --collect --quiet "
-        "--setenv=SSH_AUTH_SOCK -- "
-    )
+    setenv = "--setenv=SSH_AUTH_SOCK " if agent else ""
+    return f"systemd-run --unit={copy_unit(run_id)} --pipe --wait --collect --quiet {setenv}-- "
 
 
 # systemd counts a service ended by SIGTERM as a success: a stopped copy must fail.

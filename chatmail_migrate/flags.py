@@ -51,6 +51,10 @@ HELP = {
     "compress": "Compress the copy on the wire (zstd when both hosts have it, else ssh -C): "
     "for slow links only. "
     "Example: --compress",
+    "copy_key": "How old's ssh logs in to new for the copy: agent (default: your agent, "
+    "forwarded to old while the copy runs) or ephemeral (a key made on old for that copy "
+    "only, authorized on new for old's address, a few hours and the copy's receiving "
+    "side only; removed after). Example: --copy-key ephemeral",
     "update_known_hosts": "Replace the old host's key for the mail domain in your "
     "known_hosts with the new host's key (verified by the tool's own connection). "
     "Example: --update-known-hosts",

@@ -208,7 +208,11 @@ def _configured_hostname(settings: Settings, config: list[str], name: str) -> st
     return None
 
 
-def check_agent() -> Check:
+def check_agent(settings: Settings) -> Check:
+    if settings.copy_key == "ephemeral":
+        return Check(
+            "PASS", "ssh-agent", "not forwarded: old logs in to new with a key made per copy"
+        )
     sock = os.environ.get("SSH_AUTH_SOCK")
     if not sock or not os.path.exists(sock):
         return Check(
@@ -241,7 +245,7 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
     relay_check = check_relay_kind(settings.relay)
     if relay_check:
         yield relay_check
-    agent = check_agent()
+    agent = check_agent(settings)
     yield agent
     domain = settings.mail_domain or ""
     facts: dict[str, dict[str, list[str]]] = {}
@@ -452,27 +456,44 @@ def check_relay_files(relay: Relay, old: dict, new: dict):
             )
 
 
+NO_LOGIN = (
+    "-o PubkeyAuthentication=no -o PasswordAuthentication=no -o GSSAPIAuthentication=no "
+    "-o KbdInteractiveAuthentication=no -o HostbasedAuthentication=no"
+)
+
+
 def check_copy_path(settings: Settings, runner: Runner) -> Check:
-    """The exact path of the copy: from old, in its unit, forwarded agent, batch ssh to new."""
+    """The exact path of the copy: from old, in its unit, forwarded agent, batch ssh to new.
+
+    With --copy-key ephemeral the copy's key does not exist yet (nothing is changed
+    here): old reaches new's sshd, new's key pinned, and is asked to authenticate.
+    """
     host, port, user = runner.address("new")
     host = settings.new_host_from_old or host
     key_line = runner.host_key_line("new", commands.NEW_HOST_ALIAS)
+    ephemeral = settings.copy_key == "ephemeral"
+    ssh = commands.ssh_to_new(host, port, user, '"$kh"')
+    if ephemeral:
+        # No method at all: "Permission denied" comes only once new's key was checked.
+        ssh = ssh.replace("ssh ", f"ssh {NO_LOGIN} ", 1)
     script = (
         f"set -e; kh=$(mktemp); trap 'rm -f \"$kh\"' EXIT; "
-        f"printf '%s\\n' {shlex.quote(key_line)} > \"$kh\"; timeout 60 "
-        + commands.ssh_to_new(host, port, user, '"$kh"')
-        + " true"
+        f"printf '%s\\n' {shlex.quote(key_line)} > \"$kh\"; timeout 60 {ssh} true"
     )
     result = runner.run(
         "old",
-        f"{commands.copy_launcher(RUN_ID)}bash -c {shlex.quote(script)}",
+        f"{commands.copy_launcher(RUN_ID, agent=not ephemeral)}bash -c {shlex.quote(script)}",
         hide=True,
         quiet=True,
         warn=True,
-        forward_agent=True,
+        forward_agent=not ephemeral,
     )
-    if result.exited != 0:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    if ephemeral and "Permission denied" in result.stderr:
+        return Check(
+            "PASS", "old reaches new", f"{user}@{host}:{port}, key pinned (a copy key per copy)"
+        )
+    if result.exited != 0 or ephemeral:
+        reason = (result.stderr.strip().splitlines() or ["logged in with no key"])[-1]
         # Old's ssh goes direct: a jump host that lets this machine in does not help it.
         gateway = runner.connection("new").gateway
         via = getattr(gateway, "host", "a ProxyCommand")

@@ -15,7 +15,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 
-from . import actions, commands, dnscheck
+from . import actions, commands, copy_key, dnscheck
 from .errors import MigrateError
 from .journal import Journal
 from .relay import SPOOL
@@ -49,6 +49,8 @@ def roll_back_hosts(
     new_facts = None
     if settings.new_host and not new_host_gone:
         new_facts = _new_host_facts(settings, runner, unreachable_new_never_served)
+        # A copy key an interrupted copy left (on old, authorized on new): never kept.
+        copy_key.remove(settings, runner, interrupted=True)
     old_facts = actions.mail_facts(settings, runner, "old")
     if settings.dry:
         actions.rollback_on_old(settings, runner, journal)
@@ -180,16 +182,25 @@ def carry_back_new_to_old(
         paths = existing_paths(back_runner, "old", [tree, SPOOL])
         actions.need_agent(back, "rollback")
         actions.need_rsync(back, back_runner, "rollback")
-        script = commands.copy_script(
+        summaries = actions.copy_to_new(
+            back,
+            back_runner,
             paths,
-            **actions.copy_target(back, back_runner),
             replace=True,
             sync_mailboxes=tree in paths,
             mailbox_tree=tree,
             owners_by_name=True,
         )
         try:
-            summaries = actions.run_copy(back, back_runner, script)
+            summaries = actions.copy_to_new(
+                back,
+                back_runner,
+                paths,
+                replace=True,
+                sync_mailboxes=tree in paths,
+                mailbox_tree=tree,
+                owners_by_name=True,
+            )
         except (MigrateError, KeyboardInterrupt) as e:
             why = str(e) if isinstance(e, MigrateError) else "interrupted"
             raise MigrateError(

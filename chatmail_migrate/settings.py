@@ -55,6 +55,9 @@ DEFAULTS: dict = {
         # migrate: copy the mailboxes while the old relay still serves, then sync the rest.
         "presync": False,
         "compress": False,  # compress the copy on the wire (zstd when both hosts have it)
+        # How old's ssh logs in to new for the copy: "agent" (yours, forwarded) or
+        # "ephemeral" (a key made on old for one copy, authorized on new for it only).
+        "copy_key": "agent",
         # Prepare the new host before the downtime (CMDEPLOY_STAGES, relay >= 1.8):
         # "auto" asks the relay checkout, "yes"/"no" decide.
         "cmdeploy_stages": "auto",
@@ -120,6 +123,7 @@ def same_host(a: str, b: str) -> bool:
     )
 
 
+COPY_KEYS = ("agent", "ephemeral")
 ENV_RELAY_DIR = "CHATMAIL_RELAY_DIR"
 ENV_CMDEPLOY = "CMDEPLOY"
 ENV_SSH_CONFIG = "CHATMAIL_MIGRATE_SSH_CONFIG"
@@ -154,6 +158,7 @@ class Settings:
     update_known_hosts: bool = False
     presync: bool = False
     compress: bool = False
+    copy_key: str = "agent"
     cmdeploy_stages: str = "auto"
     progress_interval: float = 10
     # True when old_host is the mail domain by default, to be looked up in DNS.
@@ -258,6 +263,7 @@ def resolve(
     update_known_hosts: bool | None = None,
     presync: bool | None = None,
     compress: bool | None = None,
+    copy_key: str | None = None,
 ) -> Settings:
     """Settings for a task; ``role`` ("old"/"new") says which host ``fab -H`` names."""
     cfg = config_section(c)
@@ -310,6 +316,7 @@ def resolve(
         update_known_hosts=bool(update_known_hosts or cfg.get("update_known_hosts")),
         presync=bool(presync or cfg.get("presync")),
         compress=bool(compress or cfg.get("compress")),
+        copy_key=str(copy_key or cfg.get("copy_key") or "agent").lower(),
         cmdeploy_stages=str(cfg.get("cmdeploy_stages") or "auto").lower(),
         progress_interval=float(cfg.get("progress_interval") or 10),
         dry=dry,
@@ -340,6 +347,11 @@ def resolve(
     settings = dataclasses.replace(
         settings, new_addresses=[canonical_address(a) for a in settings.new_addresses]
     )
+    if settings.copy_key not in COPY_KEYS:
+        raise SettingsError(
+            f"copy key {settings.copy_key!r} is none of {', '.join(COPY_KEYS)}; give "
+            "--copy-key agent (your agent, forwarded to old) or --copy-key ephemeral"
+        )
     if settings.cmdeploy_stages not in ("auto", "yes", "no"):
         raise SettingsError(
             f"cmdeploy_stages is {settings.cmdeploy_stages!r}; set it to auto, yes or no"

@@ -43,9 +43,17 @@ def disable_mail(c, old_host=None, relay_dir=None):
     run_step(c, "disable-mail", old_host=old_host, relay_dir=relay_dir)
 
 
-@task(help=flag_help("old_host", "new_host", "new_host_from_old", "relay_dir", "compress"))
+@task(
+    help=flag_help("old_host", "new_host", "new_host_from_old", "relay_dir", "compress", "copy_key")
+)
 def presync(
-    c, old_host=None, new_host=None, new_host_from_old=None, relay_dir=None, compress=False
+    c,
+    old_host=None,
+    new_host=None,
+    new_host_from_old=None,
+    relay_dir=None,
+    compress=False,
+    copy_key=None,
 ):
     """Before step 1, OLD → NEW: rsync the mailboxes while the old relay still serves.
 
@@ -62,10 +70,15 @@ def presync(
         new_host_from_old=new_host_from_old,
         relay_dir=relay_dir,
         compress=compress or None,
+        copy_key=copy_key,
     )
 
 
-@task(help=flag_help("old_host", "new_host", "new_host_from_old", "relay_dir", "force", "compress"))
+@task(
+    help=flag_help(
+        "old_host", "new_host", "new_host_from_old", "relay_dir", "force", "compress", "copy_key"
+    )
+)
 def copy_data(
     c,
     old_host=None,
@@ -74,6 +87,7 @@ def copy_data(
     relay_dir=None,
     force=False,
     compress=False,
+    copy_key=None,
 ):
     """Step 2, OLD → NEW: tar pipe of mailboxes, TLS, DKIM, echobot, mail queue.
 
@@ -93,11 +107,12 @@ def copy_data(
         relay_dir=relay_dir,
         force=force,
         compress=compress or None,
+        copy_key=copy_key,
     )
 
 
-@task(help=flag_help("new_host", "old_host", "relay_dir"))
-def install(c, new_host=None, old_host=None, relay_dir=None):
+@task(help=flag_help("new_host", "old_host", "relay_dir", "copy_key"))
+def install(c, new_host=None, old_host=None, relay_dir=None, copy_key=None):
     """Step 3, NEW host: cmdeploy run --disable-mail; check postfix/dovecot stay off.
 
     migrate runs it first, while old still serves. Relay >= 1.8: only
@@ -106,7 +121,9 @@ def install(c, new_host=None, old_host=None, relay_dir=None):
 
     Examples: fab -H 13.12.23.42 install | invoke install --new-host 13.12.23.42
     """
-    run_step(c, "install", new_host=new_host, old_host=old_host, relay_dir=relay_dir)
+    run_step(
+        c, "install", new_host=new_host, old_host=old_host, relay_dir=relay_dir, copy_key=copy_key
+    )
 
 
 @task(help=flag_help("new_host", "relay_dir"))
@@ -193,6 +210,7 @@ def enable_mail(c, new_host=None, relay_dir=None):
         "nameserver",
         "new_address",
         "ipv6_only",
+        "copy_key",
     )
 )
 def preflight(
@@ -206,6 +224,7 @@ def preflight(
     nameserver=None,
     new_address=None,
     ipv6_only=False,
+    copy_key=None,
 ):
     """OLD and NEW, changing nothing: can the migration work? PASS/WARN/FAIL per check.
 
@@ -226,6 +245,7 @@ def preflight(
         nameservers=nameserver,
         new_addresses=new_address,
         ipv6_only=ipv6_only or None,
+        copy_key=copy_key,
     )
     run_preflight(s, Journal.for_settings(s))
 
@@ -268,11 +288,12 @@ def check_relay(c, new_host=None, relay_dir=None, nameserver=None, probe_account
 def rollback(c, old_host=None, new_host=None, relay_dir=None, new_host_gone=False):
     """OLD host: mail back on it, after carrying back what the new host took.
 
-    Reads both hosts first. Mail stops on the new host; when it took mail (enable-mail
-    started it there), its mailboxes (deletions too) and queue are copied back to old
+    Reads both hosts first. Mail stops on the new host; when this tool's enable-mail
+    let mail in there, its mailboxes (deletions too) and queue are copied back to old
     and verified; then cmdeploy run on old. Hosts: the flags, else the journal's,
-    never DNS's. Safe to repeat. migrate rolls back by itself when a step fails
-    before DNS is switched.
+    never DNS's. Safe to repeat; refuses, changing nothing, when both hosts took mail,
+    the hosts look swapped, or new cannot be reached. migrate rolls back by itself
+    when a step fails before DNS is switched.
     Examples: fab -H 13.37.13.37 rollback | invoke rollback |
     invoke rollback --old-host 13.37.13.37 --new-host 13.12.23.42
     """
@@ -288,6 +309,7 @@ def rollback(c, old_host=None, new_host=None, relay_dir=None, new_host_gone=Fals
         "new_host_from_old",
         "presync",
         "compress",
+        "copy_key",
         "yes",
         "restart",
         "force",
@@ -305,6 +327,7 @@ def migrate(
     new_host_from_old=None,
     presync=False,
     compress=False,
+    copy_key=None,
     yes=False,
     restart=False,
     force=False,
@@ -340,6 +363,7 @@ def migrate(
         new_host_from_old=new_host_from_old,
         presync=presync or None,
         compress=compress or None,
+        copy_key=copy_key,
         yes=yes or None,
         force=force or None,
         rollback=None if rollback else False,

@@ -20,6 +20,7 @@ from chatmail_migrate import (
     actions,
     addresses,
     commands,
+    copy_key,
     dnscheck,
     host_lock,
     lock,
@@ -169,6 +170,97 @@ def test_copy_script_is_checked_end_to_end_and_pins_the_key():
     # Without the relay's users on new: owners and ACLs listed on old beside the copy.
     assert "find /home/vmail/mail" in script and "getfacl" in script
     assert "meta/names" not in script
+
+
+def test_copy_key_receiver_runs_exactly_what_the_copy_sends(tmp_path: Path):
+    """The forced command of --copy-key ephemeral, run here with its exec replaced:
+    the copy's own receivers pass, anything else is refused before it runs."""
+    kwargs = dict(replace=True, sync_mailboxes=True, compress="zstd")
+    target = dict(host="h", port=22, user="root", host_key_line="k", identity=copy_key.KEY)
+    script = commands.copy_script(DEFAULT_COPY_PATHS, **target, **kwargs)
+    receives = commands.copy_receives(DEFAULT_COPY_PATHS, **kwargs)
+    tar, meta = receives.exact
+    # What the receiver accepts is what the script sends, word for word.
+    assert shlex.quote(tar) in script and shlex.quote(meta) in script
+    assert f"-i {copy_key.KEY} -o IdentitiesOnly=yes" in script
+    assert tar.endswith("--warning=no-timestamp -- var/lib/acme etc/dkimkeys run/echobot "
+                        "var/lib/echobot var/spool/postfix etc/chatmail-nocreate'")  # fmt: skip
+    presync = commands.presync_script(**target)
+    assert presync.count(f"-i {copy_key.KEY} -o IdentitiesOnly=yes") == 1
+    receiver = tmp_path / "receive"
+    receiver.write_text(
+        copy_key.receiver_script(receives).replace(
+            'exec /bin/bash -c "$c"', "echo ACCEPTED; exit 0"
+        )
+    )
+    rsync = f"{commands.rsync_receive_command()} --server"
+    tree = "/home/vmail/mail/"
+    accepted = [
+        tar,
+        meta,
+        f"{rsync} -lHogDtpXre.iLsfxCIvu --log-format=%i --delete -@-1 --mkpath . {tree}",
+        f"{rsync} -lHogDtpXrze.iLsfxCIvu --log-format=X --compress-choice=zstd --delete "
+        f"--modify-window=-1 --mkpath . {tree}",
+    ]
+    refused = [
+        "",
+        "id",
+        "bash",
+        commands.TAR_EXTRACT,
+        f"{tar}; id",
+        f"{rsync} -lr . /etc/",
+        f"{rsync} -lr . {tree}; id",
+        f"{rsync} -lr --log-file=/etc/x . {tree}",
+        f"{rsync} -lr --temp-dir=/etc . {tree}",
+        f"{rsync} -lrT/etc . {tree}",
+        f"{rsync} -lr\nid . {tree}",
+        f"{rsync} --sender -lr . {tree}",
+    ]
+    for command, ok in [(c, True) for c in accepted] + [(c, False) for c in refused]:
+        result = subprocess.run(
+            ["bash", str(receiver)], env={"SSH_ORIGINAL_COMMAND": command, "PATH": "/bin"},
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if ok:
+            assert (result.returncode, result.stdout) == (0, "ACCEPTED\n"), command
+        else:
+            assert result.returncode == 126 and "refused" in result.stderr, command
+    # The key's line: restrict, from=, expiry on the host's clock, the forced command.
+    line = copy_key.add_line_command("ssh-ed25519 AAAAx", 'restrict,from="10.0.0.1"', "/r", 120)
+    assert 'restrict,from="10.0.0.1"' in line and "date -d '+120 minutes'" in line
+    assert 'expiry-time="%s",command="%s"' in line and copy_key.MARK in line
+
+
+def test_copy_key_line_added_renewed_and_removed_in_place(tmp_path: Path):
+    """The shell that edits authorized_keys, run here on a file of a fake home: other
+    lines kept as they are, only the copy key's expiry moved, then its line gone."""
+    (tmp_path / "bin").mkdir()
+    sshd = tmp_path / "bin" / "sshd"  # sshd -T, as a host would answer it
+    sshd.write_text("#!/bin/sh\necho 'authorizedkeysfile %h/.ssh/authorized_keys'\n")
+    sshd.chmod(0o755)
+    keys = tmp_path / ".ssh" / "authorized_keys"
+    keys.parent.mkdir()
+    keys.write_text("ssh-ed25519 AAAAother other@x")  # no newline at its end
+    env = {"HOME": str(tmp_path), "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+
+    def run(command: str) -> str:
+        result = subprocess.run(["bash", "-c", f"set -eu; {command}"], env=env,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        return result.stdout
+
+    run(copy_key.add_line_command("ssh-ed25519 AAAAx", 'restrict,from="10.0.0.1"', "/r", 120))
+    other, line = keys.read_text().splitlines()
+    assert other == "ssh-ed25519 AAAAother other@x"
+    assert line.startswith('restrict,from="10.0.0.1",expiry-time="')
+    assert line.endswith(f'",command="/r" ssh-ed25519 AAAAx {copy_key.MARK}')
+    keys.write_text(keys.read_text().replace(line.split('"')[3], "200001010000"))
+    run(copy_key.renew_command())
+    renewed = keys.read_text().splitlines()[1]
+    assert renewed.split('"')[3] >= line.split('"')[3]  # two hours from now again
+    out = run(copy_key.remove_line_command().replace(copy_key.RECEIVER, str(tmp_path / "r")))
+    assert out.split() == ["stale"]
+    assert keys.read_text() == "ssh-ed25519 AAAAother other@x\n"
+    assert sorted(p.name for p in keys.parent.iterdir()) == ["authorized_keys"]
 
 
 def test_copy_onto_a_host_with_the_relay_users_walks_nothing_beside_tar():
