@@ -182,15 +182,6 @@ def carry_back_new_to_old(
         paths = existing_paths(back_runner, "old", [tree, SPOOL])
         actions.need_agent(back, "rollback")
         actions.need_rsync(back, back_runner, "rollback")
-        summaries = actions.copy_to_new(
-            back,
-            back_runner,
-            paths,
-            replace=True,
-            sync_mailboxes=tree in paths,
-            mailbox_tree=tree,
-            owners_by_name=True,
-        )
         try:
             summaries = actions.copy_to_new(
                 back,

@@ -52,6 +52,16 @@ def serves_signed(lab: Lab, host: str) -> None:
     assert_relay_serves(lab, client(lab, host), alice, bob)
 
 
+def assert_rolled_back_with(lab: Lab, result, user: str, message_id: str) -> None:
+    """The rollback carried new's mail back: old serves it, signed; new is stopped."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "carried back" in result.stdout
+    assert mail_services(lab, "old") == MAIL_ON
+    assert mail_services(lab, "new") == MAIL_OFF
+    assert readable(lab, "old", user, message_id)
+    serves_signed(lab, "old")
+
+
 def readable(lab: Lab, host: str, user: str, message_id: str) -> bool:
     try:
         client(lab, host).fetch(user, account_password(user), message_id, wait=5)
@@ -87,12 +97,7 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     # replaced the spool that holds opendkim's socket).
     nameserver.update(lab, a=[lab.address("new")])
     back = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)
-    assert back.returncode == 0, back.stdout + back.stderr
-    assert "carried back" in back.stdout
-    assert mail_services(lab, "old") == MAIL_ON
-    assert mail_services(lab, "new") == MAIL_OFF
-    assert readable(lab, "old", bob, message_id)
-    serves_signed(lab, "old")
+    assert_rolled_back_with(lab, back, bob, message_id)
     # The move again, failing after new's services started: the automatic rollback
     # carries new's mail back too, and old serves it, signed.
     nameserver.update(lab, a=[lab.address("old")])
@@ -128,13 +133,8 @@ def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
     assert len(left) == len(before) - 1
 
     back = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)
-    assert back.returncode == 0, back.stdout + back.stderr
-    assert "carried back" in back.stdout
-    assert mail_services(lab, "old") == MAIL_ON
-    assert mail_services(lab, "new") == MAIL_OFF
-    assert readable(lab, "old", bob, message_id)
+    assert_rolled_back_with(lab, back, bob, message_id)
     assert inbox_ids(lab, "old", alice) == left
-    serves_signed(lab, "old")
 
     # Again: it reads the hosts, finds old serving and new stopped, and changes nothing.
     second = run_tool(lab, "invoke", "rollback", state_dir=tmp_path)
