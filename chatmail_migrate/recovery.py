@@ -62,7 +62,7 @@ def roll_back_hosts(
     carried = bool(new_facts and new_facts.carry_due)
     if new_facts and carried:
         carry_back_new_to_old(settings, runner, journal, new_facts)
-    left = dns_left_to_do(settings, old_facts, new_facts)
+    left = dns_left_to_do(settings, runner, journal, old_facts, new_facts)
     if new_facts and new_facts.changed and not carried:
         # Weaker evidence than this tool's own mark: never mirrored over old's mail.
         left.append(
@@ -223,11 +223,17 @@ def carry_back_new_to_old(
 
 def dns_left_to_do(
     settings: Settings,
+    runner: Runner,
+    journal: Journal | None,
     old_facts: actions.MailFacts,
     new_facts: actions.MailFacts | None,
 ) -> list[str]:
     """The A/AAAA records still naming the new host, asked of the authoritative servers,
-    and what they should say instead (the old host's public addresses)."""
+    and what they should say instead (the old host's public addresses).
+
+    New's addresses: its own, the one this machine reached it at, and those the
+    journal's switch-dns asked for (behind NAT the public one is on no interface).
+    """
     domain = settings.mail_domain
     if not (domain and new_facts):
         return []
@@ -238,13 +244,20 @@ def dns_left_to_do(
         current = dnscheck.address_records(domain, servers)
     except MigrateError as e:
         return [f"check that DNS points {domain} at the old host: the nameservers said {e}"]
-    new_addresses = {_address(a) for a in new_facts.addresses} - {None}
+    asked = journal.dns_records_asked() if journal else None
+    named = [*new_facts.addresses, runner.reached_address("new") or ""]
+    named += [v for values in (asked or {}).values() for v in values]
+    new_addresses = {_address(a) for a in named} - {None}
     published = {
         _address(v) for answer in current.values() for t in ("A", "AAAA") for v in answer[t].values
     }
     if not (published & new_addresses):
         return []
-    old = sorted(old_facts.addresses, key=lambda a: ":" in a)
+    # Old's public addresses, else the one this machine reached it at.
+    public = [a for a in old_facts.addresses if (ip := _address(a)) and ip.is_global]
+    old = sorted(
+        set(public or [runner.reached_address("old") or ""]) - {""}, key=lambda a: ":" in a
+    )
     records = ", ".join(f"{'AAAA' if ':' in a else 'A'} {a}" for a in old) or "the old host's"
     return [
         f"point DNS back: {domain} still names the new host "
