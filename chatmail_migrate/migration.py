@@ -89,17 +89,14 @@ def task_settings(c, role: str | None, needs=(), deploys_to=(), **flags) -> Sett
 
     ``deploys_to``: the hosts (``old_host``/``new_host``) the task runs cmdeploy against.
     """
-    try:
-        settings = resolve(c, role=role, **flags)
-        settings.need(*needs)
-        if deploys_to:
-            check_cmdeploy(settings)
-            for name in deploys_to:
-                cmdeploy_host(getattr(settings, name))  # refuses a port it would drop
-        if "old_host" in needs:
-            settings = pin_old_host(settings)
-    except SettingsError as e:
-        raise Exit(f"error: {e}", code=2) from None
+    settings = resolve(c, role=role, **flags)
+    settings.need(*needs)
+    if deploys_to:
+        check_cmdeploy(settings)
+        for name in deploys_to:
+            cmdeploy_host(getattr(settings, name))  # refuses a port it would drop
+    if "old_host" in needs:
+        settings = pin_old_host(settings)
     return settings
 
 
@@ -181,12 +178,9 @@ class Migration:
                 "back the mail the new host took)",
                 code=2,
             )
-        try:
-            if self.restart:
-                journal.reset()
-            journal.check_hosts(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
-        except SettingsError as e:
-            raise Exit(f"error: {e}", code=2) from None
+        if self.restart:
+            journal.reset()
+        journal.check_hosts(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
         wanted = plan(presync=self.settings.presync)
         if journal.done_steps() and journal.plan != wanted:
             print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
@@ -492,8 +486,6 @@ def run_check_relay(
     started = time.monotonic()
     try:
         lines = check_relay.check_relay(s, runner, journal, probe_account)
-    except SettingsError as e:  # --probe-account refused: nothing was checked
-        raise Exit(f"error: {e}", code=2) from None
     except MigrateError as e:
         raise Exit(f"check-relay stopped: {e}", code=1) from None
     finally:
@@ -525,11 +517,8 @@ def roll_back(s: Settings, *, new_host_gone: bool = False) -> None:
     """Mail on the old host again, with what the new host took carried back first;
     recorded in the journal (the next migrate starts over). Decided from the hosts,
     safe to repeat. ``new_host_gone``: the operator says the new host is gone for good."""
-    try:
-        journal = Journal.for_settings(s)
-        s = rollback_hosts(s, journal, new_host_gone=new_host_gone)
-    except SettingsError as e:
-        raise Exit(f"error: {e}", code=2) from None
+    journal = Journal.for_settings(s)
+    s = rollback_hosts(s, journal, new_host_gone=new_host_gone)
     print(
         f"rollback: mail back on {s.old_host}"
         + (f"; the new host {s.new_host} is looked at first" if s.new_host else ""),

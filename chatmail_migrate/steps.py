@@ -7,10 +7,7 @@ actions.py per step, announcing, timing and journaling it.
 
 from __future__ import annotations
 
-from invoke import Exit
-
 from .cli import task
-from .errors import SettingsError
 from .flags import DNS_FLAGS, dns_settings, flag_help
 from .journal import Journal
 from .migration import (
@@ -382,8 +379,4 @@ def status(c, relay_dir=None):
 
     Example: invoke status --relay-dir ~/relay
     """
-    try:
-        s = resolve(c, relay_dir=relay_dir)
-    except SettingsError as e:
-        raise Exit(f"error: {e}", code=2) from None
-    show_status(s)
+    show_status(resolve(c, relay_dir=relay_dir))
