@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import commands, dnscheck, domain_keys
 from .addresses import ipv4_deletion_refused, new_host_addresses, new_host_records
+from .dkim import dkim_tags
 from .errors import MigrateError
 from .journal import Journal
 from .remote import Runner
@@ -167,8 +168,7 @@ DKIM_SELECTOR = "opendkim"
 
 
 def _dkim_p(record: str) -> str:
-    tags = dict(part.strip().split("=", 1) for part in record.split(";") if "=" in part)
-    return tags.get("p", "").replace(" ", "")
+    return dkim_tags(record).get("p", "")
 
 
 def check_published_keys(settings: Settings, runner: Runner, server) -> None:

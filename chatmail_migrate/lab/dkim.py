@@ -4,12 +4,11 @@ publish: the proof that mail leaving a lab relay is signed by the relay's own ke
 
 from __future__ import annotations
 
-import re
-
 import dns.message
 import dns.query
 import dns.rdatatype
 
+from ..dkim import dkim_tags as signature_tags
 from ..dkim import dkim_verify
 from .lab import Lab
 
@@ -32,10 +31,7 @@ def dkim_tags(raw: bytes) -> dict[str, str]:
     headers, _ = _headers_and_body(raw)
     for name, value in headers:
         if name.strip().lower() == "dkim-signature":
-            tags = (t.strip() for t in value.replace("\r\n", "").split(";") if t.strip())
-            return {
-                k.strip(): re.sub(r"\s+", "", v) for k, _, v in (t.partition("=") for t in tags)
-            }
+            return signature_tags(value)
     return {}
 
 
@@ -45,9 +41,7 @@ def published_dkim_key(lab: Lab, selector: str, domain: str) -> str:
     query = dns.message.make_query(f"{selector}._domainkey.{domain}", dns.rdatatype.TXT)
     answer = dns.query.udp(query, server, timeout=5).answer
     text = "".join(b"".join(r.strings).decode() for rrset in answer for r in rrset)
-    return dict(
-        (k.strip(), v.strip()) for k, _, v in (t.partition("=") for t in text.split(";") if t)
-    )["p"]
+    return signature_tags(text)["p"]
 
 
 def dkim_verifies(raw: bytes, public_key_b64: str) -> bool:
