@@ -17,13 +17,16 @@ from chatmail_migrate.lab.tasks import rehearse
     help={
         "k": "Only tests matching this pytest -k expression. Example: -k presync",
         "x": "Stop at the first failure. Example: -x",
+        "benchmarks": "Also run the README's benchmark commands (minutes each; CI does "
+        "not). Example: --benchmarks",
     }
 )
-def test(c, k=None, x=False):
-    """Lint, then run the whole test suite (lab tests need root: see README)."""
+def test(c, k=None, x=False, benchmarks=False):
+    """Lint, then run the whole test suite but the benchmarks (lab tests need root)."""
     python = shlex.quote(sys.executable)  # the venv's, whatever PATH says
     c.run(f"{python} -m ruff check . && {python} -m ruff format --check .")
     args = (["-k", shlex.quote(k)] if k else []) + (["-x"] if x else [])
+    args += [] if benchmarks else ["-m", shlex.quote("not benchmark")]
     # Two workers: the lab tests mostly wait on hosts, and labs run side by side;
     # tests sharing a lab (xdist_group marks) stay on one worker.
     c.run(f"{python} -m pytest -n 2 --dist loadgroup {' '.join(args)}")

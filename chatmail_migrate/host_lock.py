@@ -138,7 +138,7 @@ class HostLocks:
                 # Its connection may be what was lost: a cached one would be dead.
                 self.runner.drop(role)
             self.channels.pop(role, None)
-            self._record_run()
+            self.record_run()
             try:
                 self._take(role)
             except LockHeld:
@@ -148,7 +148,7 @@ class HostLocks:
                 self.runner.drop(role)
                 self._take(role)
 
-    def _record_run(self) -> None:
+    def record_run(self) -> None:
         """This run's id in the journal, before any lock names it: only then can a rerun
         of this journal take over what it leaves on a host."""
         if self.journal and not any(

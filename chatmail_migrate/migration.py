@@ -216,6 +216,8 @@ class Migration:
         if not s.dry:
             journal.adopt_hosts(s)
             journal.save()
+            if self.host_locks:
+                self.host_locks.record_run()  # before any step, failure or rollback
         print(
             f"migrate {s.mail_domain}: {s.old_host} → {s.new_host}"
             + (" (dry run)" if s.dry else "")

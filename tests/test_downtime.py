@@ -83,8 +83,9 @@ def assert_log_and_report(lab: Lab, state_dir: Path, out: str) -> None:
         if not line.startswith("    |"):
             assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (--|\[.*\] .*exit=-?\d+ "
                             r"\d+\.\d\ds \$)", line), line  # fmt: skip
-    # No secrets: no key material, no password hashes, no agent socket.
-    for secret in ("PRIVATE KEY", "$6$", "{SHA512-CRYPT}", str(lab.agent_sock), "SSH_AUTH_SOCK"):
+    # No secrets: no key material, no password hashes, no agent socket (its path; the
+    # copy's unit is told the variable's name, SSH_AUTH_SOCK, to pass the agent on).
+    for secret in ("PRIVATE KEY", "$6$", "{SHA512-CRYPT}", str(lab.agent_sock), "/tmp/ssh-"):
         assert secret not in text and secret not in report.read_text()
     key = lab.ssh("new", "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
     assert key not in text  # host keys pinned in the copy script are shortened

@@ -124,9 +124,8 @@ def test_port_jump_host_and_old_host_known_by_name(make_lab, tmp_path: Path):
     assert f"host key of jump host (ProxyJump of {lab.address('new')}) {lab.address('spare')}" in (
         first
     )
-    assert rest == [
-        "Done: nothing. Next step: disable-mail (rerun migrate to resume at disable-mail)."
-    ]
+    assert first.startswith("error: presync not started: new host: host key of jump host")
+    assert rest == [], "refused before the step began, nothing done: one line"
     unchanged(lab)
 
     # New lets in only the jump host: old's own ssh, which goes direct, cannot reach it.

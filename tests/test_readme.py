@@ -95,10 +95,16 @@ def test_setup_and_completion(tmp_path: Path):
         assert result.returncode == 0 and f"-F _complete_{program} {program}" in result.stdout
 
 
-def test_tests_and_benchmarks(lab_available, tmp_path: Path):
-    (tests,), (downtime, preflight_verify) = commands_of("Tests and benchmarks")
+def test_the_test_command_is_what_ci_runs():
+    (tests,), _ = commands_of("Tests and benchmarks")
     assert tests == ".venv/bin/invoke test"
     assert tests in (REPO / ".ci" / "run").read_text()  # this very run
+
+
+@pytest.mark.benchmark
+def test_benchmarks(lab_available, tmp_path: Path):
+    # Run by hand (`invoke test --benchmarks`), not in CI: minutes of a whole lab each.
+    _, (downtime, preflight_verify) = commands_of("Tests and benchmarks")
     result = shell(downtime, env=base_env(tmp_path), timeout=1200)
     assert "A: by hand" in result.stdout and "C: migrate --presync" in result.stdout
     # The figures, as the benchmark wrote them; it exits 1 exactly when one is missed

@@ -248,15 +248,14 @@ class Lab:
         )
         self.agent_pid = agent.pid
         self.save()
-        for _ in range(100):
-            if self.agent_sock.exists():
-                break
+        # The socket appears at bind(), a moment before the agent listens on it.
+        env = {**os.environ, "SSH_AUTH_SOCK": str(self.agent_sock)}
+        for _ in range(200):
+            added = subprocess.run(["ssh-add", "-q", str(self.key)], env=env, capture_output=True)
+            if added.returncode == 0:
+                return
             time.sleep(0.05)
-        subprocess.run(
-            ["ssh-add", "-q", str(self.key)],
-            check=True,
-            env={**os.environ, "SSH_AUTH_SOCK": str(self.agent_sock)},
-        )
+        raise LabError(f"the lab's ssh-agent never took its key: {added.stderr.decode().strip()}")
 
     def _boot_host(
         self, hostname: str, address: str, prefixlen: int, rootfs: Path, address6: str
