@@ -447,6 +447,12 @@ def copy_launcher(run_id: str, *, agent: bool = True) -> str:
     return f"systemd-run --unit={copy_unit(run_id)} --pipe --wait --collect --quiet {setenv}-- "
 
 
+def for_unit(script: str) -> str:
+    """``script`` as a transient unit's command line must carry it: systemd expands
+    ``$$`` and ``${VAR}`` there (seen: ``echo $$`` wrote ``$``), and ``$$`` is its ``$``."""
+    return script.replace("$", "$$")
+
+
 # systemd counts a service ended by SIGTERM as a success: a stopped copy must fail.
 COPY_STOPPED = "trap 'exit 143' TERM"
 

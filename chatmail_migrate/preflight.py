@@ -482,7 +482,8 @@ def check_copy_path(settings: Settings, runner: Runner) -> Check:
     )
     result = runner.run(
         "old",
-        f"{commands.copy_launcher(RUN_ID, agent=not ephemeral)}bash -c {shlex.quote(script)}",
+        f"{commands.copy_launcher(RUN_ID, agent=not ephemeral)}bash -c "
+        + shlex.quote(commands.for_unit(script)),
         hide=True,
         quiet=True,
         warn=True,

@@ -29,7 +29,7 @@ import paramiko
 import paramiko.agent
 from invoke.exceptions import UnexpectedExit
 
-from . import audit, known_hosts
+from . import audit, commands, known_hosts
 from .errors import HostKeyError, MigrateError
 from .settings import Settings, canonical_address, split_host
 
@@ -472,7 +472,10 @@ class Runner:
         self.echo(f"[{role}: {self.host(role)}]{agent} $ {launcher}bash <<'EOF'\n{script}\nEOF")
         if self.dry:
             return
-        command = f"{launcher}bash -c " + shlex.quote(script)
+        # The launcher starts a systemd unit, whose command line systemd expands.
+        command = f"{launcher}bash -c " + shlex.quote(
+            commands.for_unit(script) if launcher else script
+        )
         transport = self.connection(role).client.get_transport()
         errors: list[str] = []
         started, clock = time.time(), time.monotonic()

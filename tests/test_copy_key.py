@@ -136,7 +136,7 @@ def test_ephemeral_copy_key(make_lab, tmp_path: Path):
     fresh_big_file(lab)
     code, output = run_tool_with_fault(
         lab, ["presync", *via_private, *EPHEMERAL], state_dir=tmp_path,
-        when=f"{commands.COPY_UNIT}-", fault=lambda proc: check_during_copy(lab),
+        when=f"--unit={commands.COPY_UNIT}-", fault=lambda proc: check_during_copy(lab),
     )  # fmt: skip
     assert code == 0, output
     assert "agent forwarded" not in output
@@ -151,7 +151,7 @@ def test_ephemeral_copy_key(make_lab, tmp_path: Path):
     fresh_big_file(lab)
     code, output = run_tool_with_fault(
         lab, ["presync", *via_private, *EPHEMERAL], state_dir=tmp_path,
-        when=f"{commands.COPY_UNIT}-", fault=kill_receiver,
+        when=f"--unit={commands.COPY_UNIT}-", fault=kill_receiver,
     )  # fmt: skip
     assert code != 0, output
     assert_nothing_left(lab)
