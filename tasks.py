@@ -8,7 +8,7 @@ import sys
 
 from invoke import task
 
-from chatmail_migrate.collection import migration_collection
+from chatmail_migrate.cli.collection import migration_collection
 from chatmail_migrate.lab.tasks import ns as lab
 from chatmail_migrate.lab.tasks import rehearse
 

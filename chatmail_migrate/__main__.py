@@ -1,5 +1,5 @@
 """``python -m chatmail_migrate``: the console script, for when it is not on PATH."""
 
-from .main import program
+from chatmail_migrate.cli.main import program
 
 program.run()

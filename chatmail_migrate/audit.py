@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from .settings import Settings
+from chatmail_migrate.settings import Settings
 
 # Base64 of 40+ characters: host keys in known_hosts lines, never worth logging whole.
 KEY_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")

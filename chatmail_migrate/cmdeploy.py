@@ -8,10 +8,11 @@ import shlex
 import subprocess
 import time
 
-from . import audit
-from .errors import MigrateError, SettingsError
-from .relay import version_tuple
-from .settings import Settings, check_cmdeploy, split_host
+from chatmail_migrate import audit
+from chatmail_migrate.errors import MigrateError, SettingsError
+from chatmail_migrate.hostspec import split_host
+from chatmail_migrate.relay import version_tuple
+from chatmail_migrate.settings import Settings, check_cmdeploy
 
 
 def cmdeploy_host(host: str) -> str:
@@ -35,7 +36,11 @@ def cmdeploy_host(host: str) -> str:
 # Since relay 1.8 cmdeploy runs in stages (install, configure, activate), chosen by
 # CMDEPLOY_STAGES; older ones ignore the variable and always deploy everything.
 STAGES_SINCE = (1, 8)
+
+
 PREPARE_STAGES = "install,configure"
+
+
 ACTIVATE_STAGES = "activate"
 
 
@@ -84,9 +89,15 @@ def cmdeploy_run(
     tail: collections.deque[str] = collections.deque(maxlen=10)
     try:
         proc = subprocess.Popen(
-            args, cwd=settings.relay_dir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        )  # fmt: skip
+            args,
+            cwd=settings.relay_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
     except OSError as e:
         raise MigrateError(f"cannot start cmdeploy `{shlex.join(args)}`: {e}") from None
     assert proc.stdout is not None

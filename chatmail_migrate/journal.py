@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SettingsError
-from .settings import Settings
+from chatmail_migrate.errors import SettingsError
+from chatmail_migrate.settings import Settings
 
 STEPS = [
     "disable-mail",
@@ -80,9 +80,14 @@ class Journal:
     def _from_json(cls, path: Path, data) -> Journal:
         """A journal from its JSON, or one line saying what in it is not a journal."""
         shapes = {
-            "mail_domain": str, "old_host": (str, type(None)), "new_host": (str, type(None)),
-            "created": str, "steps": dict, "plan": list, "events": list,
-        }  # fmt: skip
+            "mail_domain": str,
+            "old_host": (str, type(None)),
+            "new_host": (str, type(None)),
+            "created": str,
+            "steps": dict,
+            "plan": list,
+            "events": list,
+        }
         problem = None
         if not isinstance(data, dict):
             problem = f"holds a {type(data).__name__}, not an object"
@@ -403,69 +408,3 @@ class Journal:
         if nxt:
             parts.append(f"Next step: {nxt} (rerun migrate to resume at {nxt}).")
         return " ".join(parts)
-
-
-def report(journal: Journal, log: Path | None) -> str:
-    """The final report of a migration, from its journal: plain text, no secrets."""
-    lines = [
-        f"chatmail-migrate report for {journal.mail_domain}",
-        f"old host: {journal.old_host}   new host: {journal.new_host}   written: {now()}",
-        "",
-        "steps:",
-    ]
-    for number, name in enumerate(journal.plan, 1):
-        step = journal.steps.get(name)
-        state = f"done in {step['seconds']:.1f}s ({step['finished']})" if step else "not done"
-        lines.append(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
-    down = journal.downtime()
-    if down is not None:
-        lines.append(f"mail downtime: {down:.1f}s (disable-mail start to enable-mail end)")
-    elif journal.done("disable-mail"):
-        lines.append("mail downtime: mail is still DOWN (enable-mail not done)")
-    else:
-        lines.append("mail downtime: none yet (disable-mail not done)")
-
-    for kind, title in (("presync-done", "pre-sync"), ("copied", "copy")):
-        event = journal.last_event(kind)
-        for copy in (event or {}).get("copies", []):
-            lines.append(
-                f"{title} ({copy['phase']}): {copy['entries']} entries, "
-                f"{copy.get('bytes_sent', 0) / 1e6:.1f} MB sent of "
-                f"{copy['bytes_total'] / 1e6:.1f} MB, {copy['seconds']}s"
-            )
-    skipped = {e["path"]: e["reason"] for e in journal.events if e.get("event") == "skipped"}
-    for path, reason in skipped.items():
-        lines.append(f"skipped: {path} ({reason})")
-    verified = journal.last_event("verified")
-    if verified:
-        kind = "with --checksum" if verified.get("checksum") else "metadata"
-        verdict = "passed" if verified["ok"] else "FAILED"
-        lines.append(f"verify ({kind}): {verdict}: {verified['summary']}")
-    else:
-        lines.append("verify: not run")
-    dns = journal.last_event("dns-switched")
-    if dns:
-        records = ", ".join(f"{t} {' '.join(v)}" for t, v in dns.get("records", {}).items())
-        waited = "every nameserver answered" if dns.get("waited") else "not waited for (--no-wait)"
-        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dns["caches_expire"]))
-        lines.append(f"DNS: switched to {records}; {waited}; caches may hold the old until {until}")
-    elif journal.last_event("dns-change-confirmed"):
-        lines.append("DNS: change confirmed, but not every nameserver answered it yet")
-    else:
-        lines.append("DNS: still points at the old host")
-    checked = journal.last_event("relay-checked")
-    if checked:
-        failed = checked.get("failed") or []
-        lines.append(
-            f"check-relay on {checked.get('host')}: "
-            + (f"FAILED ({', '.join(failed)})" if failed else "passed")
-        )
-        lines += [f"  {line}" for line in checked.get("lines", [])]
-    failures = [e for e in journal.events if e.get("event") == "failed"]
-    if failures and journal.next_step():
-        lines.append(f"last failure: {failures[-1]['step']}: {failures[-1]['message']}")
-    lines.append(f"where things stand: {journal.where_things_stand()}")
-    lines.append(f"journal: {journal.path}")
-    if log:
-        lines.append(f"command log: {log}")
-    return "\n".join(lines) + "\n"

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import MigrateError
-from .settings import Settings
+from chatmail_migrate.errors import MigrateError
+from chatmail_migrate.settings import Settings
 
 # This run's own name, in the journal and in every lock it holds: a user@hostname is no
 # name of a machine (containers and cloned VMs share theirs), nor is a pid of another's.

@@ -14,15 +14,25 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RelayConfigError
+from chatmail_migrate.errors import RelayConfigError
 
 MAILBOX_ROOT = "/home/vmail/mail"
+
+
 # Trees every release keeps, besides the mailboxes (seed: step 2).
 SECRET_TREES = ["/var/lib/acme", "/etc/dkimkeys"]
+
+
 ECHOBOT_TREES = ["/run/echobot", "/var/lib/echobot"]
+
+
 SPOOL = "/var/spool/postfix"
+
+
 # doveauth refuses new accounts while this file exists (any release).
 NOCREATE = "/etc/chatmail-nocreate"
+
+
 # The self-signed pair of "_"-prefixed (1.10+) and IP-only (1.11+) relays.
 SELF_SIGNED_PAIR = ["/etc/ssl/certs/mailserver.pem", "/etc/ssl/private/mailserver.key"]
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, seed_relay
-
-from .helpers import BIN, OUR_PROGRAMS, lab_name
+from tests.helpers import BIN, OUR_PROGRAMS, lab_name
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

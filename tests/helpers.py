@@ -18,8 +18,19 @@ BIN = Path(sys.executable).parent
 OUR_PROGRAMS = ("invoke", "fab", "chatmail-migrate", "chatmail-lab-cmdeploy-standin")
 # Queue directories: postsuper renames their files to match new inode numbers,
 # so they are compared by content, not by name.
-QUEUE_DIRS = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hold",
-              "incoming", "maildrop", "saved", "trace")  # fmt: skip
+QUEUE_DIRS = (
+    "active",
+    "bounce",
+    "corrupt",
+    "defer",
+    "deferred",
+    "flush",
+    "hold",
+    "incoming",
+    "maildrop",
+    "saved",
+    "trace",
+)
 # Per-host files Postfix regenerates in its chroot at start, and its runtime state.
 SPOOL_RUNTIME = ("etc", "lib", "usr", "dev", "pid", "public", "private")
 
@@ -48,9 +59,14 @@ def run_tool(
 ) -> subprocess.CompletedProcess:
     """Run ``invoke``/``fab``/``chatmail-migrate`` as an operator would, from ``cwd``."""
     result = subprocess.run(
-        [str(BIN / tool), *args], cwd=cwd, env=tool_env(lab, state_dir, **extra),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [str(BIN / tool), *args],
+        cwd=cwd,
+        env=tool_env(lab, state_dir, **extra),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(f"$ {tool} {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
@@ -58,9 +74,14 @@ def run_tool(
 def start_tool(lab: Lab, tool: str, *args: str, state_dir: Path, **extra: str) -> subprocess.Popen:
     """Start the tool in the background, its output readable line by line."""
     return subprocess.Popen(
-        [str(BIN / tool), *args], cwd=REPO, env=tool_env(lab, state_dir, **extra),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [str(BIN / tool), *args],
+        cwd=REPO,
+        env=tool_env(lab, state_dir, **extra),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_tool_with_fault(
@@ -85,9 +106,23 @@ def run_tool_with_fault(
 def slow_link(lab: Lab, host: str, rate: str = "8mbit") -> None:
     """Throttle traffic into a lab host (its bridge port), so a copy lasts long enough."""
     subprocess.run(
-        ["tc", "qdisc", "add", "dev", lab.hosts[host].veth, "root", "tbf", "rate", rate,
-         "burst", "64kb", "latency", "500ms"], check=True,
-    )  # fmt: skip
+        [
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            lab.hosts[host].veth,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "64kb",
+            "latency",
+            "500ms",
+        ],
+        check=True,
+    )
 
 
 def listing(lab: Lab, host: str, paths=DEFAULT_COPY_PATHS) -> dict:
@@ -132,8 +167,18 @@ def compare_trees(old: dict, new: dict) -> list[str]:
         if other is None:
             diffs.append(f"missing on new: {path}")
             continue
-        for key in ("type", "mode", "owner", "group", "mtime_ns", "size", "sha256", "target",
-                    "xattrs", "nlink"):  # fmt: skip
+        for key in (
+            "type",
+            "mode",
+            "owner",
+            "group",
+            "mtime_ns",
+            "size",
+            "sha256",
+            "target",
+            "xattrs",
+            "nlink",
+        ):
             if item.get(key) != other.get(key):
                 diffs.append(f"{path}: {key} {item.get(key)!r} on old, {other.get(key)!r} on new")
     for path, item in new["entries"].items():

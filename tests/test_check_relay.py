@@ -17,21 +17,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from chatmail_migrate import check_relay
-from chatmail_migrate.certificates import certificate_facts
-from chatmail_migrate.check_relay import (
-    evaluate,
+from chatmail_migrate.checks import check_relay, relay_state
+from chatmail_migrate.checks.certificates import certificate_facts
+from chatmail_migrate.checks.check_relay import evaluate
+from chatmail_migrate.checks.dkim import dkim_tags, dkim_verify
+from chatmail_migrate.checks.mail_queue import match_queue
+from chatmail_migrate.checks.relay_state import (
     listener,
     new_host_command,
     parse_live_state,
     probe_params,
 )
-from chatmail_migrate.dkim import dkim_tags, dkim_verify
 from chatmail_migrate.errors import SettingsError
-from chatmail_migrate.mail_queue import match_queue
+from chatmail_migrate.hosts.runner import Result, Runner
 from chatmail_migrate.relay import Relay
-from chatmail_migrate.remote import Result, Runner
 from chatmail_migrate.settings import Settings
+from chatmail_migrate.steps import record_old
 
 NOW = 1_800_000_000.0
 DOMAIN = "relay.example.org"
@@ -176,9 +177,14 @@ def judge(
     (``old_queue``) and the DKIM records (``dns``) as the journal and DNS gave them."""
     probe = {**PROBE, **changes}
     checks = evaluate(
-        relay, old, f"{state}== probe\n{json.dumps(probe)}\n", NOW,
-        queue=old_queue, dkim=dns, probe_account=account,
-    )  # fmt: skip
+        relay,
+        old,
+        f"{state}== probe\n{json.dumps(probe)}\n",
+        NOW,
+        queue=old_queue,
+        dkim=dns,
+        probe_account=account,
+    )
     return {c.name: (c.status, c.detail) for c in checks}
 
 
@@ -186,9 +192,17 @@ def test_a_relay_serving_as_old_did_passes_every_line():
     lines = judge()
     assert {status for status, _ in lines.values()} == {"PASS"}, lines
     assert list(lines) == [
-        "services", "ports", "IMAP 993", "submission 465", "certificate", "SMTP 25",
-        "accounts", "DKIM", "DKIM key", "mail queue",
-    ]  # fmt: skip
+        "services",
+        "ports",
+        "IMAP 993",
+        "submission 465",
+        "certificate",
+        "SMTP 25",
+        "accounts",
+        "DKIM",
+        "DKIM key",
+        "mail queue",
+    ]
     assert (
         lines["ports"][1]
         == "new listens on TCP 22, 25, 465, 993, lo:10080, as old did before disable-mail"
@@ -310,8 +324,12 @@ def test_a_certificate_other_than_olds_fails_unless_a_ca_renewed_it_after_the_mo
     # A self-signed certificate put in place of the copied one, services reloaded.
     replaced = certificate(issued=NOW - 3600)
     served = {"cert": replaced, "auth": True}
-    lines = judge(imaps=served, smtps=served, cert_file={"der": replaced},
-                  smtp={**PROBE["smtp"], "cert": replaced})  # fmt: skip
+    lines = judge(
+        imaps=served,
+        smtps=served,
+        cert_file={"der": replaced},
+        smtp={**PROBE["smtp"], "cert": replaced},
+    )
     for name in ("IMAP 993", "submission 465", "SMTP 25"):
         assert (
             lines[name][0] == "FAIL" and "than the certificate copied from old" in (lines[name][1])
@@ -325,8 +343,12 @@ def test_a_certificate_other_than_olds_fails_unless_a_ca_renewed_it_after_the_mo
     # acmetool renewed it on new, weeks after the move: a CA's, issued after the record.
     renewed = certificate(issued=NOW - 3600, ca=True)
     served = {"cert": renewed, "auth": True}
-    lines = judge(imaps=served, smtps=served, cert_file={"der": renewed},
-                  smtp={**PROBE["smtp"], "cert": renewed})  # fmt: skip
+    lines = judge(
+        imaps=served,
+        smtps=served,
+        cert_file={"der": renewed},
+        smtp={**PROBE["smtp"], "cert": renewed},
+    )
     assert {s for s, _ in lines.values()} == {"PASS"}, lines
     assert "renewed on new since the move" in lines["certificate"][1]
     assert "the certificate renewed on new since the move" in lines["IMAP 993"][1]
@@ -450,18 +472,20 @@ def _key_pair(algorithm: str) -> tuple[bytes, str]:
     if algorithm == "ed25519-sha256":
         key = ed25519.Ed25519PrivateKey.generate()
         raw = key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
-        )  # fmt: skip
+        )
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         return base64.b64encode(raw), base64.b64encode(public).decode()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
-    )  # fmt: skip
+    )
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -493,10 +517,14 @@ def test_dkim_verdicts_agree_with_dkimpy(algorithm, canon):
     private, public = _key_pair(algorithm)
     header_c, body_c = canon.split("/")
     signed = dkim.sign(
-        MESSAGE, b"opendkim", DOMAIN.encode(), private,
+        MESSAGE,
+        b"opendkim",
+        DOMAIN.encode(),
+        private,
         canonicalize=(header_c.encode(), body_c.encode()),
-        signature_algorithm=algorithm.encode(), include_headers=[b"From", b"Subject", b"Date"],
-    )  # fmt: skip
+        signature_algorithm=algorithm.encode(),
+        include_headers=[b"From", b"Subject", b"Date"],
+    )
     record = f"v=DKIM1; k={'ed25519' if algorithm.startswith('ed') else 'rsa'}; p={public}"
     verdicts = {}
     for mutation, change in MUTATIONS.items():
@@ -591,9 +619,11 @@ def test_queued_messages_are_found_by_message_id_or_envelope_and_in_the_mail_log
     gone = {**QUEUED_ON_OLD, "id": "E1", "message_id": "<e@x>", "sender": "e@x", "size": 11}
     log = {
         "from": [["Q9", "c@x", 9], ["Q8", "d@x", 7]],
-        "to": [["Q9", "someone@unreachable.invalid", "sent"],
-               ["Q8", "someone@unreachable.invalid", "bounced"]],
-    }  # fmt: skip
+        "to": [
+            ["Q9", "someone@unreachable.invalid", "sent"],
+            ["Q8", "someone@unreachable.invalid", "bounced"],
+        ],
+    }
     queued, sent, returned, missing = match_queue(
         [QUEUED_ON_OLD, no_id, delivered, bounced, gone],
         [renamed, {**no_id, "id": "B2"}],
@@ -637,8 +667,10 @@ def test_the_probe_accounts_login_and_listing():
         "PASS",
         f"{address} logged in over IMAP 993: 2 folders (INBOX, Trash), INBOX holds 2 messages",
     )
-    refused = {"error": "login refused: [AUTHENTICATIONFAILED] Authentication failed.",
-               "refused": True}  # fmt: skip
+    refused = {
+        "error": "login refused: [AUTHENTICATIONFAILED] Authentication failed.",
+        "refused": True,
+    }
     status, detail = judge(account=address, probe_account=refused)["IMAP login"]
     assert status == "FAIL" and detail.startswith(f"{address}: login refused: ")
     assert "a wrong password, or the account's password file did not come across" in detail
@@ -651,9 +683,15 @@ def test_a_host_that_did_not_answer_fails_every_probe_line():
     checks = evaluate(RELAY, OLD, STATE + "== probe\nTraceback (most recent call last):\n", NOW)
     failed = {c.name for c in checks if c.status == "FAIL"}
     assert failed == {
-        "IMAP 993", "submission 465", "certificate", "SMTP 25", "accounts", "DKIM",
-        "DKIM key", "mail queue",
-    }  # fmt: skip
+        "IMAP 993",
+        "submission 465",
+        "certificate",
+        "SMTP 25",
+        "accounts",
+        "DKIM",
+        "DKIM key",
+        "mail queue",
+    }
 
 
 class FakeRunner:
@@ -675,7 +713,7 @@ def settings(**kw) -> Settings:
 
 
 def test_probe_account_refuses_addresses_without_an_account_before_any_login(monkeypatch):
-    monkeypatch.setenv(check_relay.PROBE_PASSWORD_ENV, "secret-password")
+    monkeypatch.setenv(relay_state.PROBE_PASSWORD_ENV, "secret-password")
     runner = FakeRunner([f"abcdefghi@{DOMAIN}"])
     with pytest.raises(SettingsError, match="no such account on new .* a first login would"):
         check_relay.probe_password(settings(), runner, f"newcomer1@{DOMAIN}")
@@ -686,7 +724,7 @@ def test_probe_account_refuses_addresses_without_an_account_before_any_login(mon
     assert check_relay.probe_password(settings(), runner, f"abcdefghi@{DOMAIN}") == (
         "secret-password"
     )
-    monkeypatch.delenv(check_relay.PROBE_PASSWORD_ENV)
+    monkeypatch.delenv(relay_state.PROBE_PASSWORD_ENV)
     monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: False))
     with pytest.raises(SettingsError, match="set CHATMAIL_PROBE_PASSWORD or run in a terminal"):
         check_relay.probe_password(settings(), runner, f"abcdefghi@{DOMAIN}")
@@ -726,7 +764,7 @@ def test_the_password_goes_on_stdin_never_on_a_command_line(tmp_path):
     runner.host = lambda role: "new"
     runner.connection = lambda role: SimpleNamespace(client=client)
     data = json.dumps(params).encode()
-    assert check_relay.capture_text(runner, "new", "python3 -c X", data, "probe") == "answer\n"
+    assert relay_state.capture_text(runner, "new", "python3 -c X", data, "probe") == "answer\n"
     assert stdin.written == data
     log = (tmp_path / f"{DOMAIN}.log").read_text()
     assert "$ probe" in log and "secret-password" not in log
@@ -767,7 +805,7 @@ def test_disable_mail_records_olds_state_certificate_and_queue(tmp_path, monkeyp
             return Result(state, "", 0)
 
     runner = Runner()
-    check_relay.record_old_state(s, runner, journal)
+    record_old.record_old_state(s, runner, journal)
     record = journal.services_before_disable()
     assert record["services"] == sorted(OLD["services"])
     assert record["certificate"]["sha256"] == sha(CERT)
@@ -777,12 +815,12 @@ def test_disable_mail_records_olds_state_certificate_and_queue(tmp_path, monkeyp
         sent.append(data)
         return json.dumps(queue) + "\n"
 
-    monkeypatch.setattr(check_relay, "capture_text", answer)
-    check_relay.record_old_queue(s, runner, journal)
-    assert json.loads(sent[0]) == {"mode": "queue", "limit": check_relay.QUEUE_RECORD_LIMIT}
+    monkeypatch.setattr(record_old, "capture_text", answer)
+    record_old.record_old_queue(s, runner, journal)
+    assert json.loads(sent[0]) == {"mode": "queue", "limit": relay_state.QUEUE_RECORD_LIMIT}
     recorded = Journal.for_settings(s).queue_at_disable()
     assert recorded["messages"] == [QUEUED_ON_OLD] and recorded["total"] == 1
     # A rerun once mail is off keeps what was recorded while old served.
     state = state.replace("postfix@-.service\n", "").replace("dovecot.service\n", "")
-    check_relay.record_old_state(s, runner, journal)
+    record_old.record_old_state(s, runner, journal)
     assert journal.services_before_disable()["services"] == sorted(OLD["services"])

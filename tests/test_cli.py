@@ -13,20 +13,37 @@ from pathlib import Path
 import pytest
 
 from chatmail_migrate.lab.lab import standin_command
-
-from .helpers import BIN, REPO
+from tests.helpers import BIN, REPO
 
 MIGRATION_TASKS = sorted(
-    ["disable-mail", "copy-data", "install", "fix-ownership", "verify", "switch-dns",
-     "enable-mail", "check-relay", "preflight", "presync", "rollback", "migrate", "status"]
-)  # fmt: skip
+    [
+        "disable-mail",
+        "copy-data",
+        "install",
+        "fix-ownership",
+        "verify",
+        "switch-dns",
+        "enable-mail",
+        "check-relay",
+        "preflight",
+        "presync",
+        "rollback",
+        "migrate",
+        "status",
+    ]
+)
 
 
 def run(tool: str, *args: str, cwd: Path = REPO, env: dict | None = None):
     return subprocess.run(
-        [str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, env=env,
-        stdin=subprocess.DEVNULL, timeout=120,
-    )  # fmt: skip
+        [str(BIN / tool), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def listed(output: str) -> list[str]:
@@ -61,10 +78,13 @@ def cli_env(tmp_path: Path, relay: Path, ssh_config: Path | None = None) -> dict
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATMAIL", "CMDEPLOY"))}
-    env.update(XDG_STATE_HOME=str(tmp_path / "state"), CHATMAIL_RELAY_DIR=str(relay),
-               CMDEPLOY=standin_command(),
-               # Never the system's resolver in tests: a closed port on loopback.
-               CHATMAIL_MIGRATE_NAMESERVERS="127.0.0.1:9")  # fmt: skip
+    env.update(
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        CHATMAIL_RELAY_DIR=str(relay),
+        CMDEPLOY=standin_command(),
+        # Never the system's resolver in tests: a closed port on loopback.
+        CHATMAIL_MIGRATE_NAMESERVERS="127.0.0.1:9",
+    )
     if ssh_config:
         env["CHATMAIL_MIGRATE_SSH_CONFIG"] = str(ssh_config)
     return env
@@ -79,8 +99,9 @@ def test_dry_run_prints_every_command_and_connects_nowhere(tmp_path: Path, relay
     config = tmp_path / "ssh_config"
     config.write_text(f"Host dry-old dry-new\n  HostName 127.0.0.1\n  Port {port}\n  User root\n")
     env = cli_env(tmp_path, relay_dir, config)
-    result = run("invoke", "--dry", "migrate", "--old-host", "dry-old", "--new-host", "dry-new",
-                 env=env)  # fmt: skip
+    result = run(
+        "invoke", "--dry", "migrate", "--old-host", "dry-old", "--new-host", "dry-new", env=env
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "run --disable-mail --ssh-host dry-old" in out
@@ -160,12 +181,25 @@ def test_chatmail_ini_without_mail_domain(tmp_path: Path, relay_dir: Path):
 def test_journal_of_another_migration_is_refused(tmp_path: Path, relay_dir: Path):
     journal = tmp_path / "state" / "chatmail-migrate" / "dry.example.org.json"
     journal.parent.mkdir(parents=True)
-    journal.write_text(json.dumps({
-        "mail_domain": "dry.example.org", "old_host": "a.example", "new_host": "b.example",
-        "steps": {"disable-mail": {"finished": "x", "seconds": 1, "started_ts": 0}},
-    }))  # fmt: skip
-    result = run("invoke", "migrate", "--old-host", "a.example", "--new-host", "c.example",
-                 env=cli_env(tmp_path, relay_dir))  # fmt: skip
+    journal.write_text(
+        json.dumps(
+            {
+                "mail_domain": "dry.example.org",
+                "old_host": "a.example",
+                "new_host": "b.example",
+                "steps": {"disable-mail": {"finished": "x", "seconds": 1, "started_ts": 0}},
+            }
+        )
+    )
+    result = run(
+        "invoke",
+        "migrate",
+        "--old-host",
+        "a.example",
+        "--new-host",
+        "c.example",
+        env=cli_env(tmp_path, relay_dir),
+    )
     assert result.returncode != 0
     assert "records a migration with new host b.example, not c.example" in result.stderr
     assert "--restart" in result.stderr
@@ -235,7 +269,7 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path):
 
 
 def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch):
-    from chatmail_migrate.cli import paint
+    from chatmail_migrate.output import paint
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -264,7 +298,7 @@ def test_shell_completion_knows_the_tasks():
 def test_every_flag_of_every_task_is_explained_with_an_example():
     from invoke import Collection
 
-    from chatmail_migrate.collection import migration_collection
+    from chatmail_migrate.cli.collection import migration_collection
     from chatmail_migrate.lab.tasks import ns as lab_collection
     from chatmail_migrate.lab.tasks import rehearse
 

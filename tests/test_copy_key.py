@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from chatmail_migrate import commands
+from chatmail_migrate.hosts import commands, copy_commands
 from chatmail_migrate.lab import Lab, SeedParams
-
-from .helpers import run_tool, run_tool_with_fault, slow_link, start_tool
-from .test_migrate import journal
+from tests.helpers import run_tool, run_tool_with_fault, slow_link, start_tool
+from tests.test_migrate import journal
 
 KEY_DIR = "/run/chatmail-migrate-copy-key"
 KEY = f"{KEY_DIR}/id_ed25519"
@@ -52,7 +51,7 @@ def fresh_big_file(lab: Lab) -> None:
 
 def wait_receiving(lab: Lab) -> None:
     """Until new's receiving side of the copy runs (the key is in use)."""
-    pid = commands.RECEIVE_PID_FILE
+    pid = copy_commands.RECEIVE_PID_FILE
     for _ in range(120):
         alive = lab.ssh("new", f'[ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null', check=False)
         if alive.returncode == 0:
@@ -95,12 +94,12 @@ def check_during_copy(lab: Lab) -> None:
     ).stdout
     assert agent == "", agent
     # Anything but this copy's receiving side is refused.
-    receive_rsync = commands.rsync_receive_command()
+    receive_rsync = copy_commands.rsync_receive_command()
     for command in (
         "id",
         "cat /etc/shadow",
         "tar --extract --file=- --directory=/",
-        commands.TAR_EXTRACT,
+        copy_commands.TAR_EXTRACT,
         f"{receive_rsync} --server -logDtpre.iLsfxCIvu . /root/.ssh/",
         f"{receive_rsync} --server -logDtpre.iLsfxCIvu --log-file=/etc/x . "
         f"/home/vmail/mail/{lab.domain}/",
@@ -111,8 +110,11 @@ def check_during_copy(lab: Lab) -> None:
         assert "refused" in out, (command, out)
     # From another address the key opens nothing (from=), even in the right hands.
     stolen_key = lab.ssh("old", f"cat {KEY}").stdout
-    lab.ssh("spare", "mkdir -p -m 700 /root/stolen && umask 077 && cat > /root/stolen/key",
-            input=stolen_key)  # fmt: skip
+    lab.ssh(
+        "spare",
+        "mkdir -p -m 700 /root/stolen && umask 077 && cat > /root/stolen/key",
+        input=stolen_key,
+    )
     stolen = lab.ssh(
         "spare",
         "ssh -i /root/stolen/key -o IdentitiesOnly=yes -o BatchMode=yes "
@@ -135,9 +137,12 @@ def test_ephemeral_copy_key(make_lab, tmp_path: Path):
     # A pre-sync: old's key opens only the receiving side, from old's private address.
     fresh_big_file(lab)
     code, output = run_tool_with_fault(
-        lab, ["presync", *via_private, *EPHEMERAL], state_dir=tmp_path,
-        when=f"--unit={commands.COPY_UNIT}-", fault=lambda proc: check_during_copy(lab),
-    )  # fmt: skip
+        lab,
+        ["presync", *via_private, *EPHEMERAL],
+        state_dir=tmp_path,
+        when=f"--unit={copy_commands.COPY_UNIT}-",
+        fault=lambda proc: check_during_copy(lab),
+    )
     assert code == 0, output
     assert "agent forwarded" not in output
     assert "agent forwarded" not in log.read_text()
@@ -146,13 +151,16 @@ def test_ephemeral_copy_key(make_lab, tmp_path: Path):
     # A copy that fails (new's receiver dies): the key goes all the same.
     def kill_receiver(proc):
         wait_receiving(lab)
-        lab.ssh("new", f"kill -KILL $(cat {commands.RECEIVE_PID_FILE})")
+        lab.ssh("new", f"kill -KILL $(cat {copy_commands.RECEIVE_PID_FILE})")
 
     fresh_big_file(lab)
     code, output = run_tool_with_fault(
-        lab, ["presync", *via_private, *EPHEMERAL], state_dir=tmp_path,
-        when=f"--unit={commands.COPY_UNIT}-", fault=kill_receiver,
-    )  # fmt: skip
+        lab,
+        ["presync", *via_private, *EPHEMERAL],
+        state_dir=tmp_path,
+        when=f"--unit={copy_commands.COPY_UNIT}-",
+        fault=kill_receiver,
+    )
     assert code != 0, output
     assert_nothing_left(lab)
 
@@ -175,8 +183,9 @@ def test_ephemeral_copy_key(make_lab, tmp_path: Path):
 
     # ... and so does a rollback.
     killed_mid_copy()
-    rollback = run_tool(lab, "invoke", "rollback", "--old-host", "old", "--new-host", "new",
-                        state_dir=tmp_path)  # fmt: skip
+    rollback = run_tool(
+        lab, "invoke", "rollback", "--old-host", "old", "--new-host", "new", state_dir=tmp_path
+    )
     assert rollback.returncode == 0, rollback.stdout + rollback.stderr
     assert "removed the copy key an interrupted run left" in rollback.stdout
     assert_nothing_left(lab)
@@ -184,10 +193,20 @@ def test_ephemeral_copy_key(make_lab, tmp_path: Path):
     # The whole move, old reaching new over IPv6: install (relay 1.7 carries the
     # secrets first), copy-data (rsync after the pre-sync, tar for the rest).
     result = run_tool(
-        lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
-        "--new-host-from-old", lab.address6("new"), *EPHEMERAL, "--yes", "--no-wait",
+        lab,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--new-host-from-old",
+        lab.address6("new"),
+        *EPHEMERAL,
+        "--yes",
+        "--no-wait",
         state_dir=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert journal(tmp_path, lab)["steps"]["enable-mail"]
     assert "agent forwarded" not in log.read_text()

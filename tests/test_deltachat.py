@@ -29,8 +29,7 @@ from chatmail_migrate.lab.deltachat_users import (
     password,
     raw_message,
 )
-
-from .helpers import run_tool_with_fault
+from tests.helpers import run_tool_with_fault
 
 # The core's MessageState of a message still in the app (OUT_DELIVERED: the relay took it).
 OUT_PENDING = 20
@@ -75,9 +74,21 @@ def test_delta_chat_users_keep_chatting_across_a_presync_move(make_lab, tmp_path
                 written.append(alice.create_chat(bob).send_text(during))
 
         code, out = run_tool_with_fault(
-            lab, ["migrate", "--old-host", "old", "--new-host", "new", "--presync", "--yes",
-                  "--no-wait"], state_dir=tmp_path, when=moment, fault=write,
-        )  # fmt: skip
+            lab,
+            [
+                "migrate",
+                "--old-host",
+                "old",
+                "--new-host",
+                "new",
+                "--presync",
+                "--yes",
+                "--no-wait",
+            ],
+            state_dir=tmp_path,
+            when=moment,
+            fault=write,
+        )
         assert code == 0, out
         assert "check-relay passed" in out
         state = written[0].get_snapshot().state

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chatmail_migrate import nameservers
 from chatmail_migrate.lab import Lab, SeedParams, nameserver, seed_relay
-
-from .helpers import host_key, lab_name, mail_services, run_tool, run_tool_with_fault
+from tests.helpers import host_key, lab_name, mail_services, run_tool, run_tool_with_fault
 
 SWITCH = ["switch-dns", "--old-host", "old", "--new-host", "new", "--yes"]
 
@@ -54,13 +54,16 @@ def dns(dns_lab: Lab) -> Iterator[Lab]:
 
 def test_preflight_warns_about_a_long_ttl(dns: Lab, tmp_path: Path):
     nameserver.update(dns, ttl=3600)
-    result = run_tool(dns, "invoke", "preflight", "--new-host", "new", "--force",
-                      state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        dns, "invoke", "preflight", "--new-host", "new", "--force", state_dir=tmp_path
+    )
     assert f"PASS  DNS: {dns.domain} → {dns.address('old')} at 2 nameservers of lab.example." in (
         result.stdout
     )
-    assert "WARN  DNS TTL: 3600 s: after the switch, resolvers may keep sending clients to the " \
-        "old host for up to 60 min (3600 s)" in result.stdout  # fmt: skip
+    assert (
+        "WARN  DNS TTL: 3600 s: after the switch, resolvers may keep sending clients to the "
+        "old host for up to 60 min (3600 s)" in result.stdout
+    )
 
 
 def test_wait_ends_when_every_nameserver_has_changed_and_not_before(dns: Lab, tmp_path: Path):
@@ -74,8 +77,9 @@ def test_wait_ends_when_every_nameserver_has_changed_and_not_before(dns: Lab, tm
         assert proc.poll() is None, "one lagging nameserver must keep the wait going"
         nameserver.update(dns, instances=("ns2",), a=[new])
 
-    code, output = run_tool_with_fault(dns, SWITCH, state_dir=tmp_path, when="waiting for DNS",
-                                       fault=operator)  # fmt: skip
+    code, output = run_tool_with_fault(
+        dns, SWITCH, state_dir=tmp_path, when="waiting for DNS", fault=operator
+    )
     assert code == 0, output
     assert "ns1.lab.example:✓ ns2.lab.example:…" in output
     assert "all 2 nameservers answer the new values" in output
@@ -95,9 +99,19 @@ def test_wait_times_out_with_the_lagging_servers_named(dns: Lab, tmp_path: Path)
 
 
 def test_unreachable_nameserver_is_a_clear_failure(dns: Lab, tmp_path: Path):
-    result = run_tool(dns, "invoke", "preflight", "--new-host", "new", "--force",
-                      "--old-host", "old", "--nameserver", dns.address("new"),
-                      state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        dns,
+        "invoke",
+        "preflight",
+        "--new-host",
+        "new",
+        "--force",
+        "--old-host",
+        "old",
+        "--nameserver",
+        dns.address("new"),
+        state_dir=tmp_path,
+    )
     assert result.returncode != 0
     # Nothing listens there: dnspython hears no ICMP on its unconnected socket, so it
     # is a timeout (a refusing server would be "cannot be asked").
@@ -109,9 +123,11 @@ def test_dkim_record_not_matching_the_new_key_is_caught(dns: Lab, tmp_path: Path
     nameserver.update(dns, a=[dns.address("new")], dkim=bogus)
     result = run_tool(dns, "invoke", *SWITCH, state_dir=tmp_path)
     assert result.returncode == 1
-    assert "DKIM: opendkim._domainkey.relay.lab.example publishes p=MIIBIjANBgkqhkiG9w0BAQEFAAOC" \
-        "AQ8AMIIBCgKCAQEAbogus but the new host's /etc/dkimkeys/opendkim.private has p=MIIB" in (
-        result.stderr)  # fmt: skip
+    assert (
+        "DKIM: opendkim._domainkey.relay.lab.example publishes p=MIIBIjANBgkqhkiG9w0BAQEFAAOC"
+        "AQ8AMIIBCgKCAQEAbogus but the new host's /etc/dkimkeys/opendkim.private has p=MIIB"
+        in (result.stderr)
+    )
 
 
 def test_known_hosts_entry_for_the_domain_is_replaced_on_request(dns: Lab, tmp_path: Path):
@@ -143,13 +159,23 @@ def test_known_hosts_entry_for_the_domain_is_replaced_on_request(dns: Lab, tmp_p
 
 
 def test_lab_dns_task_switches_the_record(dns: Lab, tmp_path: Path):
-    from chatmail_migrate import dnscheck
+    pass
 
-    result = run_tool(dns, "invoke", "lab.dns", "--name", dns.name, "--point-at", "new",
-                      "--ttl", "600", state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        dns,
+        "invoke",
+        "lab.dns",
+        "--name",
+        dns.name,
+        "--point-at",
+        "new",
+        "--ttl",
+        "600",
+        state_dir=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    servers = dnscheck.parse_nameservers(dns.nameservers())
-    for answers in dnscheck.address_records(dns.domain, servers).values():
+    servers = nameservers.parse_nameservers(dns.nameservers())
+    for answers in nameservers.address_records(dns.domain, servers).values():
         assert (answers["A"].values, answers["A"].ttl) == ([dns.address("new")], 600)
 
 
@@ -158,8 +184,20 @@ def test_migrate_yes_with_a_timed_out_wait_rolls_back_when_dns_never_changed(
 ):
     # --yes and a wait that timed out say nothing about DNS: the authoritative servers
     # still answer the old address, so mail goes back on at the old host.
-    result = run_tool(dns, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
-                      "--yes", "--force", "--dns-timeout", "3", state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        dns,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--yes",
+        "--force",
+        "--dns-timeout",
+        "3",
+        state_dir=tmp_path,
+    )
     assert result.returncode == 1, result.stdout
     assert "switch-dns FAILED" in result.stderr
     assert "Rolled back: mail runs on the old host again" in result.stderr

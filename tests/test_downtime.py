@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 from chatmail_migrate.lab import Lab, SeedParams
-
-from .helpers import BIN, REPO, compare_trees, listing, mail_services, run_tool, tool_env
-from .test_migrate import MAIL_OFF, MAIL_ON, assert_migrated, journal
+from tests.helpers import BIN, REPO, compare_trees, listing, mail_services, run_tool, tool_env
+from tests.test_migrate import MAIL_OFF, MAIL_ON, assert_migrated, journal
 
 MAILDIR = "/home/vmail/mail/relay.lab.example"
 
@@ -32,15 +31,33 @@ echo "$1 $2 $3" > /root/last-mail
 def test_presync_staged_relay_mirrors_changes_made_before_the_downtime(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=12, messages=4, version="1.10.0"))
     result = run_tool(
-        lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new", "--presync",
-        "--yes", "--no-wait", state_dir=tmp_path,
-        CHATMAIL_LAB_BEFORE_DISABLE_MAIL=LAST_MAIL, CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST="old",
-    )  # fmt: skip
+        lab,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--presync",
+        "--yes",
+        "--no-wait",
+        state_dir=tmp_path,
+        CHATMAIL_LAB_BEFORE_DISABLE_MAIL=LAST_MAIL,
+        CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST="old",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     # Relay 1.10 deploys in stages: the new host is prepared before mail goes down.
-    order = ["presync", "install", "disable-mail", "copy-data", "fix-ownership", "verify",
-             "switch-dns", "enable-mail"]  # fmt: skip
+    order = [
+        "presync",
+        "install",
+        "disable-mail",
+        "copy-data",
+        "fix-ownership",
+        "verify",
+        "switch-dns",
+        "enable-mail",
+    ]
     positions = [out.index(f"[{n}/8] {step} done in") for n, step in enumerate(order, 1)]
     assert positions == sorted(positions)
     assert "CMDEPLOY_STAGES=install,configure" in out and "CMDEPLOY_STAGES=activate" in out
@@ -57,8 +74,17 @@ def test_presync_staged_relay_mirrors_changes_made_before_the_downtime(make_lab,
         "late mail\n"
     )
     assert compare_trees(listing(lab, "old"), listing(lab, "new")) == []
-    verify = run_tool(lab, "invoke", "verify", "--old-host", "old", "--new-host", "new",
-                      "--checksum", state_dir=tmp_path)  # fmt: skip
+    verify = run_tool(
+        lab,
+        "invoke",
+        "verify",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--checksum",
+        state_dir=tmp_path,
+    )
     assert verify.returncode == 0 and "no differences" in verify.stdout
     assert mail_services(lab, "new") == MAIL_ON and mail_services(lab, "old") == MAIL_OFF
     # No echobot in relay 1.10: not even looked for, and nothing left orphaned.
@@ -81,8 +107,11 @@ def assert_log_and_report(lab: Lab, state_dir: Path, out: str) -> None:
     assert f"[local {lab.relay_dir}] exit=0" in text and "CMDEPLOY_STAGES=activate" in text
     for line in text.splitlines():
         if not line.startswith("    |"):
-            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (--|\[.*\] .*exit=-?\d+ "
-                            r"\d+\.\d\ds \$)", line), line  # fmt: skip
+            assert re.match(
+                r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (--|\[.*\] .*exit=-?\d+ "
+                r"\d+\.\d\ds \$)",
+                line,
+            ), line
     # No secrets: no key material, no password hashes, no agent socket (its path; the
     # copy's unit is told the variable's name, SSH_AUTH_SOCK, to pass the agent on).
     for secret in ("PRIVATE KEY", "$6$", "{SHA512-CRYPT}", str(lab.agent_sock), "/tmp/ssh-"):
@@ -120,9 +149,13 @@ def _run_on_terminal(lab: Lab, state_dir: Path, *args: str) -> tuple[int, str]:
     """Run the tool with its output on a pseudo-terminal, as an operator sees it."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [str(BIN / "invoke"), *args], cwd=REPO, env=tool_env(lab, state_dir),
-        stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
-    )  # fmt: skip
+        [str(BIN / "invoke"), *args],
+        cwd=REPO,
+        env=tool_env(lab, state_dir),
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -143,9 +176,17 @@ def test_progress_bar_on_a_terminal_and_compress_gives_the_same_result(make_lab,
     lab = make_lab(seed=SeedParams(accounts=20, messages=5, new_users="different"))
     before = listing(lab, "old")
     code, output = _run_on_terminal(
-        lab, tmp_path, "migrate", "--old-host", "old", "--new-host", "new", "--compress",
-        "--yes", "--no-wait",
-    )  # fmt: skip
+        lab,
+        tmp_path,
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--compress",
+        "--yes",
+        "--no-wait",
+    )
     assert code == 0, output
     assert "compressing on the wire with zstd" in output
     assert "zstd --quiet -1" in output
@@ -177,10 +218,13 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
     # lab's padding users give it another id later); install (relay 1.10: before the
     # downtime) makes the users, then copy-data restores every owner by name as it writes.
     lab = make_lab(seed=SeedParams(accounts=8, messages=3, version="1.10.0", new_users="none"))
-    lab.ssh("old", "setfacl -m u:vmail:rx /var/lib/acme/accounts && "
-            "printf 'keep me\\n' > /etc/dkimkeys/README && chown root:root /etc/dkimkeys/README && "
-            "useradd --system labonly && touch /var/lib/acme/conf/stray && "
-            "chown labonly /var/lib/acme/conf/stray")  # fmt: skip
+    lab.ssh(
+        "old",
+        "setfacl -m u:vmail:rx /var/lib/acme/accounts && "
+        "printf 'keep me\\n' > /etc/dkimkeys/README && chown root:root /etc/dkimkeys/README && "
+        "useradd --system labonly && touch /var/lib/acme/conf/stray && "
+        "chown labonly /var/lib/acme/conf/stray",
+    )
     # An ACL naming vmail in the mailbox tree (vmail's id on new differs from old's,
     # and vmail does not exist there yet at the pre-sync).
     mailbox_file = lab.ssh("old", f"ls -d {MAILDIR}/*/cur/* | head -1").stdout.strip()

@@ -13,10 +13,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from chatmail_migrate import host_lock
 from chatmail_migrate.lab import Lab, SeedParams
-
-from .helpers import (
+from chatmail_migrate.run import host_lock
+from tests.helpers import (
     BIN,
     REPO,
     assert_old_untouched,
@@ -29,7 +28,7 @@ from .helpers import (
     start_tool,
     tool_env,
 )
-from .test_migrate import MAIL_ON, assert_migrated, journal
+from tests.test_migrate import MAIL_ON, assert_migrated, journal
 
 MIGRATE = ["migrate", "--new-host", "new", "--yes", "--no-wait"]
 # Big enough that the copy over a throttled link lasts seconds.
@@ -64,8 +63,11 @@ def test_new_disk_fills_up_during_copy(make_lab, tmp_path: Path):
     slow_link(lab, "new")
 
     def fill(_proc):  # something else takes the space the copy was counting on
-        lab.ssh("new", "fallocate -l $(( $(df -B1 --output=avail /home/vmail | tail -n1) "
-                "- 200000 )) /home/vmail/filler")  # fmt: skip
+        lab.ssh(
+            "new",
+            "fallocate -l $(( $(df -B1 --output=avail /home/vmail | tail -n1) "
+            "- 200000 )) /home/vmail/filler",
+        )
 
     code, output = run_tool_with_fault(
         lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=fill
@@ -101,8 +103,9 @@ def test_network_between_old_and_new_cut_during_copy(make_lab, tmp_path: Path):
 def test_standin_cmdeploy_fails_during_install(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
-    result = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
-                      CHATMAIL_LAB_CMDEPLOY_FAIL="before@new")  # fmt: skip
+    result = run_tool(
+        lab, "invoke", *MIGRATE, state_dir=tmp_path, CHATMAIL_LAB_CMDEPLOY_FAIL="before@new"
+    )
     # Install runs while old still serves: its failure never takes mail down.
     assert result.returncode != 0
     assert "[1/7] install FAILED" in result.stderr and "exited 1" in result.stderr
@@ -189,10 +192,14 @@ def test_verify_finds_acl_xattr_and_hard_link_changed_on_new(make_lab, tmp_path:
     # The seed's xattr and hard link came across (the copy carries both).
     assert compare_trees(before, listing(lab, "new")) == []
     lab.ssh("new", "setfacl -m u:postfix:r /run/echobot/password")
-    message = lab.ssh("new", "find /home/vmail/mail -path '*/cur/*' -type f -links 1 | sort | "
-                      "head -n1").stdout.strip()  # fmt: skip
-    lab.ssh("new", f"python3 -c 'import os, sys; os.setxattr(sys.argv[1], \"user.lab.new\", "
-            f"b\"x\")' '{message}'")  # fmt: skip
+    message = lab.ssh(
+        "new", "find /home/vmail/mail -path '*/cur/*' -type f -links 1 | sort | head -n1"
+    ).stdout.strip()
+    lab.ssh(
+        "new",
+        f'python3 -c \'import os, sys; os.setxattr(sys.argv[1], "user.lab.new", '
+        f"b\"x\")' '{message}'",
+    )
     linked, separate = lab.ssh("new", "python3 -", input=BREAK_LINK).stdout.split()
 
     resumed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
@@ -224,11 +231,13 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
         # whole and step by step, while the first still copies. Then the first dies.
         time.sleep(1)
         second["migrate"] = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
-        second["copy"] = run_tool(lab, "fab", "-H", "old", "copy-data", "--new-host", "new",
-                                  state_dir=tmp_path)  # fmt: skip
+        second["copy"] = run_tool(
+            lab, "fab", "-H", "old", "copy-data", "--new-host", "new", state_dir=tmp_path
+        )
         # A colleague, from another machine (a journal and a local lock of their own).
-        colleague["presync"] = run_tool(lab, "invoke", "presync", "--new-host", "new",
-                                        state_dir=tmp_path / "colleague")  # fmt: skip
+        colleague["presync"] = run_tool(
+            lab, "invoke", "presync", "--new-host", "new", state_dir=tmp_path / "colleague"
+        )
         assert proc.poll() is None, "the first run goes on"
         proc.kill()
 
@@ -274,14 +283,29 @@ def test_a_lost_host_lock_is_taken_again_before_the_next_step(make_lab, tmp_path
     before = listing(lab, "old")
     holder = f"{host_lock.LOCK_DIR}/holder"
     seen: dict[str, tuple[bool, str]] = {}
-    proc = start_tool(lab, "invoke", "migrate", "--presync", "--new-host", "new", "--yes",
-                      "--no-wait", state_dir=tmp_path)  # fmt: skip
+    proc = start_tool(
+        lab,
+        "invoke",
+        "migrate",
+        "--presync",
+        "--new-host",
+        "new",
+        "--yes",
+        "--no-wait",
+        state_dir=tmp_path,
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        step = next((s for s in ("presync", "disable-mail", "copy-data")
-                     if s not in seen and f"] {s} " in line), None)  # fmt: skip
+        step = next(
+            (
+                s
+                for s in ("presync", "disable-mail", "copy-data")
+                if s not in seen and f"] {s} " in line
+            ),
+            None,
+        )
         if step is None:
             continue
         seen[step] = _lock_on(lab, "old")
@@ -346,9 +370,18 @@ def test_a_run_does_not_refuse_itself_when_its_lock_answered_late(make_lab, tmp_
         "[ -e /root/slow-once ] || { touch /root/slow-once; sleep 63; };; esac\n"
     )
     lab.ssh("old", "cat - /root/.bashrc > /root/rc && mv /root/rc /root/.bashrc", input=slow)
-    result = run_tool(lab, "invoke", "migrate", "--presync", "--new-host", "new", "--yes",
-                      "--no-wait", state_dir=tmp_path,
-                      INVOKE_CHATMAIL_MIGRATE_CONNECT_TIMEOUT="2")  # fmt: skip
+    result = run_tool(
+        lab,
+        "invoke",
+        "migrate",
+        "--presync",
+        "--new-host",
+        "new",
+        "--yes",
+        "--no-wait",
+        state_dir=tmp_path,
+        INVOKE_CHATMAIL_MIGRATE_CONNECT_TIMEOUT="2",
+    )
     assert lab.ssh("old", "test -e /root/slow-once", check=False).returncode == 0
     assert "another chatmail-migrate run" not in result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
@@ -367,11 +400,23 @@ def test_a_twin_machine_s_run_is_not_taken_over(make_lab, tmp_path: Path):
         # own (this run's pid is not there), from another state directory.
         time.sleep(1)
         twin["presync"] = subprocess.run(
-            ["unshare", "--pid", "--fork", "--mount-proc", str(BIN / "invoke"), "presync",
-             "--new-host", "new"],
-            cwd=REPO, env=tool_env(lab, tmp_path / "twin"), stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                str(BIN / "invoke"),
+                "presync",
+                "--new-host",
+                "new",
+            ],
+            cwd=REPO,
+            env=tool_env(lab, tmp_path / "twin"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.poll() is None, "the first run goes on"
 
     code, output = run_tool_with_fault(
@@ -439,13 +484,15 @@ def test_after_a_rollback_the_migration_goes_to_another_new_host(make_lab, tmp_p
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
     # The first new host fails (turning mail on there breaks): mail goes back on at old.
-    first = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
-                     CHATMAIL_LAB_CMDEPLOY_FAIL="before@new:enable")  # fmt: skip
+    first = run_tool(
+        lab, "invoke", *MIGRATE, state_dir=tmp_path, CHATMAIL_LAB_CMDEPLOY_FAIL="before@new:enable"
+    )
     assert first.returncode != 0 and "Rolled back" in first.stderr
     # The operator rents another host (the lab's spare) and runs migrate to it.
     lab.ssh("spare", "systemctl disable --now postfix dovecot")
-    second = run_tool(lab, "invoke", "migrate", "--new-host", "spare", "--yes", "--no-wait",
-                      state_dir=tmp_path)  # fmt: skip
+    second = run_tool(
+        lab, "invoke", "migrate", "--new-host", "spare", "--yes", "--no-wait", state_dir=tmp_path
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert compare_trees(before, listing(lab, "spare")) == []
     assert mail_services(lab, "spare") == MAIL_ON

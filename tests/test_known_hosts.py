@@ -10,9 +10,8 @@ from pathlib import Path
 import paramiko
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
-
-from .helpers import listing, run_tool, run_tool_with_fault
-from .test_migrate import assert_migrated
+from tests.helpers import listing, run_tool, run_tool_with_fault
+from tests.test_migrate import assert_migrated
 
 TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")
 
@@ -20,12 +19,18 @@ TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")
 def every_key_type(lab: Lab, host: str) -> dict[str, str]:
     """Let the lab host's sshd offer ed25519, ECDSA and RSA keys (as Debian's does);
     its keys by type."""
-    lab.ssh(host, "ssh-keygen -A && printf 'HostKey /etc/ssh/ssh_host_ecdsa_key\\n"
-                  "HostKey /etc/ssh/ssh_host_rsa_key\\n' >> /etc/ssh/sshd_config.d/lab.conf"
-                  " && systemctl reload ssh")  # fmt: skip
+    lab.ssh(
+        host,
+        "ssh-keygen -A && printf 'HostKey /etc/ssh/ssh_host_ecdsa_key\\n"
+        "HostKey /etc/ssh/ssh_host_rsa_key\\n' >> /etc/ssh/sshd_config.d/lab.conf"
+        " && systemctl reload ssh",
+    )
     wait_for_sshd(lab, host)
-    out = lab.ssh(host, "cat /etc/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ecdsa_key.pub "
-                        "/etc/ssh/ssh_host_rsa_key.pub").stdout  # fmt: skip
+    out = lab.ssh(
+        host,
+        "cat /etc/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ecdsa_key.pub "
+        "/etc/ssh/ssh_host_rsa_key.pub",
+    ).stdout
     keys = dict(line.split()[:2] for line in out.splitlines())
     assert set(keys) == set(TYPES), keys
     return keys
@@ -48,14 +53,24 @@ def test_known_hosts_with_every_key_type_of_both_hosts(make_lab, tmp_path: Path)
     # always reached it (by alias, address and mail domain); new first recorded by an
     # OpenSSH before 8.5, which preferred ECDSA, its other types added later.
     known = tmp_path / "known_hosts"
-    others = [line for line in lab.known_hosts.read_text().splitlines()
-              if not line.startswith(("old,", "new,"))]  # fmt: skip
-    known.write_text("\n".join([
-        *others,
-        *(f"old,{old},{lab.domain} {t} {old_keys[t]}" for t in TYPES),
-        *(f"new,{new} {t} {new_keys[t]}" for t in ("ecdsa-sha2-nistp256", "ssh-ed25519",
-                                                     "ssh-rsa")),
-    ]) + "\n")  # fmt: skip
+    others = [
+        line
+        for line in lab.known_hosts.read_text().splitlines()
+        if not line.startswith(("old,", "new,"))
+    ]
+    known.write_text(
+        "\n".join(
+            [
+                *others,
+                *(f"old,{old},{lab.domain} {t} {old_keys[t]}" for t in TYPES),
+                *(
+                    f"new,{new} {t} {new_keys[t]}"
+                    for t in ("ecdsa-sha2-nistp256", "ssh-ed25519", "ssh-rsa")
+                ),
+            ]
+        )
+        + "\n"
+    )
     config = tmp_path / "ssh_config"
     config.write_text(lab.ssh_config.read_text().replace(str(lab.known_hosts), str(known)))
     env = {"CHATMAIL_MIGRATE_SSH_CONFIG": str(config), "CHATMAIL_LAB_SSH_CONFIG": str(config)}
@@ -68,10 +83,13 @@ def test_known_hosts_with_every_key_type_of_both_hosts(make_lab, tmp_path: Path)
         nameserver.update(lab, instances=("ns2",), a=[new])
 
     code, output = run_tool_with_fault(
-        lab, ["migrate", "--new-host", "new", "--yes", "--dns-timeout", "120"],
-        state_dir=tmp_path / "state", when="waiting for DNS",
-        fault=nameservers_change_one_after_the_other, **env,
-    )  # fmt: skip
+        lab,
+        ["migrate", "--new-host", "new", "--yes", "--dns-timeout", "120"],
+        state_dir=tmp_path / "state",
+        when="waiting for DNS",
+        fault=nameservers_change_one_after_the_other,
+        **env,
+    )
     assert code == 0, output
     assert "HOST IDENTIFICATION HAS CHANGED" not in output
     assert "the old and the new host's keys (ecdsa-sha2-nistp256 SHA256:" in output
@@ -81,8 +99,7 @@ def test_known_hosts_with_every_key_type_of_both_hosts(make_lab, tmp_path: Path)
     # During the move the domain was accepted with every type of either host; now only
     # with new's, and old keeps its own names.
     assert domain_entries(known, lab.domain) == set(new_keys.items())
-    old_lines = [line.split() for line in known.read_text().splitlines()
-                 if line.startswith("old,")]  # fmt: skip
+    old_lines = [line.split() for line in known.read_text().splitlines() if line.startswith("old,")]
     assert {(p[0], p[1], p[2]) for p in old_lines} == {
         (f"old,{old}", t, k) for t, k in old_keys.items()
     }
@@ -118,21 +135,25 @@ def test_known_hosts_as_openssh_keeps_it(make_lab, tmp_path: Path):
     link = tmp_path / "ssh" / "known_hosts"
     link.parent.mkdir()
     link.symlink_to(target)
-    plain = [line for line in lab.known_hosts.read_text().splitlines()
-             if not line.startswith("new,")]  # fmt: skip
+    plain = [
+        line for line in lab.known_hosts.read_text().splitlines() if not line.startswith("new,")
+    ]
     markers = [
         f"@cert-authority *.corp.example {ca_pub[0]} {ca_pub[1]}",
         f"@revoked * {revoked_pub[0]} {revoked_pub[1]}",
     ]
     config = tmp_path / "ssh" / "config"
-    config.write_text("HashKnownHosts yes\n" + lab.ssh_config.read_text().replace(
-        str(lab.known_hosts), str(link)))  # fmt: skip
+    config.write_text(
+        "HashKnownHosts yes\n" + lab.ssh_config.read_text().replace(str(lab.known_hosts), str(link))
+    )
     env = {"CHATMAIL_MIGRATE_SSH_CONFIG": str(config), "CHATMAIL_LAB_SSH_CONFIG": str(config)}
     hosts = ["--old-host", "old", "--new-host", "new"]
 
     # A revoked key is refused, even where a line names the host with it.
-    target.write_text("\n".join([*plain, f"new,{new} {new_key}", *markers,
-                                 f"@revoked new,{new} {new_key}"]) + "\n")  # fmt: skip
+    target.write_text(
+        "\n".join([*plain, f"new,{new} {new_key}", *markers, f"@revoked new,{new} {new_key}"])
+        + "\n"
+    )
     target.chmod(0o600)
     result = run_tool(lab, "invoke", "preflight", *hosts, state_dir=tmp_path / "s1", **env)
     assert result.returncode != 0
@@ -143,19 +164,40 @@ def test_known_hosts_as_openssh_keeps_it(make_lab, tmp_path: Path):
     # has no plain key: paramiko cannot check certificates, OpenSSH does.
     host_pub = tmp_path / "new_host.pub"
     host_pub.write_text(new_key + "\n")
-    subprocess.run(["ssh-keygen", "-q", "-s", ca, "-I", "new", "-h", "-n", f"{new},new",
-                    "-V", "-5m:+1h", host_pub], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            ca,
+            "-I",
+            "new",
+            "-h",
+            "-n",
+            f"{new},new",
+            "-V",
+            "-5m:+1h",
+            host_pub,
+        ],
+        check=True,
+    )
     cert = host_pub.with_name("new_host-cert.pub").read_text()
-    lab.ssh("new", "cat > /etc/ssh/ssh_host_ed25519_key-cert.pub && echo 'HostCertificate "
-                   "/etc/ssh/ssh_host_ed25519_key-cert.pub' >> /etc/ssh/sshd_config.d/lab.conf"
-                   " && systemctl reload ssh", input=cert)  # fmt: skip
+    lab.ssh(
+        "new",
+        "cat > /etc/ssh/ssh_host_ed25519_key-cert.pub && echo 'HostCertificate "
+        "/etc/ssh/ssh_host_ed25519_key-cert.pub' >> /etc/ssh/sshd_config.d/lab.conf"
+        " && systemctl reload ssh",
+        input=cert,
+    )
     wait_for_sshd(lab, "new")
     new_ca = f"@cert-authority new,{new} {ca_pub[0]} {ca_pub[1]}"
     target.write_text("\n".join([*plain, *markers, new_ca]) + "\n")
     result = run_tool(lab, "invoke", "preflight", *hosts, state_dir=tmp_path / "s2", **env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"host key of {new} is certified by a CA your known_hosts trusts for it " \
-        "(checked by OpenSSH)" in result.stdout  # fmt: skip
+    assert (
+        f"host key of {new} is certified by a CA your known_hosts trusts for it "
+        "(checked by OpenSSH)" in result.stdout
+    )
     # Signed by a CA trusted for other hosts only: refused.
     target.write_text("\n".join([*plain, *markers]) + "\n")
     result = run_tool(lab, "invoke", "preflight", *hosts, state_dir=tmp_path / "s3", **env)
@@ -163,8 +205,15 @@ def test_known_hosts_as_openssh_keeps_it(make_lab, tmp_path: Path):
     assert f"host key of {new} (ssh-ed25519 SHA256:" in result.stdout + result.stderr
 
     # --accept-new-host-keys appends to the symlink's target, hashed.
-    result = run_tool(lab, "invoke", "preflight", *hosts, "--accept-new-host-keys",
-                      state_dir=tmp_path / "s4", **env)  # fmt: skip
+    result = run_tool(
+        lab,
+        "invoke",
+        "preflight",
+        *hosts,
+        "--accept-new-host-keys",
+        state_dir=tmp_path / "s4",
+        **env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert link.is_symlink() and link.resolve() == target
     lines = target.read_text().splitlines()
@@ -178,8 +227,16 @@ def test_known_hosts_as_openssh_keeps_it(make_lab, tmp_path: Path):
     assert result.returncode == 0, result.stdout + result.stderr
     nameserver.update(lab, a=[new])
     before = target.read_text()
-    result = run_tool(lab, "invoke", "switch-dns", *hosts, "--yes", "--update-known-hosts",
-                      state_dir=tmp_path / "s5", **env)  # fmt: skip
+    result = run_tool(
+        lab,
+        "invoke",
+        "switch-dns",
+        *hosts,
+        "--yes",
+        "--update-known-hosts",
+        state_dir=tmp_path / "s5",
+        **env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert link.is_symlink() and link.resolve() == target
     assert (target.stat().st_mode & 0o777) == 0o600

@@ -12,8 +12,7 @@ import pytest
 
 from chatmail_migrate.lab import Lab, LabError, SeedParams, nameserver
 from chatmail_migrate.lab.lab import HOST_NAMES
-
-from .helpers import lab_name, mail_services, tool_env
+from tests.helpers import lab_name, mail_services, tool_env
 
 # One lab for the module (seeded_lab): its tests stay on one pytest-xdist worker.
 pytestmark = pytest.mark.xdist_group("lab")
@@ -53,15 +52,18 @@ def test_known_hosts_pins_each_host_key(seeded_lab: Lab, tmp_path: Path):
     bad.write_text("\n".join(swapped[:1]) + "\n")
     result = subprocess.run(
         ["ssh", "-F", str(seeded_lab.ssh_config), "-o", f"UserKnownHostsFile={bad}", "new", "true"],
-        capture_output=True, text=True, env=tool_env(seeded_lab, tmp_path),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=tool_env(seeded_lab, tmp_path),
+    )
     assert result.returncode == 255
     assert "host key" in result.stderr.lower()
 
 
 def test_agent_forwarding_from_old_to_new(seeded_lab: Lab):
-    new_key = next(line for line in seeded_lab.known_hosts.read_text().splitlines()
-                   if line.startswith("new,"))  # fmt: skip
+    new_key = next(
+        line for line in seeded_lab.known_hosts.read_text().splitlines() if line.startswith("new,")
+    )
     inner = (
         f"printf '%s\\n' '{new_key}' > /tmp/kh && ssh -o BatchMode=yes "
         f"-o UserKnownHostsFile=/tmp/kh root@{seeded_lab.address('new')} hostname"
@@ -132,9 +134,13 @@ def test_bare_new_host_has_no_relay_users(make_lab):
 def _standin(lab: Lab, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     command = lab.env()["CMDEPLOY"]
     return subprocess.run(
-        f"{command} {' '.join(args)}", shell=True, cwd=lab.relay_dir, capture_output=True,
-        text=True, env=tool_env(lab, tmp_path, **env),
-    )  # fmt: skip
+        f"{command} {' '.join(args)}",
+        shell=True,
+        cwd=lab.relay_dir,
+        capture_output=True,
+        text=True,
+        env=tool_env(lab, tmp_path, **env),
+    )
 
 
 def test_standin_turns_mail_off_and_on(seeded_lab: Lab, tmp_path: Path):
@@ -151,8 +157,9 @@ def test_standin_turns_mail_off_and_on(seeded_lab: Lab, tmp_path: Path):
         "postfix": "active enabled",
         "dovecot": "active enabled",
     }
-    failing = _standin(seeded_lab, tmp_path, "run", "--ssh-host", "old",
-                       CHATMAIL_LAB_CMDEPLOY_FAIL="before@old")  # fmt: skip
+    failing = _standin(
+        seeded_lab, tmp_path, "run", "--ssh-host", "old", CHATMAIL_LAB_CMDEPLOY_FAIL="before@old"
+    )
     assert failing.returncode == 1
     assert "on purpose" in failing.stderr
 
@@ -164,8 +171,9 @@ def test_standin_unreachable_host_fails_with_message(seeded_lab: Lab, tmp_path: 
         "Host nowhere\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n"
         f"Host *\n  UserKnownHostsFile {seeded_lab.known_hosts}\n"
     )
-    result = _standin(seeded_lab, tmp_path, "run", "--ssh-host", "nowhere",
-                      CHATMAIL_LAB_SSH_CONFIG=str(config))  # fmt: skip
+    result = _standin(
+        seeded_lab, tmp_path, "run", "--ssh-host", "nowhere", CHATMAIL_LAB_SSH_CONFIG=str(config)
+    )
     assert result.returncode == 1
     assert "cannot reach nowhere" in result.stderr
 
@@ -284,7 +292,7 @@ def test_teardown_after_half_failed_up(lab_available, monkeypatch):
 
 
 def test_remote_helpers_that_replace_patchwork(seeded_lab: Lab, monkeypatch):
-    from chatmail_migrate.remote import Runner, existing_paths, have_program, path_exists
+    from chatmail_migrate.hosts.runner import Runner, existing_paths, have_program, path_exists
     from chatmail_migrate.settings import Settings
 
     monkeypatch.setenv("SSH_AUTH_SOCK", str(seeded_lab.agent_sock))

@@ -8,8 +8,7 @@ from pathlib import Path
 from chatmail_migrate.journal import STEPS, plan
 from chatmail_migrate.lab import Lab, SeedParams
 from chatmail_migrate.relay import read_relay
-
-from .helpers import compare_trees, listing, mail_services, run_tool
+from tests.helpers import compare_trees, listing, mail_services, run_tool
 
 # migrate's order for relay 1.7 (the lab's default) without a pre-sync.
 PLAN = plan(presync=False)
@@ -83,10 +82,20 @@ def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):
 def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
     lab = make_lab(seed=SeedParams(accounts=5, messages=2))
     before = listing(lab, "old")
-    failed = run_tool(lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new", "--yes",
-                      "--no-wait", "--no-rollback",
-                      state_dir=tmp_path,
-                      CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable")  # fmt: skip
+    failed = run_tool(
+        lab,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--yes",
+        "--no-wait",
+        "--no-rollback",
+        state_dir=tmp_path,
+        CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable",
+    )
     assert failed.returncode != 0
     assert "[7/7] enable-mail FAILED" in failed.stderr
     # The cmdeploy failure names the command, its exit code and its last output.
@@ -107,8 +116,18 @@ def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
     assert "last failure: enable-mail" in status.stdout
 
     # The rerun goes through fab -H: the old host is the -H host, as for any step.
-    rerun = run_tool(lab, "fab", "-H", "old", "migrate", "--new-host", "new", "--yes", "--no-wait",
-                     state_dir=tmp_path)  # fmt: skip
+    rerun = run_tool(
+        lab,
+        "fab",
+        "-H",
+        "old",
+        "migrate",
+        "--new-host",
+        "new",
+        "--yes",
+        "--no-wait",
+        state_dir=tmp_path,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming at enable-mail" in rerun.stdout
     assert "[2/7] disable-mail: done" in rerun.stdout and "skipping" in rerun.stdout

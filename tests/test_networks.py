@@ -7,10 +7,9 @@ import ipaddress
 from pathlib import Path
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
-
-from .helpers import listing, run_tool, run_tool_with_fault
-from .test_migrate import assert_migrated, journal
-from .test_safety import unchanged
+from tests.helpers import listing, run_tool, run_tool_with_fault
+from tests.test_migrate import assert_migrated, journal
+from tests.test_safety import unchanged
 
 
 def public_looking(lab: Lab) -> str:
@@ -36,9 +35,12 @@ def test_switch_dns_proposes_only_the_address_clients_reach(make_lab, tmp_path: 
         nameserver.update(lab, a=[public])
 
     code, output = run_tool_with_fault(
-        lab, ["migrate", "--old-host", "old", "--new-host", "new", "--yes", "--dns-timeout", "60"],
-        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
-    )  # fmt: skip
+        lab,
+        ["migrate", "--old-host", "old", "--new-host", "new", "--yes", "--dns-timeout", "60"],
+        state_dir=tmp_path,
+        when="waiting for DNS",
+        fault=operator_changes_dns,
+    )
     assert code == 0, output
     row = next(line for line in output.splitlines() if line.split()[:2] == ["A", f"{lab.domain}:"])
     assert " ".join(row.split()) == (
@@ -64,8 +66,9 @@ def test_ipv6_only_migration_with_presync(make_lab, tmp_path: Path):
     prefix = ipaddress.ip_network(lab.subnet6)
     # The zone serves only AAAA for the relay, and its nameservers have IPv6 addresses
     # this workstation cannot reach (no one in the lab has them): as from an IPv4-only one.
-    nameserver.update(lab, a=[], aaaa=[old6],
-                      ns_aaaa={"ns1": str(prefix[0x35]), "ns2": str(prefix[0x36])})  # fmt: skip
+    nameserver.update(
+        lab, a=[], aaaa=[old6], ns_aaaa={"ns1": str(prefix[0x35]), "ns2": str(prefix[0x36])}
+    )
     before = listing(lab, "old")
     # Written as operators may type it: upper case, zeros spelled out.
     typed = ipaddress.IPv6Address(new6).exploded.upper()
@@ -75,10 +78,24 @@ def test_ipv6_only_migration_with_presync(make_lab, tmp_path: Path):
         nameserver.update(lab, aaaa=[new6])
 
     code, output = run_tool_with_fault(
-        lab, ["migrate", "--old-host", old6, "--new-host", f"[{new6}]", "--presync", "--yes",
-              "--new-address", typed, "--dns-timeout", "60"],
-        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
-    )  # fmt: skip
+        lab,
+        [
+            "migrate",
+            "--old-host",
+            old6,
+            "--new-host",
+            f"[{new6}]",
+            "--presync",
+            "--yes",
+            "--new-address",
+            typed,
+            "--dns-timeout",
+            "60",
+        ],
+        state_dir=tmp_path,
+        when="waiting for DNS",
+        fault=operator_changes_dns,
+    )
     assert code == 0, output
     assert f"WARN  DNS: nameserver ns1.lab.example ({prefix[0x35]})" in output
     assert "all 2 nameservers answer the new values" in output
@@ -163,10 +180,13 @@ def test_port_jump_host_and_old_host_known_by_name(make_lab, tmp_path: Path):
         nameserver.update(lab, a=[lab.address("new")])
 
     code, output = run_tool_with_fault(
-        lab, ["migrate", "--new-host", "new", "--presync", "--yes", "--new-address",
-              lab.address("new")],
-        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns, **env,
-    )  # fmt: skip
+        lab,
+        ["migrate", "--new-host", "new", "--presync", "--yes", "--new-address", lab.address("new")],
+        state_dir=tmp_path,
+        when="waiting for DNS",
+        fault=operator_changes_dns,
+        **env,
+    )
     assert code == 0, output
     assert_migrated(lab, before)
     # cmdeploy's own ssh to old's address found the key the tool recorded for it.
@@ -183,9 +203,16 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
     lab = make_lab("cmnet", seed=SeedParams(accounts=2, messages=1))
     lab.move_ssh("new", 2222)
     result = run_tool(
-        lab, "invoke", "migrate", "--new-host", "new", "--yes", "--dns-timeout", "60",
+        lab,
+        "invoke",
+        "migrate",
+        "--new-host",
+        "new",
+        "--yes",
+        "--dns-timeout",
+        "60",
         state_dir=tmp_path,
-    )  # fmt: skip
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     fail = next(line for line in output.splitlines() if line.startswith("FAIL"))
@@ -196,8 +223,11 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
     unchanged(lab)
 
     # Once new's sshd answers on 22 as well, the same login passes.
-    lab.ssh("new", "printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/lab-net.conf"
-                   " && systemctl reload ssh")  # fmt: skip
+    lab.ssh(
+        "new",
+        "printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/lab-net.conf"
+        " && systemctl reload ssh",
+    )
     result = run_tool(lab, "invoke", "preflight", "--new-host", "new", state_dir=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"PASS  login to {lab.domain} (cmdeploy 1.7.0): `ssh root@{lab.domain}` reaches new" in (
@@ -218,9 +248,13 @@ def test_relay_17_with_new_sshd_on_another_port_is_refused_before_mail_goes_down
         nameserver.update(lab, a=[lab.address("new")])
 
     code, output = run_tool_with_fault(
-        lab, ["migrate", "--new-host", "new", "--yes", "--dns-timeout", "60"],
-        state_dir=tmp_path / "pinned", when="waiting for DNS", fault=operator_changes_dns, **env,
-    )  # fmt: skip
+        lab,
+        ["migrate", "--new-host", "new", "--yes", "--dns-timeout", "60"],
+        state_dir=tmp_path / "pinned",
+        when="waiting for DNS",
+        fault=operator_changes_dns,
+        **env,
+    )
     assert code == 0, output
     assert (
         f"WARN  login to {lab.domain} (cmdeploy 1.7.0): your ssh config's HostName sends "
@@ -249,9 +283,16 @@ def test_only_ipv4_record_is_not_deleted_without_ipv6_only(make_lab, tmp_path: P
     assert f"{lab.domain}'s A record ({old_a})" in fails[0], fails[0]
     assert "--new-address" in fails[0] and "--ipv6-only" in fails[0], fails[0]
     result = run_tool(
-        lab, "invoke", "migrate", "--new-host", "new", "--yes", "--dns-timeout", "30",
+        lab,
+        "invoke",
+        "migrate",
+        "--new-host",
+        "new",
+        "--yes",
+        "--dns-timeout",
+        "30",
         state_dir=tmp_path / "refused",
-    )  # fmt: skip
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert [line for line in output.splitlines() if line.startswith("FAIL")] == fails
@@ -260,9 +301,16 @@ def test_only_ipv4_record_is_not_deleted_without_ipv6_only(make_lab, tmp_path: P
     assert listing(lab, "old") == before
     # switch-dns by hand refuses too, before it proposes anything or asks for 'done'.
     result = run_tool(
-        lab, "invoke", "switch-dns", "--new-host", "new", "--yes", "--dns-timeout", "30",
+        lab,
+        "invoke",
+        "switch-dns",
+        "--new-host",
+        "new",
+        "--yes",
+        "--dns-timeout",
+        "30",
         state_dir=tmp_path / "by-hand",
-    )  # fmt: skip
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert f"switch-dns refused: new has no public IPv4, so {lab.domain}'s A record" in output
@@ -275,9 +323,12 @@ def test_only_ipv4_record_is_not_deleted_without_ipv6_only(make_lab, tmp_path: P
         nameserver.update(lab, a=[], aaaa=[public6])
 
     code, output = run_tool_with_fault(
-        lab, ["migrate", "--new-host", "new", "--yes", "--ipv6-only", "--dns-timeout", "60"],
-        state_dir=tmp_path, when="waiting for DNS", fault=operator_changes_dns,
-    )  # fmt: skip
+        lab,
+        ["migrate", "--new-host", "new", "--yes", "--ipv6-only", "--dns-timeout", "60"],
+        state_dir=tmp_path,
+        when="waiting for DNS",
+        fault=operator_changes_dns,
+    )
     assert code == 0, output
     rows = [
         " ".join(line.split()) for line in output.split("Change these records")[1].splitlines()[1:3]

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
-
-from .helpers import BIN, REPO, compare_trees, listing, mail_services
-from .test_migrate import MAIL_ON
+from tests.helpers import BIN, REPO, compare_trees, listing, mail_services
+from tests.test_migrate import MAIL_ON
 
 README = REPO / "README.rst"
 EXAMPLE_OLD, EXAMPLE_NEW = "13.37.13.37", "13.12.23.42"
@@ -59,9 +58,14 @@ def as_lab(command: str, lab: Lab) -> str:
 
 def shell(command: str, *, env: dict, cwd: Path = REPO, timeout: int = 900):
     result = subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     print(f"$ {command} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
@@ -77,8 +81,13 @@ def base_env(state_dir: Path, lab: Lab | None = None) -> dict:
 
 
 def test_readme_commands_are_all_run_here():
-    handled = {"Set-up", "Try it: a rehearsal", "The day of the move", "Tasks",
-               "Tests and benchmarks"}  # fmt: skip
+    handled = {
+        "Set-up",
+        "Try it: a rehearsal",
+        "The day of the move",
+        "Tasks",
+        "Tests and benchmarks",
+    }
     blocks = console_blocks()
     assert {title for title, _ in blocks} == handled
     assert sum(len(c) for _, c in blocks) >= 35
@@ -160,8 +169,9 @@ def test_rehearsal_and_driving_the_lab(lab_available, tmp_path: Path):
 def _interactive(command: str, *, env: dict, cwd: Path, answer) -> tuple[int, str]:
     """Run ``command`` on a terminal; ``answer(output)`` returns what to type, or None."""
     leader, follower = pty.openpty()
-    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=follower,
-                            stdout=follower, stderr=follower)  # fmt: skip
+    proc = subprocess.Popen(
+        ["bash", "-c", command], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower
+    )
     os.close(follower)
     output = b""
     deadline = time.monotonic() + 900

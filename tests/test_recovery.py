@@ -12,10 +12,9 @@ from pathlib import Path
 
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
 from chatmail_migrate.lab.seed import account_password, seeded_accounts
-
-from .helpers import mail_services, run_tool
-from .relay_client import RelayClient, assert_relay_serves, pinned_context, relay_certificate
-from .test_migrate import MAIL_OFF, MAIL_ON
+from tests.helpers import mail_services, run_tool
+from tests.relay_client import RelayClient, assert_relay_serves, pinned_context, relay_certificate
+from tests.test_migrate import MAIL_OFF, MAIL_ON
 
 SMALL = SeedParams(version="1.10.0", accounts=4, messages=2)
 MIGRATE = ["migrate", "--new-host", "new", "--yes", "--no-wait"]
@@ -85,8 +84,9 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     assert "finished" in again.stdout and "status" in again.stdout
     assert "preflight" not in again.stdout  # nothing was run
     # From another state directory (no journal), the host decides: it serves.
-    elsewhere = run_tool(lab, "invoke", *MIGRATE, "--old-host", "old", "--force",
-                         state_dir=tmp_path / "other")  # fmt: skip
+    elsewhere = run_tool(
+        lab, "invoke", *MIGRATE, "--old-host", "old", "--force", state_dir=tmp_path / "other"
+    )
     assert elsewhere.returncode != 0
     assert "new is no live relay: new runs postfix and dovecot" in elsewhere.stdout
     assert mail_services(lab, "new") == MAIL_ON
@@ -101,8 +101,9 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
     # The move again, failing after new's services started: the automatic rollback
     # carries new's mail back too, and old serves it, signed.
     nameserver.update(lab, a=[lab.address("old")])
-    failed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path,
-                      CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable")  # fmt: skip
+    failed = run_tool(
+        lab, "invoke", *MIGRATE, state_dir=tmp_path, CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable"
+    )
     assert failed.returncode != 0
     assert "with the mail the new host took carried back" in failed.stderr, failed.stderr
     assert mail_services(lab, "old") == MAIL_ON
@@ -114,8 +115,14 @@ def test_a_finished_move_is_never_copied_over(make_lab, tmp_path: Path):
 def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
     lab = make_lab(seed=SMALL)
     # enable-mail fails after new's services started: new serves, old is off.
-    failed = run_tool(lab, "invoke", *MIGRATE, "--no-rollback", state_dir=tmp_path,
-                      CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable")  # fmt: skip
+    failed = run_tool(
+        lab,
+        "invoke",
+        *MIGRATE,
+        "--no-rollback",
+        state_dir=tmp_path,
+        CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable",
+    )
     assert failed.returncode != 0
     assert mail_services(lab, "new") == MAIL_ON
     status = run_tool(lab, "invoke", "status", state_dir=tmp_path)
@@ -155,12 +162,14 @@ def test_rollback_carries_back_what_new_took(make_lab, tmp_path: Path):
     assert "--old-host" in blind.stderr and "--new-host" in blind.stderr
     half = run_tool(lab, "invoke", "rollback", "--old-host", "old", state_dir=colleague)
     assert half.returncode == 2 and "give --new-host NEW" in half.stderr
-    swapped = run_tool(lab, "invoke", "rollback", "--old-host", "new", "--new-host", "old",
-                       state_dir=colleague)  # fmt: skip
+    swapped = run_tool(
+        lab, "invoke", "rollback", "--old-host", "new", "--new-host", "old", state_dir=colleague
+    )
     assert swapped.returncode != 0
     assert mail_services(lab, "new") == MAIL_OFF
-    named = run_tool(lab, "invoke", "rollback", "--old-host", "old", "--new-host", "new",
-                     state_dir=colleague)  # fmt: skip
+    named = run_tool(
+        lab, "invoke", "rollback", "--old-host", "old", "--new-host", "new", state_dir=colleague
+    )
     assert named.returncode == 0, named.stderr
     assert "point DNS back" in named.stdout and lab.address("old") in named.stdout
     assert mail_services(lab, "old") == MAIL_ON

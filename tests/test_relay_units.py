@@ -8,7 +8,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from chatmail_migrate import known_hosts
+from chatmail_migrate.hosts import known_hosts
 from chatmail_migrate.relay import Relay, RelayConfigError, read_relay
 
 ECHOBOT = ["/run/echobot", "/var/lib/echobot"]
@@ -27,9 +27,14 @@ def checkout(tmp_path: Path, tag: str | None, **params: str) -> Path:
 
 @pytest.mark.parametrize(
     "tag, echobot, logs_in_to_domain",
-    [("1.6.0", True, True), ("1.7.0", True, True), ("1.8.0", False, False),
-     ("1.12.0", False, False), (None, True, True)],
-)  # fmt: skip
+    [
+        ("1.6.0", True, True),
+        ("1.7.0", True, True),
+        ("1.8.0", False, False),
+        ("1.12.0", False, False),
+        (None, True, True),
+    ],
+)
 def test_release_decides_echobot_and_domain_login(tmp_path, tag, echobot, logs_in_to_domain):
     relay = read_relay(checkout(tmp_path, tag, mail_domain="chat.example.org"))
     assert relay.release == tag
@@ -41,12 +46,16 @@ def test_release_decides_echobot_and_domain_login(tmp_path, tag, echobot, logs_i
 
 
 def test_chatmail_ini_settings_reach_the_copy(tmp_path):
-    relay = read_relay(checkout(
-        tmp_path, "1.10.0", mail_domain="_chat.example.org",
-        mailboxes_dir="/srv/mail/_chat.example.org",
-        tls_external_cert_and_key="/etc/tls/cert.pem /etc/tls/key.pem",
-        mtail_address="10.0.0.5",
-    ))  # fmt: skip
+    relay = read_relay(
+        checkout(
+            tmp_path,
+            "1.10.0",
+            mail_domain="_chat.example.org",
+            mailboxes_dir="/srv/mail/_chat.example.org",
+            tls_external_cert_and_key="/etc/tls/cert.pem /etc/tls/key.pem",
+            mtail_address="10.0.0.5",
+        )
+    )
     paths = relay.copy_paths()
     assert paths[0] == relay.mailbox_tree == relay.mailbox_dir == "/srv/mail/_chat.example.org"
     assert "/etc/tls/cert.pem" in paths and "/etc/tls/key.pem" in paths

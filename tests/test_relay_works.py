@@ -16,9 +16,8 @@ import pytest
 
 from chatmail_migrate.lab import SeedParams
 from chatmail_migrate.lab.seed import account_password, seeded_accounts
-
-from .helpers import run_tool
-from .relay_client import (
+from tests.helpers import run_tool
+from tests.relay_client import (
     RelayClient,
     assert_refuses_strangers,
     assert_relay_serves,
@@ -41,17 +40,40 @@ def test_seeded_relay_serves_mail_and_so_does_new_after_migrate(make_lab, tmp_pa
     # Last: Dovecot slows an address's logins after a wrong password.
     assert_refuses_strangers(old, alice)
     # A second message waits in old's queue beside the seed's: the move carries both.
-    lab.ssh("old", f"printf 'Subject: second\\n\\nwaits too\\n' | sendmail -f echo@{lab.domain} "
-            "someone@second.invalid")  # fmt: skip
+    lab.ssh(
+        "old",
+        f"printf 'Subject: second\\n\\nwaits too\\n' | sendmail -f echo@{lab.domain} "
+        "someone@second.invalid",
+    )
     queued_on_old = wait_for_queue(lab, "old", 2)
 
-    result = run_tool(lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
-                      "--yes", "--no-wait", state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        lab,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--yes",
+        "--no-wait",
+        state_dir=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     # migrate ends with check-relay: new does what old did before disable-mail.
     assert "check-relay passed" in result.stdout
-    for name in ("services", "ports", "IMAP 993", "submission 465", "certificate", "SMTP 25",
-                 "accounts", "DKIM", "DKIM key", "mail queue"):  # fmt: skip
+    for name in (
+        "services",
+        "ports",
+        "IMAP 993",
+        "submission 465",
+        "certificate",
+        "SMTP 25",
+        "accounts",
+        "DKIM",
+        "DKIM key",
+        "mail queue",
+    ):
         assert f"PASS  {name}: " in result.stdout, name
     assert f"PASS  SMTP 25: 220 {lab.domain}; STARTTLS offered, the certificate copied" in (
         result.stdout
@@ -119,8 +141,9 @@ def check_relay_names_what_broke(lab, state_dir: Path, account: str, queued_on_o
     # A login and a folder listing as an existing account, its password from the
     # environment: it logs in, and never shows up in the output or the command log.
     password = account_password(account)
-    probed = check_relay(lab, state_dir, "--probe-account", account,
-                         CHATMAIL_PROBE_PASSWORD=password)  # fmt: skip
+    probed = check_relay(
+        lab, state_dir, "--probe-account", account, CHATMAIL_PROBE_PASSWORD=password
+    )
     assert probed.returncode == 0, probed.stdout
     assert f"PASS  IMAP login: {account} logged in over IMAP 993: " in probed.stdout
     assert "INBOX holds" in probed.stdout
@@ -128,8 +151,13 @@ def check_relay_names_what_broke(lab, state_dir: Path, account: str, queued_on_o
     assert password not in log + probed.stdout + probed.stderr
     # An address without an account: refused before any login (which would create it).
     stranger = f"newcomer2@{lab.domain}"
-    refused = check_relay(lab, state_dir, "--probe-account", stranger,
-                          CHATMAIL_PROBE_PASSWORD=account_password(stranger))  # fmt: skip
+    refused = check_relay(
+        lab,
+        state_dir,
+        "--probe-account",
+        stranger,
+        CHATMAIL_PROBE_PASSWORD=account_password(stranger),
+    )
     assert refused.returncode == 2
     assert f"error: --probe-account {stranger}: no such account on new" in refused.stderr
     assert "PASS" not in refused.stdout
@@ -166,25 +194,34 @@ def check_relay_names_what_broke(lab, state_dir: Path, account: str, queued_on_o
 
     # Another self-signed certificate for the domain in place of the copied one.
     live = f"/var/lib/acme/live/{lab.domain}"
-    lab.ssh("new", f"cp -L {live}/fullchain /root/fullchain.copied && "
-            f"cp -L {live}/privkey /root/privkey.copied && "
-            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-            f"-days 90 -subj /CN={lab.domain} -addext subjectAltName=DNS:{lab.domain} "
-            f"-keyout $(readlink -f {live}/privkey) -out $(readlink -f {live}/fullchain) "
-            "2>/dev/null && systemctl reload dovecot postfix")  # fmt: skip
+    lab.ssh(
+        "new",
+        f"cp -L {live}/fullchain /root/fullchain.copied && "
+        f"cp -L {live}/privkey /root/privkey.copied && "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        f"-days 90 -subj /CN={lab.domain} -addext subjectAltName=DNS:{lab.domain} "
+        f"-keyout $(readlink -f {live}/privkey) -out $(readlink -f {live}/fullchain) "
+        "2>/dev/null && systemctl reload dovecot postfix",
+    )
     broken = check_relay(lab, state_dir)
     assert broken.returncode == 1
     assert [line.split(":")[0] for line in failing(broken)] == [
-        "FAIL  IMAP 993", "FAIL  submission 465", "FAIL  certificate", "FAIL  SMTP 25",
-    ]  # fmt: skip
+        "FAIL  IMAP 993",
+        "FAIL  submission 465",
+        "FAIL  certificate",
+        "FAIL  SMTP 25",
+    ]
     assert "FAIL  IMAP 993: serves another certificate (SHA-256 " in broken.stdout
     assert "than the certificate copied from old" in broken.stdout
     assert (
         f"FAIL  certificate: {live}/fullchain is not the certificate old had at disable-mail"
     ) in broken.stdout
-    lab.ssh("new", f"cp /root/fullchain.copied $(readlink -f {live}/fullchain) && "
-            f"cp /root/privkey.copied $(readlink -f {live}/privkey) && "
-            "systemctl reload dovecot postfix")  # fmt: skip
+    lab.ssh(
+        "new",
+        f"cp /root/fullchain.copied $(readlink -f {live}/fullchain) && "
+        f"cp /root/privkey.copied $(readlink -f {live}/privkey) && "
+        "systemctl reload dovecot postfix",
+    )
 
     # A relay service other than opendkim stopped: Dovecot.
     lab.ssh("new", "systemctl stop dovecot")
@@ -201,8 +238,11 @@ def check_relay_names_what_broke(lab, state_dir: Path, account: str, queued_on_o
 
     # The queue: one message old held is delivered on new (a transport that discards
     # it), the other removed from new's queue: only that one is named, by old's ID.
-    lab.ssh("new", "postconf -e 'transport_maps = inline:{second.invalid=discard:}' && "
-            "postfix reload && postqueue -f")  # fmt: skip
+    lab.ssh(
+        "new",
+        "postconf -e 'transport_maps = inline:{second.invalid=discard:}' && "
+        "postfix reload && postqueue -f",
+    )
     left = wait_for_queue(lab, "new", 1)
     lab.ssh("new", f"postsuper -d {left[0]['queue_id']}")
     first, second = sorted(queued_on_old, key=lambda m: "second" in str(m["recipients"]))

@@ -12,11 +12,10 @@ import pytest
 from chatmail_migrate.lab import Lab, SeedParams, nameserver
 from chatmail_migrate.lab.seed import RELEASES, seeded_accounts
 from chatmail_migrate.relay import read_relay
-
-from .helpers import domain_keys, host_key, listing, run_tool, run_tool_with_fault
-from .relay_client import RelayClient, assert_relay_serves, pinned_context, relay_certificate
-from .test_migrate import assert_migrated, journal
-from .test_safety import unchanged
+from tests.helpers import domain_keys, host_key, listing, run_tool, run_tool_with_fault
+from tests.relay_client import RelayClient, assert_relay_serves, pinned_context, relay_certificate
+from tests.test_migrate import assert_migrated, journal
+from tests.test_safety import unchanged
 
 OPENDKIM_SOCKET = "/var/spool/postfix/opendkim/opendkim.sock"
 CASES = {
@@ -44,9 +43,13 @@ def migrate_switching_dns(lab: Lab, state_dir: Path, pause: float = 0, **env: st
         nameserver.update(lab, a=[lab.address("new")])
 
     return run_tool_with_fault(
-        lab, ["migrate", "--new-host", "new", "--yes"], state_dir=state_dir,
-        when="waiting for DNS", fault=change_dns, **env,
-    )  # fmt: skip
+        lab,
+        ["migrate", "--new-host", "new", "--yes"],
+        state_dir=state_dir,
+        when="waiting for DNS",
+        fault=change_dns,
+        **env,
+    )
 
 
 def assert_opendkim_signs_with_copied_state(lab: Lab, copied_at: float) -> None:
@@ -128,8 +131,17 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
 
 def test_ip_only_relay_is_refused_before_anything_changes(make_lab, tmp_path: Path):
     lab = make_lab("cmrel", seed=SeedParams(version="1.11.0", ip_only=True, accounts=3))
-    result = run_tool(lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
-                      "--yes", state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        lab,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--yes",
+        state_dir=tmp_path,
+    )
     assert result.returncode != 0
     assert (
         f"FAIL  relay kind: mail_domain {lab.address('old')} is an IP address (IP-only relay)"
@@ -143,8 +155,17 @@ def test_docker_relay_is_refused_before_anything_changes(make_lab, tmp_path: Pat
     # chatmail/docker keeps the relay's state in volumes (and chatmail.ini in the container).
     volume = "/var/lib/docker/volumes/chatmail_dkim/_data"
     lab.ssh("old", f"mkdir -p {volume} && cp -a /etc/dkimkeys/opendkim.private {volume}/")
-    result = run_tool(lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new",
-                      "--yes", state_dir=tmp_path)  # fmt: skip
+    result = run_tool(
+        lab,
+        "invoke",
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--yes",
+        state_dir=tmp_path,
+    )
     assert result.returncode != 0
     assert f"FAIL  old is a relay: old runs chatmail in Docker ({volume}/opendkim.private)" in (
         result.stdout

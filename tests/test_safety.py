@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from chatmail_migrate.hosts.connect import connect
 from chatmail_migrate.lab import Lab, SeedParams
-from chatmail_migrate.remote import connect
 from chatmail_migrate.settings import Settings
-
-from .helpers import BIN, domain_keys, host_key, mail_services, run_tool, tool_env
-from .test_migrate import MAIL_ON, assert_migrated, listing
+from tests.helpers import BIN, domain_keys, host_key, mail_services, run_tool, tool_env
+from tests.test_migrate import MAIL_ON, assert_migrated, listing
 
 # One lab for the module (seeded_lab): its tests stay on one pytest-xdist worker.
 pytestmark = pytest.mark.xdist_group("safety")
@@ -36,9 +35,20 @@ def test_preflight_passes_on_a_healthy_lab(seeded_lab: Lab, tmp_path: Path):
     lines = [line for line in result.stdout.splitlines() if line[:4] in ("PASS", "WARN", "FAIL")]
     assert all(line.startswith("PASS") for line in lines), lines
     names = [line.split(":")[0][6:] for line in lines]
-    for name in ("cmdeploy", "ssh-agent", "ssh to old", "ssh to new", "distinct hosts",
-                 "old is a relay", "new runs Debian 12", "programs on old", "programs on new",
-                 "old reaches new", "free space on new", "new holds no mailboxes"):  # fmt: skip
+    for name in (
+        "cmdeploy",
+        "ssh-agent",
+        "ssh to old",
+        "ssh to new",
+        "distinct hosts",
+        "old is a relay",
+        "new runs Debian 12",
+        "programs on old",
+        "programs on new",
+        "old reaches new",
+        "free space on new",
+        "new holds no mailboxes",
+    ):
         assert name in names
     assert "relay 1.7.0 (commit" in result.stdout
     unchanged(seeded_lab)
@@ -53,8 +63,16 @@ def test_wrong_user_is_an_auth_failure(seeded_lab: Lab, tmp_path: Path):
 
 
 def test_no_agent_fails_before_anything_changes(seeded_lab: Lab, tmp_path: Path):
-    result = run_tool(seeded_lab, "invoke", "migrate", "--new-host", "new", "--yes",
-                      state_dir=tmp_path, SSH_AUTH_SOCK="")  # fmt: skip
+    result = run_tool(
+        seeded_lab,
+        "invoke",
+        "migrate",
+        "--new-host",
+        "new",
+        "--yes",
+        state_dir=tmp_path,
+        SSH_AUTH_SOCK="",
+    )
     assert result.returncode != 0
     assert "FAIL  ssh-agent: no agent" in result.stdout
     assert "FAIL  old reaches new" in result.stdout
@@ -63,8 +81,9 @@ def test_no_agent_fails_before_anything_changes(seeded_lab: Lab, tmp_path: Path)
 
 
 def test_same_machine_under_two_names_is_refused(seeded_lab: Lab, tmp_path: Path):
-    result = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host",
-                       seeded_lab.address("old"))  # fmt: skip
+    result = preflight(
+        seeded_lab, tmp_path, "--old-host", "old", "--new-host", seeded_lab.address("old")
+    )
     assert result.returncode != 0
     assert "FAIL  distinct hosts: old and new are the same machine" in result.stdout
     unchanged(seeded_lab)
@@ -75,10 +94,22 @@ def test_unresolvable_host(seeded_lab: Lab, tmp_path: Path):
     # cannot leave this machine.
     env = tool_env(seeded_lab, tmp_path)
     result = subprocess.run(
-        ["unshare", "--net", str(BIN / "invoke"), "preflight",
-         "--old-host", "no-such-host.invalid", "--new-host", "also-not-there.invalid"],
-        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "unshare",
+            "--net",
+            str(BIN / "invoke"),
+            "preflight",
+            "--old-host",
+            "no-such-host.invalid",
+            "--new-host",
+            "also-not-there.invalid",
+        ],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "FAIL  ssh to old: cannot resolve no-such-host.invalid" in result.stdout
     unchanged(seeded_lab)
@@ -101,8 +132,16 @@ def test_unknown_host_keys_are_refused_or_recorded(seeded_lab: Lab, tmp_path: Pa
     )
     assert "--accept-new-host-keys" in refused.stdout
     assert not known.exists()
-    accepted = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host", "new",
-                         "--accept-new-host-keys", **env)  # fmt: skip
+    accepted = preflight(
+        seeded_lab,
+        tmp_path,
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--accept-new-host-keys",
+        **env,
+    )
     assert accepted.returncode == 0, accepted.stdout
     assert "recorded new host key" in accepted.stdout
     recorded = known.read_text().splitlines()
@@ -120,9 +159,16 @@ def test_changed_host_key_is_never_accepted(seeded_lab: Lab, tmp_path: Path):
     # old's names, with new's key: what a man in the middle (or a reinstall) looks like.
     known.write_text("\n".join([old_line.split(" ")[0] + " " + new_key, *lines[1:]]) + "\n")
     config = _config_with_known_hosts(seeded_lab, tmp_path, known)
-    result = preflight(seeded_lab, tmp_path, "--old-host", "old", "--new-host", "new",
-                       "--accept-new-host-keys",
-                       CHATMAIL_MIGRATE_SSH_CONFIG=str(config))  # fmt: skip
+    result = preflight(
+        seeded_lab,
+        tmp_path,
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--accept-new-host-keys",
+        CHATMAIL_MIGRATE_SSH_CONFIG=str(config),
+    )
     assert result.returncode != 0
     assert "FAIL  ssh to old: HOST KEY CHANGED for old" in result.stdout
     assert "ssh-keygen -R" in result.stdout
@@ -161,9 +207,19 @@ def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
     before = listing(lab, "old")
     # Hosts swapped, from a directory without chatmail.ini (so no journal): the
     # "new" host is the live relay, whose keys and mail the copy would overwrite.
-    swapped = run_tool(lab, "chatmail-migrate", "-H", "new", "copy-data", "--new-host", "old",
-                       "--force", state_dir=tmp_path, cwd=tmp_path,
-                       CHATMAIL_RELAY_DIR="")  # fmt: skip
+    swapped = run_tool(
+        lab,
+        "chatmail-migrate",
+        "-H",
+        "new",
+        "copy-data",
+        "--new-host",
+        "old",
+        "--force",
+        state_dir=tmp_path,
+        cwd=tmp_path,
+        CHATMAIL_RELAY_DIR="",
+    )
     assert swapped.returncode == 1
     assert "copy-data refused: old runs postfix and dovecot, so it serves mail" in (swapped.stderr)
     migrate = ["migrate", "--new-host", "new", "--yes", "--no-wait", "--checksum"]
@@ -175,7 +231,7 @@ def test_verify_by_hand_and_rollback_by_hand(make_lab, tmp_path: Path):
     for step in (
         ["copy-data", "--new-host", "new", "--force"],
         ["presync", "--new-host", "new"],
-    ):  # fmt: skip (old: the journal's)
+    ):  # old: the journal's
         again = run_tool(lab, "invoke", *step, state_dir=tmp_path)
         assert again.returncode == 1
         assert f"{step[0]} refused: new runs postfix and dovecot" in again.stderr

@@ -10,10 +10,9 @@ import shlex
 import signal
 from pathlib import Path
 
-from chatmail_migrate import commands
+from chatmail_migrate.hosts import commands
 from chatmail_migrate.lab import Lab, SeedParams
-
-from .helpers import run_tool, start_tool
+from tests.helpers import run_tool, start_tool
 
 HOSTS = ["--old-host", "old", "--new-host", "new"]
 ATTACKER_LOG = "/var/tmp/attacker.log"
@@ -139,8 +138,11 @@ esac
 
 def test_interrupt_while_taking_a_host_lock_leaves_nothing_held(make_lab, tmp_path: Path):
     lab = make_lab("cmsec", seed=SeedParams(accounts=2, messages=1))
-    lab.ssh("old", "cat - /root/.bashrc > /root/.bashrc.new && mv /root/.bashrc.new /root/.bashrc",
-            input=SLOW_LOCK_ANSWER)  # fmt: skip
+    lab.ssh(
+        "old",
+        "cat - /root/.bashrc > /root/.bashrc.new && mv /root/.bashrc.new /root/.bashrc",
+        input=SLOW_LOCK_ANSWER,
+    )
     proc = start_tool(lab, "invoke", "presync", *HOSTS, state_dir=tmp_path)
     lab.ssh("old", "for i in $(seq 600); do [ -e /run/lock-asked ] && break; sleep 0.1; done")
     proc.send_signal(signal.SIGINT)

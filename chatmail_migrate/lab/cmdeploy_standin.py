@@ -513,19 +513,29 @@ def login_to_domain(domain: str, command: str) -> subprocess.CompletedProcess:
     the key checked against known_hosts under the domain's name."""
     print(f"[ssh] login to {domain}", flush=True)
     shown = subprocess.run([*_ssh_base(), "-G", f"root@{domain}"], capture_output=True, text=True)
-    configured = [line.split(" ", 1)[1] for line in shown.stdout.splitlines()
-                  if line.startswith("hostname ")]  # fmt: skip
+    configured = [
+        line.split(" ", 1)[1] for line in shown.stdout.splitlines() if line.startswith("hostname ")
+    ]
     if configured and configured[0].lower() != domain.lower():
-        return subprocess.run([*_ssh_base(), f"root@{domain}", command], capture_output=True,
-                              text=True)  # fmt: skip
+        return subprocess.run(
+            [*_ssh_base(), f"root@{domain}", command], capture_output=True, text=True
+        )
     addresses = lookup(domain, "A") or lookup(domain, "AAAA")
     if not addresses:
         raise SystemExit(f"ssh: Could not resolve hostname {domain}: Name or service not known")
     return subprocess.run(
-        [*_ssh_base(), "-o", f"HostName={addresses[0]}", "-o", f"HostKeyAlias={domain}",
-         f"root@{domain}", command],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            *_ssh_base(),
+            "-o",
+            f"HostName={addresses[0]}",
+            "-o",
+            f"HostKeyAlias={domain}",
+            f"root@{domain}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -587,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"execnet.gateway_base.HostNotFound: root@{domain}", file=sys.stderr)
             return 1
     if release.logs_in_to_ssh_host:
-        login = subprocess.run([*_ssh_base(), f"root@{host}", "true"], capture_output=True,
-                               text=True)  # fmt: skip
+        login = subprocess.run(
+            [*_ssh_base(), f"root@{host}", "true"], capture_output=True, text=True
+        )
         if login.returncode != 0:
             print(login.stderr.strip(), file=sys.stderr)
             print(f"execnet.gateway_base.HostNotFound: root@{host}", file=sys.stderr)
@@ -631,8 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         link = login_to_domain(domain, "cat /var/lib/echobot/invite-link.txt")
         if link.returncode != 0:
             print(link.stderr.strip(), file=sys.stderr)
-            print("Traceback: remote command failed: cat /var/lib/echobot/invite-link.txt",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "Traceback: remote command failed: cat /var/lib/echobot/invite-link.txt",
+                file=sys.stderr,
+            )
             return 1
         print(link.stdout.strip())
     print(f"deploy to {host} done", flush=True)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .dkim import dkim_tags, dkim_verifies, published_dkim_key
-from .inbox import fetch_from_inbox
-from .lab import Lab, LabError
+from chatmail_migrate.lab.dkim import dkim_tags, dkim_verifies, published_dkim_key
+from chatmail_migrate.lab.inbox import fetch_from_inbox
+from chatmail_migrate.lab.lab import Lab, LabError
 
 if TYPE_CHECKING:
     from deltachat_rpc_client import Account, DeltaChat, Message
@@ -69,11 +69,16 @@ def password(name: str) -> str:
 def transport(addr: str, secret: str, host: str) -> dict:
     """The relay's ports with TLS from the first byte, at a lab address."""
     return {
-        "addr": addr, "password": secret,
-        "imapServer": host, "imapPort": 993, "imapSecurity": "ssl",
-        "smtpServer": host, "smtpPort": 465, "smtpSecurity": "ssl",
+        "addr": addr,
+        "password": secret,
+        "imapServer": host,
+        "imapPort": 993,
+        "imapSecurity": "ssl",
+        "smtpServer": host,
+        "smtpPort": 465,
+        "smtpSecurity": "ssl",
         "certificateChecks": "acceptInvalidCertificates",  # lab only: self-signed
-    }  # fmt: skip
+    }
 
 
 def profile(dc: DeltaChat, name: str, domain: str, host: str) -> Account:

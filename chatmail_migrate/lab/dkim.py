@@ -8,9 +8,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from ..dkim import dkim_tags as signature_tags
-from ..dkim import dkim_verify
-from .lab import Lab
+from chatmail_migrate.checks.dkim import dkim_tags as signature_tags
+from chatmail_migrate.checks.dkim import dkim_verify
+from chatmail_migrate.lab.lab import Lab
 
 
 def _headers_and_body(raw: bytes) -> tuple[list[tuple[str, str]], bytes]:

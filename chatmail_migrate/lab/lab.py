@@ -23,8 +23,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import net
-from .rootfs import LabError, ensure_rootfs
+from chatmail_migrate.lab import net
+from chatmail_migrate.lab.rootfs import LabError, ensure_rootfs
 
 __all__ = ["Host", "Lab", "LabError"]
 
@@ -449,8 +449,11 @@ class Lab:
         conf = f"Port {port}\n"
         if allow_from:
             conf += "AllowUsers " + " ".join(f"root@{a}" for a in allow_from) + "\n"
-        self.ssh(host, f"printf '%s' {shlex.quote(conf)} > /etc/ssh/sshd_config.d/lab-net.conf"
-                       " && systemctl reload ssh")  # fmt: skip
+        self.ssh(
+            host,
+            f"printf '%s' {shlex.quote(conf)} > /etc/ssh/sshd_config.d/lab-net.conf"
+            " && systemctl reload ssh",
+        )
         self.hosts[host].ssh_port, self.hosts[host].jump = port, jump
         self.save()
         self._write_ssh_files()
@@ -505,9 +508,10 @@ class Lab:
         """Set (or, with "", remove) keys of the relay checkout's chatmail.ini."""
         ini = self.relay_dir / "chatmail.ini"
         lines = [
-            line for line in ini.read_text().splitlines()
+            line
+            for line in ini.read_text().splitlines()
             if line.partition("=")[0].strip() not in params
-        ]  # fmt: skip
+        ]
         lines += [f"{key} = {value}" for key, value in params.items() if value]
         ini.write_text("\n".join(lines) + "\n")
 

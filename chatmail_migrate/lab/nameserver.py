@@ -11,7 +11,7 @@ import shlex
 import subprocess
 import textwrap
 
-from .lab import Lab
+from chatmail_migrate.lab.lab import Lab
 
 ZONE = "lab.example"
 INSTANCES = ("ns1", "ns2")
@@ -80,10 +80,14 @@ def start(lab: Lab, records: dict) -> None:
     """Start both instances serving ``records`` (a, aaaa, ttl, dkim, accounturi)."""
     ns = ns_addresses(lab)
     netns = lab.hosts[HOST].netns
-    subprocess.run(["ip", "-n", netns, "addr", "add", f"{ns['ns2']}/24", "dev", "eth0"],
-                   capture_output=True)  # fmt: skip
-    script = ["set -e", "systemctl disable --now nsd >/dev/null 2>&1 || true",
-              "install -d -o nsd -g nsd /run/nsd /var/lib/nsd"]  # fmt: skip
+    subprocess.run(
+        ["ip", "-n", netns, "addr", "add", f"{ns['ns2']}/24", "dev", "eth0"], capture_output=True
+    )
+    script = [
+        "set -e",
+        "systemctl disable --now nsd >/dev/null 2>&1 || true",
+        "install -d -o nsd -g nsd /run/nsd /var/lib/nsd",
+    ]
     for name, address in ns.items():
         script += [
             f"install -d /etc/nsd/{name}",

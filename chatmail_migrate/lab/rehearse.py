@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..journal import Journal
-from . import deltachat_users, nameserver
-from .lab import Lab, LabError
-from .seed import SeedParams, seed_relay
+from chatmail_migrate.journal import Journal
+from chatmail_migrate.lab import deltachat_users, nameserver
+from chatmail_migrate.lab.lab import Lab, LabError
+from chatmail_migrate.lab.seed import SeedParams, seed_relay
 
 TOOL = [sys.executable, "-m", "chatmail_migrate"]
 T = TypeVar("T")

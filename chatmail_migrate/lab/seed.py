@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import nameserver
-from .cmdeploy_standin import (
+from chatmail_migrate.lab import nameserver
+from chatmail_migrate.lab.cmdeploy_standin import (
     ALL_STAGES,
     Release,
     checkout_version,
@@ -23,8 +23,8 @@ from .cmdeploy_standin import (
     read_ini,
     user_commands,
 )
-from .lab import Lab
-from .seed_host import account_password
+from chatmail_migrate.lab.lab import Lab
+from chatmail_migrate.lab.seed_host import account_password
 
 __all__ = ["account_password", "seed_relay", "seeded_accounts", "SeedParams"]
 
@@ -100,9 +100,11 @@ def seed_relay(lab: Lab, params: SeedParams | None = None) -> dict:
     started = time.monotonic()
     domain = lab.address("old") if p.ip_only else lab.domain
     lab.set_ini(
-        mail_domain=domain, mailboxes_dir=p.mailboxes_dir, mtail_address=p.mtail_address,
+        mail_domain=domain,
+        mailboxes_dir=p.mailboxes_dir,
+        mtail_address=p.mtail_address,
         tls_external_cert_and_key=" ".join(EXTERNAL_TLS) if p.tls_external else "",
-    )  # fmt: skip
+    )
     if p.tls_external:
         # As certbot keeps them: the names in chatmail.ini are links into an archive.
         cert, key = EXTERNAL_TLS

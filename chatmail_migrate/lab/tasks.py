@@ -6,11 +6,11 @@ import shlex
 
 from invoke import Collection, Exit
 
-from ..cli import task
-from . import nameserver
-from .lab import DEFAULT_DOMAIN, DEFAULT_NAME, Lab, LabError
-from .rehearse import rehearse as run_rehearsal
-from .seed import (
+from chatmail_migrate.cli.task import task
+from chatmail_migrate.lab import nameserver
+from chatmail_migrate.lab.lab import DEFAULT_DOMAIN, DEFAULT_NAME, Lab, LabError
+from chatmail_migrate.lab.rehearse import rehearse as run_rehearsal
+from chatmail_migrate.lab.seed import (
     NEW_HOST_USERS,
     RELEASES,
     SeedParams,
@@ -49,9 +49,13 @@ def _load(name: str) -> Lab:
 
 def _seed(lab: Lab, accounts, messages, size, relay_version, new_users, **variant) -> None:
     params = SeedParams(
-        accounts=accounts, messages=messages, size=size, version=relay_version,
-        new_users=new_users, **variant,
-    )  # fmt: skip
+        accounts=accounts,
+        messages=messages,
+        size=size,
+        version=relay_version,
+        new_users=new_users,
+        **variant,
+    )
     summary = seed_relay(lab, params)
     upgraded = f" (upgraded from {params.upgraded_from})" if params.upgraded_from else ""
     print(
@@ -128,9 +132,16 @@ def seed(
     """
     try:
         _seed(
-            _load(name), accounts, messages, size, relay_version, new_users,
-            upgraded_from=upgraded_from, nocreate=nocreate, ip_only=ip_only,
-        )  # fmt: skip
+            _load(name),
+            accounts,
+            messages,
+            size,
+            relay_version,
+            new_users,
+            upgraded_from=upgraded_from,
+            nocreate=nocreate,
+            ip_only=ip_only,
+        )
     except (LabError, ValueError) as e:
         raise Exit(f"lab.seed: {e}", code=1) from None
 

@@ -1,0 +1,250 @@
+"""Compare the copied trees on the old and the new host: one listing per host, no
+per-file round trips, then a comparison on this machine."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shlex
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from chatmail_migrate.onhost import script
+
+# Runs on each host with its python3 (a relay has one): onhost/listing.py.
+LISTING_PY = script("listing")
+
+
+SPOOL = "/var/spool/postfix/"
+
+
+# Postfix renames queue files to match new inode numbers: compared by content, not name.
+QUEUE_DIRS = {
+    "active",
+    "bounce",
+    "corrupt",
+    "defer",
+    "deferred",
+    "flush",
+    "hold",
+    "incoming",
+    "maildrop",
+    "saved",
+    "trace",
+}
+
+
+# Postfix recreates these per host (its chroot copies, pid files, sockets, fifos).
+SPOOL_RUNTIME = {"etc", "lib", "usr", "dev", "pid", "public", "private"}
+
+
+def listing_command(paths: list[str], checksum: bool, display: bool = False) -> str:
+    """The listing command (``display``: with the script's name instead of its text)."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    script = "<verify's listing script>" if display else shlex.quote(LISTING_PY)
+    return f"python3 -c {script} {int(checksum)} {quoted}"
+
+
+def parse_listing(data: bytes | BinaryIO) -> Iterator[dict]:
+    """The entries of a gzip-compressed listing (bytes or a file), one at a time, in
+    listing order."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    if not source.read(1):
+        return
+    source.seek(0)
+    with gzip.GzipFile(fileobj=source) as lines:
+        for line in lines:
+            if line.startswith(b"{"):
+                yield json.loads(line)
+
+
+def path_key(path: str) -> list[str]:
+    """The order listings come in: a sorted pre-order walk, i.e. by path components."""
+    return path.split("/")
+
+
+def _spool_part(path: str) -> str | None:
+    if path.startswith(SPOOL):
+        return path[len(SPOOL) :].split("/")[0]
+    return None
+
+
+# Differences kept for the message; all of them are counted.
+KEEP_DIFFERENCES = 200
+
+
+# What compare() compares, its label in messages, in the summary's order.
+LABELS = {
+    "t": "type",
+    "m": "mode",
+    "u": "owner",
+    "g": "group",
+    "s": "size",
+    "mt": "mtime",
+    "l": "symlink target",
+    "a": "ACL",
+    "x": "xattrs",
+    "hl": "hard links",
+    "h": "content",
+}
+
+
+# Always in a listing (when present at all); content ("h") only with --checksum.
+METADATA = ["t", "m", "u", "g", "s", "mt", "l", "a", "x", "hl"]
+
+
+# In the summary: what each key stands for, in the plural.
+COMPARED = {"l": "symlink targets", "a": "ACLs", "h": "content (sha256)"}
+
+
+@dataclass
+class Report:
+    files: int = 0
+    bytes: int = 0
+    differences: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
+    kinds: Counter = field(default_factory=Counter)
+    skipped: int = 0
+    # Files (counted in ``files``) whose content old's listing hashed.
+    hashed: int = 0
+    keys: list[str] = field(default_factory=lambda: list(METADATA))
+
+    @property
+    def ok(self) -> bool:
+        return not self.kinds
+
+    def add(self, kind: str, message: str) -> None:
+        self.kinds[kind] += 1
+        if len(self.differences) < KEEP_DIFFERENCES:
+            self.differences.append((kind, message))
+
+    def by_kind(self) -> Counter:
+        return self.kinds
+
+    def compared(self) -> str:
+        """What was compared, and what was not, in words."""
+        what = ", ".join(COMPARED.get(k, LABELS[k]) for k in self.keys if k != "h")
+        if self.hashed == self.files:
+            return f"{what}, {COMPARED['h']}"
+        if self.hashed:
+            left = self.files - self.hashed
+            return f"{what}, content (sha256) of {self.hashed}; content of {left} not compared"
+        return f"{what}; content not compared: --checksum compares it"
+
+    def summary(self, first: int = 5) -> str:
+        head = f"{self.files} files, {self.bytes / 1e6:.1f} MB compared ({self.compared()})"
+        if self.ok:
+            return (
+                f"{head}: no differences ({self.skipped} sockets and Postfix runtime "
+                "entries not compared; queue files matched without their names)"
+            )
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind().items()))
+        count = sum(self.kinds.values())
+        lines = [f"{head}: {count} difference{'s' if count != 1 else ''} ({kinds})"]
+        lines += [f"  {message}" for _, message in self.differences[:first]]
+        return "\n".join(lines)
+
+
+def _shown(key: str, value) -> str:
+    if value is None:
+        return "(none)"
+    if key == "m":
+        return oct(value)
+    if key == "x":
+        return ",".join(f"{n}={digest}" for n, digest in sorted(value.items()))
+    if key == "hl":
+        return f"one file with {value}"
+    return str(value)
+
+
+def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) -> Report:
+    """What differs between old's and new's trees (sockets and Postfix runtime skipped).
+
+    Both listings must come in :func:`path_key` order; they are read as streams.
+    Content is compared where the listings hold it (``--checksum``).
+    """
+    keys = [k for k in METADATA if owners or k not in ("u", "g")] + ["h"]
+    report = Report(keys=keys)
+    # Postfix renames queue files, so their hard-link partners' paths differ too.
+    queue_keys = [k for k in keys if k != "hl"]
+    queues: dict[str, Counter] = {"old": Counter(), "new": Counter()}
+
+    def skipped(item: dict) -> bool:
+        part = _spool_part(item["p"])
+        if part in QUEUE_DIRS and item["t"] == "f":
+            return True
+        return item["t"] == "s" or part in SPOOL_RUNTIME
+
+    def seen(side: str, item: dict) -> bool:
+        """Count a queue file (matched by its attributes); whether the entry is compared."""
+        part = _spool_part(item["p"])
+        if part in QUEUE_DIRS and item["t"] == "f":
+            attrs = (json.dumps(item.get(k), sort_keys=True) for k in queue_keys)
+            queues[side][(part, *attrs)] += 1
+            report.hashed += side == "old" and "h" in item
+        if side == "old" and skipped(item):
+            report.skipped += item["t"] == "s" or part in SPOOL_RUNTIME
+        elif side == "old" and item["t"] == "f":
+            report.files += 1
+            report.bytes += item.get("s", 0)
+            report.hashed += "h" in item
+        return not skipped(item)
+
+    def pair(item: dict, other: dict) -> None:
+        path = item["p"]
+        for key in keys:
+            if key == "mt" and (item["t"] == "d" and _spool_part(path) is not None):
+                continue  # queue directories change as Postfix renames their files
+            mine, theirs = item.get(key), other.get(key)
+            if mine != theirs:
+                if key == "hl" and theirs is None:
+                    message = f"{path}: hard links: one file with {mine} on old, separate on new"
+                elif key == "hl" and mine is None:
+                    message = f"{path}: hard links: separate on old, one file with {theirs} on new"
+                else:
+                    message = (
+                        f"{path}: {LABELS[key]} {_shown(key, mine)} on old, "
+                        f"{_shown(key, theirs)} on new"
+                    )
+                report.add(LABELS[key], message)
+        if owners and (other.get("u", "").startswith("#") or other.get("g", "").startswith("#")):
+            report.add("numeric owner", f"{path}: owned by ids with no name on new")
+
+    old_items, new_items = iter(old), iter(new)
+    a, b = next(old_items, None), next(new_items, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and path_key(a["p"]) < path_key(b["p"])):
+            if seen("old", a):  # type: ignore[arg-type]
+                report.add("missing", f"missing on new: {a['p']}")  # type: ignore[index]
+            a = next(old_items, None)
+        elif a is None or path_key(b["p"]) < path_key(a["p"]):
+            if seen("new", b):
+                report.add("extra", f"only on new: {b['p']}")
+            b = next(new_items, None)
+        else:
+            compared = seen("old", a)
+            seen("new", b)
+            if compared:
+                pair(a, b)
+            a, b = next(old_items, None), next(new_items, None)
+
+    common = queues["old"] & queues["new"]
+
+    def per_queue(counter: Counter) -> Counter:
+        totals: Counter = Counter()
+        for q, n in counter.items():
+            totals[q[0]] += n
+        return totals
+
+    parts = sorted({q[0] for q in queues["old"] | queues["new"]})
+    old_n, new_n, same_n = per_queue(queues["old"]), per_queue(queues["new"]), per_queue(common)
+    for part in parts:
+        mine, theirs, same = old_n[part], new_n[part], same_n[part]
+        report.files += mine
+        if same != mine or mine != theirs:
+            report.add(
+                "queue", f"Postfix {part} queue: {mine} files on old, {theirs} on new, {same} alike"
+            )
+    return report

@@ -1,0 +1,148 @@
+"""What each step does on the hosts: plain functions of (settings, runner, journal).
+
+migration.py runs them, with announcements, the journal and rollback; step 6,
+switching DNS, has a module of its own (switch_dns.py).
+"""
+
+from __future__ import annotations
+
+from chatmail_migrate.checks.live_relay import _stamp
+from chatmail_migrate.cmdeploy import (
+    ACTIVATE_STAGES,
+    cmdeploy_run,
+    stages_supported,
+)
+from chatmail_migrate.errors import MigrateError
+from chatmail_migrate.hosts import commands
+from chatmail_migrate.hosts.runner import Runner
+from chatmail_migrate.journal import Journal
+from chatmail_migrate.settings import Settings
+from chatmail_migrate.steps import domain_keys
+
+
+def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
+    result = runner.run(role, commands.service_state_command(), hide=True)
+    if runner.dry:
+        return
+    problems = commands.service_problems(commands.parse_service_states(result.stdout), running)
+    if problems:
+        raise MigrateError(f"on the {role} host: " + "; ".join(problems))
+    state = "active and enabled" if running else "stopped and disabled"
+    print(f"  {role} host: postfix and dovecot are {state}")
+
+
+def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
+    # What old serves while it still does, for check-relay (imported here: it uses
+    # preflight's Check, and preflight imports this module).
+    from chatmail_migrate.steps.record_old import record_old_queue, record_old_state
+
+    record_old_state(settings, runner, journal)
+    cmdeploy_run(settings, settings.old_host, disable_mail=True)
+    expect_mail_services(runner, "old", running=False)
+    # Postfix is off: the queue copy-data carries is final. check-relay looks for it on new.
+    record_old_queue(settings, runner, journal)
+
+
+def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
+    staged, _ = stages_supported(settings)
+    stages = ACTIVATE_STAGES if staged and journal and journal.done("install") else None
+    mark_serving(settings, runner, journal)
+    restart_on_copied_state(runner)
+    cmdeploy_run(settings, settings.new_host, disable_mail=False, stages=stages)
+    expect_mail_services(runner, "new", running=True)
+    expect_milters_reachable(runner)
+    domain_keys.keep_only_new(settings, runner, journal)
+
+
+def mark_serving(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """Note, on new and in the journal, that mail may be taken there from now on.
+
+    Before anything starts: from here on new may hold mail old does not have, and no
+    copy may write over it until a rollback carried it back (live_relay_reason). An
+    earlier mark not carried back yet is kept: it dates the oldest such mail.
+    """
+    mark = commands.SERVED_SINCE
+    result = runner.run(
+        "new",
+        f"umask 077; mkdir -p -m 700 {commands.STATE_DIR} && "
+        f"if [ -s {mark} ] && [ ! {commands.CARRIED_BACK} -nt {mark} ]; then cat {mark}; "
+        f"else date +%s | tee {mark}.tmp && mv {mark}.tmp {mark}; fi",
+        hide=True,
+        quiet=True,
+    )
+    if journal and not settings.dry:
+        since = _stamp(result.stdout.split())
+        journal.note("new-served", host=settings.new_host, since=since)
+
+
+def restart_on_copied_state(runner: Runner, role: str = "new") -> None:
+    """Restart what read its keys, certificates and config before the copy.
+
+    A staged activate (relay >= 1.8) only starts what is stopped: opendkim, started by
+    Debian's package in the install stage on its default config, would go on without
+    chatmail's config (its milter socket) and without the copied DKIM key; nginx would
+    keep the certificate it found at install. Services that are stopped start fresh.
+    """
+    services = " ".join(commands.RESTART_AFTER_COPY)
+    result = runner.run(
+        role,
+        f"for s in {services}; do if systemctl is-active --quiet $s; then "
+        "systemctl restart $s && echo $s || exit 1; fi; done",
+        hide=True,
+    )
+    restarted = result.stdout.split()
+    if restarted:
+        print(f"  restarted {', '.join(restarted)} on {role}: they read the copied state at start")
+
+
+def expect_milters_reachable(runner: Runner, role: str = "new") -> None:
+    """Every milter socket postfix is configured with exists (opendkim signs through one)."""
+    result = runner.run(role, commands.milter_sockets_command(), hide=True)
+    if runner.dry:
+        return
+    missing = [
+        line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("missing ")
+    ]
+    found = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("ok ")]
+    if missing:
+        raise MigrateError(
+            f"postfix on {role} cannot reach its milter socket {', '.join(missing)}: outgoing mail "
+            "would be tempfailed or leave unsigned; check `systemctl status opendkim` and "
+            "its Socket in /etc/opendkim.conf, then rerun enable-mail"
+        )
+    if found:
+        print(f"  postfix reaches its milters: {', '.join(found)}")
+
+
+def stop_mail_on_new(settings: Settings, runner: Runner, *, must: bool = False) -> None:
+    """After a rollback only the old host may take mail: stop it on the new one.
+
+    ``must``: a failure stops the rollback (new's mail is carried back next, and must
+    not change under the copy); else it is only said.
+    """
+    try:
+        result = runner.run(
+            "new",
+            "for s in postfix dovecot; do if systemctl is-active --quiet $s; then "
+            "systemctl disable --quiet --now $s && echo $s; fi; done; "
+            "! systemctl is-active --quiet postfix@- dovecot",
+            hide=True,
+        )
+    except MigrateError as e:
+        if must:
+            raise MigrateError(f"cannot stop mail on the new host: {e}") from None
+        print(f"  could not reach the new host to stop its mail ({e}): stop it there yourself")
+        return
+    if result.stdout.split():
+        print(
+            f"  stopped {' and '.join(result.stdout.split())} on the new host "
+            f"{settings.new_host}: only the old host takes mail"
+        )
+
+
+def rollback_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
+    """Re-enable mail on the old host, as the relay ran before the migration."""
+    domain_keys.old_key_during_rollback(settings, runner, journal, done=False)
+    cmdeploy_run(settings, settings.old_host, disable_mail=False)
+    expect_mail_services(runner, "old", running=True)
+    domain_keys.old_key_during_rollback(settings, runner, journal, done=True)
