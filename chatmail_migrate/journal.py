@@ -16,28 +16,6 @@ from pathlib import Path
 from chatmail_migrate.errors import SettingsError
 from chatmail_migrate.settings import Settings
 
-STEPS = [
-    "disable-mail",
-    "copy-data",
-    "install",
-    "fix-ownership",
-    "verify",
-    "switch-dns",
-    "enable-mail",
-]
-
-
-def plan(*, presync: bool) -> list[str]:
-    """The order of migrate's steps: the seed's, with install moved before mail goes down.
-
-    With ``presync`` the mailboxes are copied while the relay still serves. The new
-    host is installed while old still serves, for every release: a staged cmdeploy
-    (relay >= 1.8) installs and configures, older ones get the relay's secrets first
-    (the seed installs after the copy only so the deploy finds them) and deploy whole.
-    """
-    order = [s for s in STEPS if s != "install"]
-    return (["presync"] if presync else []) + ["install"] + order
-
 
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S%z")
@@ -51,8 +29,8 @@ class Journal:
     new_host: str | None = None
     created: str = field(default_factory=now)
     steps: dict[str, dict] = field(default_factory=dict)
-    # The order migrate runs the steps in (see plan()); the seed's order by default.
-    plan: list[str] = field(default_factory=lambda: list(STEPS))
+    # The order migrate runs the steps in (run/plan.py); empty until a run plans it.
+    plan: list[str] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -102,8 +80,8 @@ class Journal:
                 problem = f"has {', '.join(wrong)} of the wrong type"
             elif not all(isinstance(e, dict) for e in data.get("events", [])):
                 problem = "has events that are not objects"
-            elif not set(data.get("plan", [])) <= {"presync", *STEPS}:
-                problem = "plans steps this tool does not know"
+            elif not all(isinstance(name, str) for name in data.get("plan", [])):
+                problem = "plans steps that are not names"
             elif not all(isinstance(v, dict) for v in data.get("steps", {}).values()):
                 problem = "has steps that are not objects"
         if problem:
@@ -148,7 +126,8 @@ class Journal:
         return "finished" in self.steps.get(step, {})
 
     def done_steps(self) -> list[str]:
-        return [s for s in self.plan if self.done(s)]
+        """In the planned order; in the order they were done when nothing was planned."""
+        return [s for s in self.plan or self.steps if self.done(s)]
 
     def next_step(self) -> str | None:
         return next((s for s in self.plan if not self.done(s)), None)

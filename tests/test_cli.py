@@ -258,7 +258,9 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path):
     ]
 
     # A journal whose failure lacks what the tool wrote there: nothing it expects.
-    journal.write_text('{"mail_domain": "c.example", "events": [{"event": "failed"}]}')
+    journal.write_text(
+        '{"mail_domain": "c.example", "plan": ["copy-data"], "events": [{"event": "failed"}]}'
+    )
     plain = run("invoke", "status", "--relay-dir", str(relay), env=env)
     assert plain.returncode == 1
     lines = plain.stderr.strip().splitlines()

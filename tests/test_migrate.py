@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chatmail_migrate.journal import STEPS, plan
 from chatmail_migrate.lab import Lab, SeedParams
 from chatmail_migrate.relay import read_relay
+from chatmail_migrate.run.plan import migrate_order, seed_order
 from tests.helpers import compare_trees, listing, mail_services, run_tool
 
 # migrate's order for relay 1.7 (the lab's default) without a pre-sync.
-PLAN = plan(presync=False)
+PLAN = migrate_order(presync=False)
 
 MAIL_ON = {"postfix": "active enabled", "dovecot": "active enabled"}
 MAIL_OFF = {"postfix": "inactive disabled", "dovecot": "inactive disabled"}
@@ -76,7 +76,7 @@ def test_fab_steps_by_hand_onto_bare_new_host(make_lab, tmp_path: Path):
         assert result.returncode == 0, result.stderr
         assert "done in" in result.stdout
     assert_migrated(lab, before)
-    assert list(journal(tmp_path, lab)["steps"]) == STEPS
+    assert list(journal(tmp_path, lab)["steps"]) == seed_order()
 
 
 def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):

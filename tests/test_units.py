@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import hashlib
+import json
 import os
 import shlex
 import socket
@@ -25,7 +26,7 @@ from chatmail_migrate.hosts import addresses, commands, copy_commands, copy_key,
 from chatmail_migrate.hosts.connect import connect
 from chatmail_migrate.hosts.host_keys import KnownHostsPolicy
 from chatmail_migrate.hostspec import same_host, split_host
-from chatmail_migrate.journal import STEPS, Journal, plan
+from chatmail_migrate.journal import Journal
 from chatmail_migrate.lab.rootfs import LabError, debian_mirror
 from chatmail_migrate.relay import DEFAULT_COPY_PATHS
 from chatmail_migrate.run import host_lock, rollback
@@ -317,9 +318,21 @@ def test_postfix_check_renames_are_expected():
 
 def test_migrate_plans_the_steps_in_documented_order():
     # Every release: install while old still serves, the rest in the seed's order.
-    seed_order_without_install = [s for s in STEPS if s != "install"]
-    assert plan(presync=False) == ["install", *seed_order_without_install]
-    assert plan(presync=True) == [
+    # The seed's order (migrating-to-a-new-host.rst), presync before it when asked.
+    seed = [
+        "disable-mail",
+        "copy-data",
+        "install",
+        "fix-ownership",
+        "verify",
+        "switch-dns",
+        "enable-mail",
+    ]
+    assert run_plan.seed_order() == seed
+    assert [step.name for step in run_plan.STEPS] == ["presync", *seed]
+    seed_order_without_install = [s for s in seed if s != "install"]
+    assert run_plan.migrate_order(presync=False) == ["install", *seed_order_without_install]
+    assert run_plan.migrate_order(presync=True) == [
         "presync",
         "install",
         "disable-mail",
@@ -329,7 +342,6 @@ def test_migrate_plans_the_steps_in_documented_order():
         "switch-dns",
         "enable-mail",
     ]
-    assert set(run_plan.STEP_ACTIONS) == {"presync", *STEPS}
     assert tasks.migrate.post == [] and tasks.migrate.pre == []
 
 
@@ -337,6 +349,7 @@ def test_journal_resume_and_standing(relay: Path):
     s = resolve(context(), relay_dir=str(relay), new_host="new")
     journal = Journal.for_settings(s)
     journal.adopt_hosts(s)
+    journal.plan = run_plan.seed_order()  # as any run of a step does
     journal.record("disable-mail", 0, 1.0)
     journal.record("copy-data", 0, 2.0)
     again = Journal.for_settings(s)
@@ -812,3 +825,13 @@ def test_a_rollback_never_takes_its_old_host_from_dns(relay: Path):
     assert settings.old_host_from_domain
     with pytest.raises(SettingsError, match="give --old-host OLD --new-host NEW"):
         rollback.rollback_hosts(settings, None)
+
+
+def test_a_journal_planning_unknown_steps_is_refused_in_one_line(tmp_path: Path):
+    path = tmp_path / "chat.example.org.json"
+    path.write_text(json.dumps({"mail_domain": "chat.example.org", "plan": ["teleport"]}))
+    journal = Journal.load(path)
+    with pytest.raises(SettingsError) as refused:
+        run_plan.order_of(journal)
+    assert "teleport" in str(refused.value) and "\n" not in str(refused.value)
+    assert run_plan.order_of(None) == run_plan.seed_order()

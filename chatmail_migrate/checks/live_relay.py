@@ -17,9 +17,6 @@ from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.settings import Settings, mailbox_tree
 
-# The steps that write the relay's data to new: never to a host that took mail.
-COPY_STEPS = ("presync", "install", "copy-data", "fix-ownership")
-
 
 @dataclass(frozen=True)
 class MailFacts:

@@ -19,7 +19,7 @@ from chatmail_migrate.checks.host_checks import (
     describe_version,
     host_facts,
 )
-from chatmail_migrate.checks.live_relay import COPY_STEPS, live_relay_reason
+from chatmail_migrate.checks.live_relay import live_relay_reason
 from chatmail_migrate.errors import MigrateError
 from chatmail_migrate.hosts.host_keys import fingerprint
 from chatmail_migrate.hosts.runner import Runner
@@ -39,8 +39,19 @@ def _size(text: list[str]) -> int:
         return 0
 
 
-def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Journal | None):
-    """Yield the checks one by one, so each line appears as soon as it is known."""
+def run_checks(
+    settings: Settings,
+    runner: Runner,
+    *,
+    force: bool,
+    journal: Journal | None,
+    copying: list[str],
+):
+    """Yield the checks one by one, so each line appears as soon as it is known.
+
+    ``copying``: the steps still to write onto new (none: new is not asked whether it
+    serves, e.g. a resumed move whose copies are done and whose new host may serve).
+    """
     yield check_cmdeploy_runs(settings)
     relay_check = check_relay_kind(settings.relay)
     if relay_check:
@@ -129,8 +140,6 @@ def run_checks(settings: Settings, runner: Runner, *, force: bool, journal: Jour
         yield from check_relay_files(settings.relay, old, new)
     # A resumed move whose copies are done writes nothing more to new (enable-mail may
     # have started mail there already); each copy step checks the host itself anyway.
-    plan = journal.plan if journal else COPY_STEPS
-    copying = [s for s in COPY_STEPS if s in plan and not (journal and journal.done(s))]
     live = live_relay_reason(settings, runner, journal) if copying else None
     if live:
         yield Check("FAIL", "new is no live relay", f"{live}; check --new-host")

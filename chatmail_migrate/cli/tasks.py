@@ -11,7 +11,7 @@ from chatmail_migrate.cli.flags import DNS_FLAGS, dns_settings, flag_help
 from chatmail_migrate.cli.task import task
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.run.migration import Migration
-from chatmail_migrate.run.plan import DEPLOYS_TO, FAB_HOST_ROLE, NEEDS, task_settings
+from chatmail_migrate.run.plan import step, task_settings
 from chatmail_migrate.run.rollback import roll_back
 from chatmail_migrate.run.status import check_relay_by_hand, run_preflight, show_status
 from chatmail_migrate.settings import resolve
@@ -19,8 +19,8 @@ from chatmail_migrate.settings import resolve
 
 def run_step(c, name: str, **flags) -> None:
     """A step run by hand: its settings (``fab -H`` names its own host), then the step."""
-    deploys_to = DEPLOYS_TO.get(name, ())
-    settings = task_settings(c, FAB_HOST_ROLE[name], NEEDS[name], deploys_to, **flags)
+    planned = step(name)
+    settings = task_settings(c, planned.fab_host, planned.needs, planned.deploys_to, **flags)
     Migration.one_step(settings, name).run()
 
 

@@ -22,12 +22,12 @@ from chatmail_migrate.cmdeploy import stages_supported
 from chatmail_migrate.errors import MigrateError, SettingsError
 from chatmail_migrate.hosts.connect import same_endpoint
 from chatmail_migrate.hosts.runner import Runner
-from chatmail_migrate.journal import STEPS, Journal, plan
+from chatmail_migrate.journal import Journal
 from chatmail_migrate.lock import migration_lock
 from chatmail_migrate.output import debugging, paint
 from chatmail_migrate.run import rollback
 from chatmail_migrate.run.host_lock import HostLocks, LockHeld
-from chatmail_migrate.run.plan import ROLES, STEP_ACTIONS, WRITES, where
+from chatmail_migrate.run.plan import migrate_order, order_of, seed_order, step
 from chatmail_migrate.run.rollback import try_new_host_lock
 from chatmail_migrate.run.status import run_check_relay, run_preflight, write_report
 from chatmail_migrate.settings import Settings
@@ -58,7 +58,10 @@ class Migration:
         self.journal = journal = Journal.for_settings(self.settings)
         if journal:
             journal.spell_hosts_as(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
+            order_of(journal)  # one line, before any step, for a journal naming unknown steps
         if not self.whole:
+            if journal and not journal.plan:
+                journal.plan = seed_order()  # steps by hand count in the seed's order
             return
         assert journal is not None  # migrate needs relay_dir, hence a mail domain
         s = self.settings
@@ -85,7 +88,7 @@ class Migration:
         if self.restart:
             journal.reset()
         journal.check_hosts(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
-        wanted = plan(presync=self.settings.presync)
+        wanted = migrate_order(presync=self.settings.presync)
         if journal.done_steps() and journal.plan != wanted:
             print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
         else:
@@ -160,7 +163,7 @@ class Migration:
     def run_step(self, name: str) -> None:
         """Announce, time and journal one step; on failure say exactly where things stand."""
         s, journal = self.settings, self.journal
-        order = journal.plan if journal else STEPS
+        order = order_of(journal)
         number = f"[{order.index(name) + 1}/{len(order)}]" if name in order else f"[{name}]"
         self._check_journal_hosts(name)
         # A pre-sync is worth repeating, until the downtime has begun.
@@ -171,7 +174,7 @@ class Migration:
             return
         try:
             if self.host_locks:
-                self.host_locks.hold(*WRITES[name])
+                self.host_locks.hold(*step(name).writes)
         except LockHeld as e:
             # Another run works on the host: neither this step nor a rollback may.
             stand = f"\n{journal.where_things_stand()}" if journal and journal.steps else ""
@@ -188,12 +191,12 @@ class Migration:
             raise Exit(
                 f"error: {name} not started: {e}" + (f"\n{stand}" if stand else ""), code=1
             ) from None
-        print(paint(f"{number} {name} {where(name, s)}", "bold"), flush=True)
-        audit.note(s, f"{number} {name} {where(name, s)}: started")
+        print(paint(f"{number} {name} {step(name).where(s)}", "bold"), flush=True)
+        audit.note(s, f"{number} {name} {step(name).where(s)}: started")
         runner = Runner(s)
         started, clock = time.time(), time.monotonic()
         try:
-            STEP_ACTIONS[name](s, runner, journal)
+            step(name).run(s, runner, journal)
         except (Exception, KeyboardInterrupt) as e:
             if debugging() and not isinstance(e, KeyboardInterrupt):
                 raise
@@ -226,7 +229,7 @@ class Migration:
         if not (journal and journal.steps):
             return
         touched = {"old": ["old_host"], "new": ["new_host"]}.get(
-            ROLES[name], ["old_host", "new_host"]
+            step(name).on, ["old_host", "new_host"]
         )
         for key in touched:
             mine, theirs = getattr(journal, key), getattr(self.settings, key)
@@ -324,10 +327,11 @@ class Migration:
         if journal is None:
             return
         print(f"migration of {journal.mail_domain}: {journal.old_host} → {journal.new_host}")
-        for number, name in enumerate(journal.plan, 1):
-            step = journal.steps.get(name, {})
-            seconds = f"{step['seconds']:8.1f}s" if "seconds" in step else "  (not done)"
-            print(f"  [{number}/{len(journal.plan)}] {name:14} {seconds}")
+        order = order_of(journal)
+        for number, name in enumerate(order, 1):
+            done = journal.steps.get(name, {})
+            seconds = f"{done['seconds']:8.1f}s" if "seconds" in done else "  (not done)"
+            print(f"  [{number}/{len(order)}] {name:14} {seconds}")
         downtime = journal.downtime()
         if downtime is not None:
             print(f"  mail was down for {downtime:.1f}s (disable-mail start to enable-mail end)")

@@ -1,80 +1,154 @@
-"""The plan: what each step does, on which hosts, and what it needs."""
+"""The plan: every step as one record (what it does, on which hosts, what it needs),
+the orders migrate runs them in, and the settings a task resolves for them."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from chatmail_migrate import nameservers
 from chatmail_migrate.cmdeploy import cmdeploy_host
 from chatmail_migrate.errors import MigrateError, SettingsError
 from chatmail_migrate.hosts.connect import connect
+from chatmail_migrate.hosts.runner import Runner
+from chatmail_migrate.journal import Journal
 from chatmail_migrate.settings import Settings, check_cmdeploy, resolve
-from chatmail_migrate.steps import copy as steps_copy
-from chatmail_migrate.steps import install, ownership, services, switch_dns
-from chatmail_migrate.steps import verify as steps_verify
-
-# What each step does: a plain function of (settings, runner, journal).
-STEP_ACTIONS: dict[str, Callable[..., None]] = {
-    "presync": steps_copy.presync_old_to_new,
-    "disable-mail": services.disable_mail_on_old,
-    "copy-data": steps_copy.copy_data_old_to_new,
-    "install": install.install_on_new,
-    "fix-ownership": ownership.fix_ownership_on_new,
-    "verify": steps_verify.verify_trees,
-    "switch-dns": switch_dns.switch_dns_records,
-    "enable-mail": services.enable_mail_on_new,
-}
+from chatmail_migrate.steps import copy, install, ownership, services, switch_dns, verify
 
 
-# Which host each step works on, for its announcement.
-ROLES = {
-    "presync": "old → new",
-    "disable-mail": "old",
-    "copy-data": "old → new",
-    "install": "new",
-    "fix-ownership": "new",
-    "verify": "old ↔ new",
-    "switch-dns": "DNS",
-    "enable-mail": "new",
-}
+@dataclass(frozen=True)
+class Step:
+    """One step of the plan: what it does, where, and what it may touch.
+
+    ``run`` is a plain function of (settings, runner, journal) in steps/.
+    """
+
+    name: str
+    run: Callable[[Settings, Runner, Journal | None], None]
+    # The hosts it works on, for its announcement: old, new, old → new, old ↔ new, DNS.
+    on: str
+    # The settings it needs, checked before it touches anything or writes the journal.
+    needs: tuple[str, ...]
+    # The hosts it writes to: it holds their locks (run/host_lock.py) until the run ends.
+    writes: tuple[str, ...] = ()
+    # The hosts it runs cmdeploy against (checked for a port cmdeploy would drop).
+    deploys_to: tuple[str, ...] = ()
+    # Whether it writes the relay's data onto new: never onto a live relay (preflight).
+    copies: bool = False
+
+    @property
+    def fab_host(self) -> str:
+        """The host ``fab -H`` names when the step runs by hand: the one it starts on."""
+        return "old" if self.on.startswith("old") else "new"
+
+    def where(self, s: Settings) -> str:
+        return {
+            "old": f"on {s.old_host}",
+            "new": f"on {s.new_host}",
+            "old → new": f"{s.old_host} → {s.new_host}",
+            "old ↔ new": f"{s.old_host} ↔ {s.new_host}",
+            "DNS": f"{s.mail_domain or ''}: {s.old_host} → {s.new_host}",
+        }[self.on]
 
 
-# The hosts each step writes to: it holds their locks (host_lock.py) until the run ends.
-WRITES = {
-    "presync": ("old", "new"),  # the rsync runs on old
-    "disable-mail": ("old",),
-    "copy-data": ("old", "new"),
-    "install": ("new",),
-    "fix-ownership": ("new",),
-    "verify": (),
-    "switch-dns": (),
-    "enable-mail": ("new",),
-}
+OLD, NEW, BOTH = ("old_host", "relay_dir"), ("new_host", "relay_dir"), ("old_host", "new_host")
+
+# Every step, in the seed's order (presync, optional, before it).
+STEPS = (
+    Step(
+        "presync",
+        copy.presync_old_to_new,
+        on="old → new",
+        needs=(*BOTH, "relay_dir"),
+        writes=("old", "new"),  # the rsync runs on old
+        copies=True,
+    ),
+    Step(
+        "disable-mail",
+        services.disable_mail_on_old,
+        on="old",
+        needs=OLD,
+        writes=("old",),
+        deploys_to=("old_host",),
+    ),
+    Step(
+        "copy-data",
+        copy.copy_data_old_to_new,
+        on="old → new",
+        needs=BOTH,
+        writes=("old", "new"),
+        copies=True,
+    ),
+    Step(
+        "install",
+        install.install_on_new,
+        on="new",
+        needs=(*BOTH, "relay_dir"),  # old: the secrets are carried from there before 1.8
+        writes=("new",),
+        deploys_to=("new_host",),
+        copies=True,
+    ),
+    Step(
+        "fix-ownership",
+        ownership.fix_ownership_on_new,
+        on="new",
+        needs=("new_host",),
+        writes=("new",),
+        copies=True,
+    ),
+    Step("verify", verify.verify_trees, on="old ↔ new", needs=BOTH),
+    Step("switch-dns", switch_dns.switch_dns_records, on="DNS", needs=(*BOTH, "relay_dir")),
+    Step(
+        "enable-mail",
+        services.enable_mail_on_new,
+        on="new",
+        needs=NEW,
+        writes=("new",),
+        deploys_to=("new_host",),
+    ),
+)
+BY_NAME = {step.name: step for step in STEPS}
 
 
-# What each step needs, checked before it touches anything or writes the journal.
-NEEDS = {
-    "presync": ("old_host", "new_host", "relay_dir"),
-    "disable-mail": ("old_host", "relay_dir"),
-    "copy-data": ("old_host", "new_host"),
-    "install": ("old_host", "new_host", "relay_dir"),  # old: the secrets before 1.8
-    "fix-ownership": ("new_host",),
-    "verify": ("old_host", "new_host"),
-    "switch-dns": ("old_host", "new_host", "relay_dir"),
-    "enable-mail": ("new_host", "relay_dir"),
-}
+def step(name: str) -> Step:
+    return BY_NAME[name]
 
 
-# The host each step runs cmdeploy against (checked for a port cmdeploy would drop).
-DEPLOYS_TO = {"disable-mail": ("old_host",), "install": ("new_host",), "enable-mail": ("new_host",)}
+def seed_order() -> list[str]:
+    """The seed's order of the steps a migration needs (presync is optional)."""
+    return [s.name for s in STEPS if s.name != "presync"]
 
 
-# Which host ``fab -H`` names for each step run by hand: the step's own host.
-FAB_HOST_ROLE = {
-    name: "old" if name in ("presync", "disable-mail", "copy-data", "verify") else "new"
-    for name in STEP_ACTIONS
-}
+def migrate_order(*, presync: bool) -> list[str]:
+    """The order of migrate's steps: the seed's, with install moved before mail goes down.
+
+    With ``presync`` the mailboxes are copied while the relay still serves. The new
+    host is installed while old still serves, for every release: a staged cmdeploy
+    (relay >= 1.8) installs and configures, older ones get the relay's secrets first
+    (the seed installs after the copy only so the deploy finds them) and deploy whole.
+    """
+    order = [name for name in seed_order() if name != "install"]
+    return (["presync"] if presync else []) + ["install"] + order
+
+
+def order_of(journal: Journal | None) -> list[str]:
+    """The order a journal's migration runs in; one line when it names unknown steps."""
+    order = (journal.plan if journal else None) or seed_order()
+    unknown = [name for name in order if name not in BY_NAME]
+    if unknown and journal:
+        raise SettingsError(
+            f"journal {journal.path} plans steps this tool does not know "
+            f"({', '.join(unknown)}): it is not a chatmail-migrate journal; fix it, or move "
+            "it away to start anew"
+        )
+    return order
+
+
+def copies_left(journal: Journal | None) -> list[str]:
+    """The steps still to write the relay's data onto new, in the journal's order."""
+    order = order_of(journal) if journal else [s.name for s in STEPS]
+    return [n for n in order if step(n).copies and not (journal and journal.done(n))]
 
 
 def task_settings(c, role: str | None, needs=(), deploys_to=(), **flags) -> Settings:
@@ -112,13 +186,3 @@ def pin_old_host(settings: Settings) -> Settings:
         raise SettingsError(f"cannot find the old host by DNS: {e}; give --old-host") from None
     print(f"old host: {domain} points at {address} (asked its authoritative nameservers)")
     return dataclasses.replace(settings, old_host=address, old_host_from_domain=False)
-
-
-def where(name: str, s: Settings) -> str:
-    return {
-        "old": f"on {s.old_host}",
-        "new": f"on {s.new_host}",
-        "old → new": f"{s.old_host} → {s.new_host}",
-        "old ↔ new": f"{s.old_host} ↔ {s.new_host}",
-        "DNS": f"{s.mail_domain or ''}: {s.old_host} → {s.new_host}",
-    }[ROLES[name]]

@@ -12,13 +12,14 @@ from pathlib import Path
 from invoke import Exit
 
 from chatmail_migrate import audit
-from chatmail_migrate.checks import check as checks_check
 from chatmail_migrate.checks import check_relay, host_checks, preflight
+from chatmail_migrate.checks.check import Check
 from chatmail_migrate.errors import MigrateError, SettingsError
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal, now
 from chatmail_migrate.lock import migration_lock
 from chatmail_migrate.output import debugging, paint
+from chatmail_migrate.run.plan import copies_left, order_of
 from chatmail_migrate.settings import Settings
 
 
@@ -30,10 +31,11 @@ def report(journal: Journal, log: Path | None) -> str:
         "",
         "steps:",
     ]
-    for number, name in enumerate(journal.plan, 1):
+    order = order_of(journal)
+    for number, name in enumerate(order, 1):
         step = journal.steps.get(name)
         state = f"done in {step['seconds']:.1f}s ({step['finished']})" if step else "not done"
-        lines.append(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
+        lines.append(f"  [{number}/{len(order)}] {name:14} {state}")
     down = journal.downtime()
     if down is not None:
         lines.append(f"mail downtime: {down:.1f}s (disable-mail start to enable-mail end)")
@@ -110,7 +112,9 @@ def run_preflight(s: Settings, journal: Journal | None) -> None:
             print("dry run: checks not evaluated")
             return
         failed = []
-        for check in preflight.run_checks(s, runner, force=s.force, journal=journal):
+        for check in preflight.run_checks(
+            s, runner, force=s.force, journal=journal, copying=copies_left(journal)
+        ):
             colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[check.status]
             print(paint(f"{check.status:4}", colour) + check.line()[4:], flush=True)
             audit.note(s, f"preflight {check.line()}")
@@ -136,7 +140,7 @@ def run_preflight(s: Settings, journal: Journal | None) -> None:
 
 def run_check_relay(
     s: Settings, journal: Journal | None, probe_account: str | None = None
-) -> list[checks_check.Check]:
+) -> list[Check]:
     """check-relay's lines, PASS/WARN/FAIL, on the new host; returns the failed ones."""
     print(paint(f"check-relay {s.mail_domain} on {s.new_host}", "bold"), flush=True)
     runner = Runner(s)
@@ -183,14 +187,15 @@ def show_status(s: Settings) -> None:
     for journal in journals:
         old, new = journal.old_host or "(not chosen)", journal.new_host or "(not chosen)"
         print(f"{journal.mail_domain}: {old} → {new} ({journal.path})")
-        for number, name in enumerate(journal.plan, 1):
+        order = order_of(journal)
+        for number, name in enumerate(order, 1):
             step = journal.steps.get(name)
             state = (
                 f"done {step.get('finished', '?')} in {step.get('seconds', '?')}s"
                 if step
                 else "not done"
             )
-            print(f"  [{number}/{len(journal.plan)}] {name:14} {state}")
+            print(f"  [{number}/{len(order)}] {name:14} {state}")
         failures = [e for e in journal.events if e.get("event") == "failed"]
         if failures and journal.next_step():
             last = failures[-1]

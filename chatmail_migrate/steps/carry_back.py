@@ -11,7 +11,7 @@ from chatmail_migrate.hosts.runner import Runner, existing_paths
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.relay import SPOOL
 from chatmail_migrate.settings import Settings, mailbox_tree
-from chatmail_migrate.steps import verify as steps_verify
+from chatmail_migrate.steps.verify import compare_trees
 
 
 def _new_host_facts(
@@ -90,7 +90,7 @@ def carry_back_new_to_old(
         problems = commands.postfix_check_problems(checked.splitlines())
         if problems:
             raise MigrateError("postfix check on old after the carry back: " + " / ".join(problems))
-        report = steps_verify.compare_trees(back, back_runner, paths, checksum=False)
+        report = compare_trees(back, back_runner, paths, checksum=False)
         if not report.ok:
             raise MigrateError(
                 "the mail carried back differs from the new host's: "
