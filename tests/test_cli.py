@@ -316,3 +316,31 @@ def test_every_flag_of_every_task_is_explained_with_an_example():
                 assert "Example:" in (arg.help or ""), f"{t.name} --{arg.name}"
                 checked += 1
     assert checked > 60
+
+
+def test_each_task_takes_exactly_its_declared_flags_and_the_readme_lists_them():
+    from chatmail_migrate.cli import flags
+    from chatmail_migrate.cli.collection import migration_collection
+
+    ns = migration_collection()
+    for name in ns.task_names:
+        task = ns[name]
+        declared = {flag.name for flag in flags.flags_of(name)}
+        assert {arg.name for arg in task.get_arguments()} == declared, name
+    assert all(flag.help.count("Example:") == 1 for flag in flags.FLAGS)
+    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    table = readme[readme.index("\nSettings\n") : readme.index("\nThe journal, the log")]
+    for flag in flags.FLAGS:
+        assert f"``{flag.option}``" in (table if flag.setting else readme), flag.option
+    assert {f"--{o}" for o in re.findall(r"``--([a-z-]+)``", table)} - {
+        flag.option for flag in flags.FLAGS
+    } <= {"--debug"}
+
+
+def test_only_the_flags_given_reach_the_settings():
+    from chatmail_migrate.cli.flags import settings_from
+
+    given = {"old_host": None, "new_host": "new", "wait": True, "presync": False}
+    assert settings_from(given) == {"new_host": "new"}
+    given = {"wait": False, "presync": True, "nameserver": "192.0.2.53", "restart": True}
+    assert settings_from(given) == {"dns_wait": False, "presync": True, "nameservers": "192.0.2.53"}
