@@ -18,3 +18,12 @@ class HostKeyError(MigrateError):
 
 class RelayConfigError(SettingsError):
     """chatmail.ini cannot be read as the relay would read it."""
+
+
+class Stopped(Exception):
+    """A run stopped; the message is already what the operator reads (it may add where
+    things stand on further lines), with the exit code to end on."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code

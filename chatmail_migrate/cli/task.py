@@ -7,7 +7,7 @@ import functools
 import invoke
 from invoke import Exit
 
-from chatmail_migrate.errors import MigrateError, SettingsError
+from chatmail_migrate.errors import MigrateError, SettingsError, Stopped
 from chatmail_migrate.output import debugging
 
 
@@ -22,6 +22,8 @@ def one_line_errors(body):
             raise
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except Stopped as e:
+            raise Exit(str(e), code=e.code) from None
         except SettingsError as e:
             raise Exit(f"error: {e}", code=2) from None
         except MigrateError as e:

@@ -15,11 +15,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from invoke import Exit
-
 from chatmail_migrate import audit, nameservers
 from chatmail_migrate.cmdeploy import stages_supported
-from chatmail_migrate.errors import MigrateError, SettingsError
+from chatmail_migrate.errors import MigrateError, SettingsError, Stopped
 from chatmail_migrate.hosts.connect import same_endpoint
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
@@ -77,7 +75,7 @@ class Migration:
             print(f"the move to {journal.new_host} finished; its journal is kept as {kept}")
             self.journal = journal = Journal(path=journal.path, mail_domain=journal.mail_domain)
         if journal.finished() and self.restart:
-            raise Exit(
+            raise Stopped(
                 f"error: migrate --restart refused: the move of {journal.mail_domain} to "
                 f"{journal.new_host} finished ({journal.steps['enable-mail'].get('finished')}) "
                 "and mail runs there; to move again, migrate from it (--old-host "
@@ -149,7 +147,7 @@ class Migration:
             failed = run_check_relay(s, journal)
             self.summary()
             if failed:
-                raise Exit(
+                raise Stopped(
                     f"check-relay: {len(failed)} check(s) failed on the new host {s.new_host} "
                     f"({failed[0].name}: {failed[0].detail}). Mail runs there and nothing was "
                     "rolled back: fix it and run check-relay again, or point DNS back at the "
@@ -178,7 +176,7 @@ class Migration:
         except LockHeld as e:
             # Another run works on the host: neither this step nor a rollback may.
             stand = f"\n{journal.where_things_stand()}" if journal and journal.steps else ""
-            raise Exit(f"error: {name}: {e}{stand}", code=1) from None
+            raise Stopped(f"error: {name}: {e}{stand}", code=1) from None
         except MigrateError as e:
             # Not taken, twice (a host unreachable, its lock unusable): the step does not
             # begin; what earlier steps did is rolled back as after a failed step.
@@ -188,7 +186,7 @@ class Migration:
                 stand = self._after_failure(name, began=False)
             else:
                 stand = journal.where_things_stand() if journal and journal.steps else ""
-            raise Exit(
+            raise Stopped(
                 f"error: {name} not started: {e}" + (f"\n{stand}" if stand else ""), code=1
             ) from None
         print(paint(f"{number} {name} {step(name).where(s)}", "bold"), flush=True)
@@ -214,7 +212,7 @@ class Migration:
             seconds = time.monotonic() - clock
             audit.note(s, f"{number} {name} FAILED after {seconds:.1f}s: {message}")
             failed = paint(f"{number} {name} FAILED", "red", sys.stderr)
-            raise Exit(f"{failed} after {seconds:.1f}s: {message}\n{stand}", code) from None
+            raise Stopped(f"{failed} after {seconds:.1f}s: {message}\n{stand}", code) from None
         finally:
             runner.close()
         seconds = time.monotonic() - clock
@@ -234,7 +232,7 @@ class Migration:
         for key in touched:
             mine, theirs = getattr(journal, key), getattr(self.settings, key)
             if mine and theirs and mine != theirs:
-                raise Exit(
+                raise Stopped(
                     f"{name}: the journal {journal.path} records {key.replace('_', ' ')} {mine}, "
                     f"not {theirs}; give --{key.replace('_', '-')} {mine}, or start anew with "
                     "migrate --restart",

@@ -15,12 +15,10 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 
-from invoke import Exit
-
 from chatmail_migrate import nameservers
 from chatmail_migrate.checks import live_relay
 from chatmail_migrate.cmdeploy import cmdeploy_host
-from chatmail_migrate.errors import MigrateError, SettingsError
+from chatmail_migrate.errors import MigrateError, SettingsError, Stopped
 from chatmail_migrate.hosts import commands, copy_key
 from chatmail_migrate.hosts.connect import same_endpoint
 from chatmail_migrate.hosts.runner import Runner
@@ -57,7 +55,7 @@ def roll_back(s: Settings, *, new_host_gone: bool = False) -> None:
                 if s.new_host:
                     try_new_host_lock(locks)
             except LockHeld as e:
-                raise Exit(f"rollback not started, nothing changed: {e}", code=1) from None
+                raise Stopped(f"rollback not started, nothing changed: {e}", code=1) from None
             if journal and journal.done("switch-dns"):
                 print("note: DNS was switched to the new host: point it back at the old host too")
             done = rollback.roll_back_hosts(s, runner, journal, new_host_gone=new_host_gone)
@@ -65,7 +63,7 @@ def roll_back(s: Settings, *, new_host_gone: bool = False) -> None:
                 journal.adopt_hosts(s)
                 journal.record_rollback()
     except (MigrateError, SettingsError) as e:
-        raise Exit(f"rollback FAILED: {e}", code=1) from None
+        raise Stopped(f"rollback FAILED: {e}", code=1) from None
     finally:
         locks.release()
         runner.close()

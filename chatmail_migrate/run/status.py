@@ -9,12 +9,10 @@ import os
 import time
 from pathlib import Path
 
-from invoke import Exit
-
 from chatmail_migrate import audit
 from chatmail_migrate.checks import check_relay, host_checks, preflight
 from chatmail_migrate.checks.check import Check
-from chatmail_migrate.errors import MigrateError, SettingsError
+from chatmail_migrate.errors import MigrateError, SettingsError, Stopped
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal, now
 from chatmail_migrate.lock import migration_lock
@@ -121,16 +119,16 @@ def run_preflight(s: Settings, journal: Journal | None) -> None:
             if check.status == "FAIL":
                 failed.append(check)
     except (MigrateError, SettingsError) as e:
-        raise Exit(f"preflight stopped: {e}", code=1) from None
+        raise Stopped(f"preflight stopped: {e}", code=1) from None
     except Exception as e:
         if debugging():
             raise
-        raise Exit(f"preflight stopped: unexpected {type(e).__name__}: {e}", code=1) from None
+        raise Stopped(f"preflight stopped: unexpected {type(e).__name__}: {e}", code=1) from None
     finally:
         runner.close()
     seconds = time.monotonic() - started
     if failed:
-        raise Exit(
+        raise Stopped(
             f"preflight: {len(failed)} check(s) failed, nothing was changed "
             f"({failed[0].name}: {failed[0].detail})",
             code=1,
@@ -148,7 +146,7 @@ def run_check_relay(
     try:
         lines = check_relay.check_relay(s, runner, journal, probe_account)
     except MigrateError as e:
-        raise Exit(f"check-relay stopped: {e}", code=1) from None
+        raise Stopped(f"check-relay stopped: {e}", code=1) from None
     finally:
         runner.close()
     if s.dry:
@@ -168,7 +166,7 @@ def check_relay_by_hand(s: Settings, probe_account: str | None = None) -> None:
     with migration_lock(s):
         failed = run_check_relay(s, Journal.for_settings(s), probe_account)
     if failed:
-        raise Exit(
+        raise Stopped(
             f"check-relay: {len(failed)} check(s) failed ({failed[0].name}: {failed[0].detail})",
             code=1,
         )
