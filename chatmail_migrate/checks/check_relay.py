@@ -29,10 +29,10 @@ from chatmail_migrate.checks.certificates import certificate_facts, expected_cer
 from chatmail_migrate.checks.check import Check
 from chatmail_migrate.checks.relay_state import (
     PROBE_PASSWORD_ENV,
-    _error,
     capture_text,
     certificate_path,
     dkim_records,
+    error_of,
     live_state_command,
     new_host_command,
     parse_live_state,
@@ -90,7 +90,7 @@ def evaluate(
     services, listening, probe = parse_answer(stdout)
     cert = probe.get("cert_file")
     file_facts = None
-    if not _error(cert):
+    if not error_of(cert):
         try:
             file_facts = certificate_facts(cert.get("der", ""))
         except ValueError:

@@ -64,7 +64,7 @@ def clock(stamp) -> str:
         return "?"
 
 
-def _stamp(lines: list[str]) -> float | None:
+def parse_stamp(lines: list[str]) -> float | None:
     try:
         return float(lines[0]) if lines else None
     except ValueError:
@@ -80,12 +80,12 @@ def mail_facts(settings: Settings, runner: Runner, role: str) -> MailFacts | Non
     facts = commands.parse_sections(result.stdout)
     return MailFacts(
         active=facts.get("active", []),
-        served_since=_stamp(facts.get("served", [])),
-        carried_back=_stamp(facts.get("carried", [])),
-        carrying=_stamp(facts.get("carrying", [])),
+        served_since=parse_stamp(facts.get("served", [])),
+        carried_back=parse_stamp(facts.get("carried", [])),
+        carrying=parse_stamp(facts.get("carrying", [])),
         changed=facts.get("changed", []),
         addresses=facts.get("addresses", []),
-        installed=_stamp(facts.get("installed", [])),
+        installed=parse_stamp(facts.get("installed", [])),
     )
 
 

@@ -175,7 +175,7 @@ def dkim_records(settings: Settings, probe: dict) -> dict[str, dict]:
     if not isinstance(item, dict) or "keys" not in item:
         return {}
     names = sorted(
-        {f"{k['selector']}._domainkey.{domain}" for k in item["keys"] if _for(k, domain)}
+        {f"{k['selector']}._domainkey.{domain}" for k in item["keys"] if key_for_domain(k, domain)}
     )
     if not names:
         return {}
@@ -195,11 +195,11 @@ def dkim_records(settings: Settings, probe: dict) -> dict[str, dict]:
         return {name: {"error": str(e)} for name in names}
 
 
-def _for(key: dict, domain: str) -> bool:
+def key_for_domain(key: dict, domain: str) -> bool:
     return key.get("domain", "").lower().rstrip(".") == domain.rstrip(".")
 
 
-def _error(item) -> str | None:
+def error_of(item) -> str | None:
     if not isinstance(item, dict):
         return "no answer"
     return item.get("error")

@@ -10,7 +10,7 @@ from chatmail_migrate.checks.certificates import certificate_facts, names_domain
 from chatmail_migrate.checks.check import Check
 from chatmail_migrate.checks.relay_state import (
     CERT_WARN_DAYS,
-    _error,
+    error_of,
 )
 from chatmail_migrate.relay import Relay
 
@@ -57,7 +57,7 @@ def _served(
 def check_tls(
     name: str, item, expected: tuple[str | None, str], domain: str, feature: str | None
 ) -> Check:
-    error = _error(item)
+    error = error_of(item)
     if error:
         hint = ""
         if "timed out" in error and name in ("submission 465", "SMTP 25"):
@@ -90,7 +90,7 @@ def check_https(
 
 
 def check_certificate(path: str, cert, old: dict | None, now: float, domain: str) -> Check:
-    error = _error(cert)
+    error = error_of(cert)
     if error:
         return Check("FAIL", "certificate", f"{path}: {error}")
     try:
@@ -137,7 +137,7 @@ def check_certificate(path: str, cert, old: dict | None, now: float, domain: str
 def check_smtp(
     item, old: dict | None, expected, relay: Relay | None, domain: str, milter_down: bool = False
 ) -> Check:
-    error = _error(item)
+    error = error_of(item)
     if error:
         return Check("FAIL", "SMTP 25", f"other servers cannot deliver: {error}")
     code = item.get("code", 220)

@@ -10,10 +10,11 @@ from chatmail_migrate.checks.mail_queue import describe_message, match_queue
 from chatmail_migrate.checks.relay_state import (
     RELAY_PORTS,
     RELAY_SERVICES,
-    _error,
-    _for,
+    error_of,
+    key_for_domain,
 )
 from chatmail_migrate.journal import Journal
+from chatmail_migrate.nameservers import points_at_new
 from chatmail_migrate.relay import Relay
 from chatmail_migrate.settings import Settings
 
@@ -71,7 +72,7 @@ def check_ports(old: dict | None, listening: list[str]) -> Check:
 
 
 def check_accounts(accounts, lmtp) -> Check:
-    error = _error(accounts) or _error(lmtp)
+    error = error_of(accounts) or error_of(lmtp)
     if error:
         return Check("FAIL", "accounts", f"cannot ask Dovecot's LMTP about recipients: {error}")
     if not accounts["count"]:
@@ -120,7 +121,7 @@ def _milter_problem(name: str, item, services: list[str]) -> str | None:
 
 
 def check_milters(item, services: list[str], relay: Relay | None) -> Check:
-    error = _error(item) if not isinstance(item, dict) or "error" in item else None
+    error = error_of(item) if not isinstance(item, dict) or "error" in item else None
     if error:
         return Check("FAIL", "DKIM", f"cannot read Postfix's milters: {error}")
     if not item:
@@ -145,10 +146,10 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
     name = "DKIM key"
     if relay and relay.ip_only:
         return Check("PASS", name, "an IP-only relay: no DKIM key")
-    error = _error(item)
+    error = error_of(item)
     if error:
         return Check("FAIL", name, f"cannot read opendkim's configuration on new: {error}")
-    keys = [k for k in item.get("keys", []) if _for(k, domain.lower())]
+    keys = [k for k in item.get("keys", []) if key_for_domain(k, domain.lower())]
     if not keys:
         return Check(
             "FAIL",
@@ -195,7 +196,7 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
         published = key["public"]
     if not isinstance(signed, dict) or signed.get("error"):
         why = (
-            f"its socket {item.get('socket')}: {_error(signed)}"
+            f"its socket {item.get('socket')}: {error_of(signed)}"
             if signed
             else "opendkim.conf names no Socket"
         )
@@ -240,7 +241,7 @@ def check_dkim_key(item, records: dict | None, relay: Relay | None, domain: str)
 
 def check_queue(item, record: dict | None, deliveries) -> Check:
     name = "mail queue"
-    error = _error(item)
+    error = error_of(item)
     if error:
         return Check("FAIL", name, f"postqueue on new: {error}")
     now = f"{item['total']} messages queued on new now"
@@ -251,7 +252,7 @@ def check_queue(item, record: dict | None, deliveries) -> Check:
             f"{now}; the journal holds no record of old's queue at disable-mail (recorded "
             "by migrate and disable-mail): not compared",
         )
-    if deliveries is not None and _error(deliveries):
+    if deliveries is not None and error_of(deliveries):
         deliveries = {}
     queued, delivered, returned, missing = match_queue(
         record["messages"], item.get("messages", []), deliveries
@@ -292,7 +293,7 @@ def check_queue(item, record: dict | None, deliveries) -> Check:
 
 def check_probe_account(item, address: str) -> Check:
     name = "IMAP login"
-    error = _error(item)
+    error = error_of(item)
     if error:
         hint = ""
         if item and item.get("refused"):
@@ -312,9 +313,6 @@ def check_probe_account(item, address: str) -> Check:
 
 
 def check_dns(settings: Settings, journal: Journal | None) -> Check:
-    # Imported here: switch_dns and domain_keys import each other, and only work
-    # imported in the order actions.py does.
-    from chatmail_migrate.nameservers import points_at_new
 
     points = points_at_new(settings, journal)
     domain = settings.mail_domain

@@ -27,7 +27,7 @@ def need_agent(settings: Settings, step: str) -> None:
         )
 
 
-def _compression(settings: Settings, runner: Runner) -> str | None:
+def compression(settings: Settings, runner: Runner) -> str | None:
     """zstd when both hosts have it, else ssh's own zlib; None unless asked for."""
     if not settings.compress:
         return None

@@ -1,7 +1,7 @@
 """The probe check-relay runs ON the new host, and old's queue listing at disable-mail.
 
-Runs as root with Debian's python3 and its standard library only: check_relay.py sends
-this file as ``python3 -c SOURCE``, its parameters as JSON on stdin (with
+Runs as root with Debian's python3 and its standard library only: checks/relay_state.py
+sends this file as ``python3 -c SOURCE``, its parameters as JSON on stdin (with
 --probe-account's password: never on a command line), and reads one JSON object from
 its stdout. It sends no message and delivers nothing: LMTP is asked about recipients
 and the transaction reset; OpenDKIM signs a test message through its milter socket,

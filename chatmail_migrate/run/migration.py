@@ -4,8 +4,8 @@
 in the order its release wants (that order is data, not Invoke's static pre/post
 tasks); a step run by hand is the same object with a one-step plan. Only a whole
 migration skips the steps its journal records as done, and rolls back when a step
-fails before DNS was changed. What each step does is a plain function of
-actions.py; this module announces, times and journals it, and on failure says
+fails before DNS was changed. What each step does is a plain function in
+steps/ (run/plan.py names it); this module announces, times and journals it, and on failure says
 where things stand.
 """
 

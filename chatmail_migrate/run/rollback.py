@@ -24,11 +24,10 @@ from chatmail_migrate.hosts.connect import same_endpoint
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.lock import migration_lock
-from chatmail_migrate.run import rollback
 from chatmail_migrate.run.host_lock import HostLocks, LockHeld
 from chatmail_migrate.settings import Settings, check_cmdeploy
 from chatmail_migrate.steps import services
-from chatmail_migrate.steps.carry_back import _new_host_facts, carry_back_new_to_old
+from chatmail_migrate.steps.carry_back import carry_back_new_to_old, new_host_facts
 
 
 def roll_back(s: Settings, *, new_host_gone: bool = False) -> None:
@@ -58,7 +57,7 @@ def roll_back(s: Settings, *, new_host_gone: bool = False) -> None:
                 raise Stopped(f"rollback not started, nothing changed: {e}", code=1) from None
             if journal and journal.done("switch-dns"):
                 print("note: DNS was switched to the new host: point it back at the old host too")
-            done = rollback.roll_back_hosts(s, runner, journal, new_host_gone=new_host_gone)
+            done = roll_back_hosts(s, runner, journal, new_host_gone=new_host_gone)
             if journal and not s.dry:
                 journal.adopt_hosts(s)
                 journal.record_rollback()
@@ -142,7 +141,7 @@ def roll_back_hosts(
     """
     new_facts = None
     if settings.new_host and not new_host_gone:
-        new_facts = _new_host_facts(settings, runner, unreachable_new_never_served)
+        new_facts = new_host_facts(settings, runner, unreachable_new_never_served)
         # A copy key an interrupted copy left (on old, authorized on new): never kept.
         copy_key.remove(settings, runner, interrupted=True)
     old_facts = live_relay.mail_facts(settings, runner, "old")

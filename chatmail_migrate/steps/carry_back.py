@@ -14,7 +14,7 @@ from chatmail_migrate.settings import Settings, mailbox_tree
 from chatmail_migrate.steps.verify import compare_trees
 
 
-def _new_host_facts(
+def new_host_facts(
     settings: Settings, runner: Runner, never_served: bool
 ) -> live_relay.MailFacts | None:
     """The new host's mail facts. Unreachable, it stops the rollback (whether it took

@@ -9,7 +9,7 @@ from chatmail_migrate.errors import MigrateError
 from chatmail_migrate.hosts import commands
 from chatmail_migrate.hosts.runner import Runner, existing_paths, path_exists
 from chatmail_migrate.hosts.transfer import (
-    _compression,
+    compression,
     copy_to_new,
     need_agent,
     need_rsync,
@@ -32,7 +32,7 @@ def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | No
             f"the old host {settings.old_host} has no {tree}: is it a chatmail relay?"
         )
     need_rsync(settings, runner, "presync")
-    compress = _compression(settings, runner)
+    compress = compression(settings, runner)
     if journal and not settings.dry:
         journal.record_start("presync", settings.new_host)
     summaries = copy_to_new(settings, runner, compress=compress, mailbox_tree=tree)
@@ -68,7 +68,7 @@ def copy_data_old_to_new(
     replace = settings.force or bool(journal and journal.copy_attempted(settings.new_host))
     if replace and not sync:
         print(f"  replacing what an earlier attempt left on {settings.new_host}")
-    compress = _compression(settings, runner)
+    compress = compression(settings, runner)
     by_name = relay_users_exist(settings, runner)
     if by_name:
         print(

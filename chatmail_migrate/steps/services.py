@@ -1,12 +1,10 @@
-"""What each step does on the hosts: plain functions of (settings, runner, journal).
-
-migration.py runs them, with announcements, the journal and rollback; step 6,
-switching DNS, has a module of its own (switch_dns.py).
+"""Mail on and off: disable-mail on old, enable-mail on new, and what a rollback
+or a carry back needs of the services (stop, restart on copied state, milters).
 """
 
 from __future__ import annotations
 
-from chatmail_migrate.checks.live_relay import _stamp
+from chatmail_migrate.checks.live_relay import parse_stamp
 from chatmail_migrate.cmdeploy import (
     ACTIVATE_STAGES,
     cmdeploy_run,
@@ -71,7 +69,7 @@ def mark_serving(settings: Settings, runner: Runner, journal: Journal | None) ->
         quiet=True,
     )
     if journal and not settings.dry:
-        since = _stamp(result.stdout.split())
+        since = parse_stamp(result.stdout.split())
         journal.note("new-served", host=settings.new_host, since=since)
 
 
