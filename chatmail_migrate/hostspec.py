@@ -47,13 +47,19 @@ def split_host(value: str) -> HostSpec:
     return HostSpec(host, user or None, int(port) if port else None)
 
 
+def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``text`` writes (``[2001:db8::42]`` too), or None for a name."""
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
 def canonical_address(text: str) -> str:
     """An IP address in its one written form (``2001:DB8:0::42`` is ``2001:db8::42``);
     anything else (a name) as it is."""
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        return text
+    address = ip(text)
+    return str(address) if address else text
 
 
 def same_host(a: str, b: str) -> bool:

@@ -7,7 +7,6 @@ resolver finds them. Every record itself is read from each authoritative server.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import dns.rdatatype
 import dns.resolver
 
 from chatmail_migrate.errors import MigrateError
+from chatmail_migrate.hostspec import canonical_address
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.settings import Settings
 
@@ -105,13 +105,18 @@ def _text(rdata) -> str:
 
 def canonical(values) -> set[str]:
     """Addresses compared as addresses (``2001:DB8:0::42`` is ``2001:db8::42``)."""
-    out = set()
-    for value in values:
-        try:
-            out.add(str(ipaddress.ip_address(value)))
-        except ValueError:
-            out.add(value)
-    return out
+    return {canonical_address(value) for value in values}
+
+
+def published_addresses(domain: str, given: str | None) -> set[str]:
+    """Every A and AAAA address the domain's authoritative servers publish, canonical.
+
+    ``given``: the ``--nameserver`` setting. Raises :class:`DNSError` when they
+    cannot be asked.
+    """
+    _, servers = authoritative_servers(domain, parse_nameservers(given))
+    answers = address_records(domain, servers).values()
+    return canonical(v for answer in answers for t in ("A", "AAAA") for v in answer[t].values)
 
 
 def answering(servers: list[Server], zone: str) -> tuple[list[Server], list[str]]:

@@ -6,7 +6,6 @@ ctimes) and from DNS, never from the journal alone: a copy never writes over a l
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -116,19 +115,15 @@ def live_relay_reason(settings: Settings, runner: Runner, journal: Journal | Non
             f"{host} took mail that may be on no other host ({facts.took_mail_reason()}); "
             "`rollback` carries it back to the old host first"
         )
-    addresses = {_address(a) for a in facts.addresses} - {None}
+    addresses = nameservers.canonical(facts.addresses)
     if not (settings.mail_domain and addresses):
         return None
     domain = settings.mail_domain
     try:
-        _, servers = nameservers.authoritative_servers(
-            domain, nameservers.parse_nameservers(settings.nameservers)
-        )
-        current = nameservers.address_records(domain, servers)
+        published = nameservers.published_addresses(domain, settings.nameservers)
     except MigrateError:
         return None  # DNS cannot be asked: the host's facts above stand
-    published = {_address(v) for a in current.values() for t in ("A", "AAAA") for v in a[t].values}
-    live = sorted(str(a) for a in addresses & published)
+    live = sorted(addresses & published)
     if live:
         return (
             f"DNS points {domain} at {', '.join(live)}, an address of {host}: it is the live relay"
@@ -146,10 +141,3 @@ def refuse_to_overwrite_a_live_relay(
             f"{step} refused: {reason}, and {step} would overwrite what it holds; check "
             "--new-host (is it the old relay, or a finished move?)"
         )
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None

@@ -14,7 +14,6 @@ is added, and by a rollback.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import shlex
 import threading
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from chatmail_migrate.errors import MigrateError
 from chatmail_migrate.hosts import commands, copy_commands
 from chatmail_migrate.hosts.runner import Runner
+from chatmail_migrate.hostspec import canonical_address, ip
 from chatmail_migrate.settings import Settings
 
 # On the sending host: the key, in a directory of root's (/run: gone at a reboot too).
@@ -258,10 +258,8 @@ def _source_address(settings: Settings, runner: Runner, target: dict) -> str:
     words = result.stdout.split()
     if result.exited == 0 and PROBE in words:
         address = words[words.index(PROBE) + 1] if len(words) > words.index(PROBE) + 1 else ""
-        try:
-            return str(ipaddress.ip_address(address))
-        except ValueError:
-            pass
+        if ip(address):
+            return canonical_address(address)
     reason = (result.stderr.strip().splitlines() or [result.stdout.strip() or "no output"])[-1]
     raise MigrateError(
         f"old could not log in to new with the copy key ({reason}): check that new's sshd "

@@ -27,7 +27,7 @@ from chatmail_migrate.errors import HostKeyError, MigrateError
 from chatmail_migrate.hosts import copy_commands, known_hosts
 from chatmail_migrate.hosts.connect import connect, describe_connect_error
 from chatmail_migrate.hosts.host_keys import HOST_KEYS_SCRIPT, fingerprint, known_hosts_files
-from chatmail_migrate.hostspec import split_host
+from chatmail_migrate.hostspec import canonical_address, ip, split_host
 from chatmail_migrate.settings import Settings
 
 # paramiko reports transport errors from its own thread as logged tracebacks; the
@@ -316,14 +316,12 @@ class Runner:
         """The IP address the tool's connection reached the host at (None through a
         jump host or a ProxyCommand, whose peer is not the host)."""
         conn = self.connection(role)
-        try:
-            return str(ipaddress.ip_address(conn.host))
-        except ValueError:
-            pass
+        if ip(conn.host):
+            return canonical_address(conn.host)
         if conn.gateway:
             return None
         peer = conn.client.get_transport().sock.getpeername()
-        return str(ipaddress.ip_address(peer[0].split("%")[0]))
+        return canonical_address(peer[0].split("%")[0])
 
     def address(self, role: str) -> tuple[str, int, str]:
         """(hostname, port, user) of ``role`` after ssh config resolution."""

@@ -12,7 +12,6 @@ finds the hosts as the last one left them and says so.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from dataclasses import dataclass, field
 
 from chatmail_migrate import nameservers
@@ -22,6 +21,7 @@ from chatmail_migrate.errors import MigrateError, SettingsError, Stopped
 from chatmail_migrate.hosts import commands, copy_key
 from chatmail_migrate.hosts.connect import same_endpoint
 from chatmail_migrate.hosts.runner import Runner
+from chatmail_migrate.hostspec import ip
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.lock import migration_lock
 from chatmail_migrate.run.host_lock import HostLocks, LockHeld
@@ -239,36 +239,23 @@ def dns_left_to_do(
     if not (domain and new_facts):
         return []
     try:
-        _, servers = nameservers.authoritative_servers(
-            domain, nameservers.parse_nameservers(settings.nameservers)
-        )
-        current = nameservers.address_records(domain, servers)
+        published = nameservers.published_addresses(domain, settings.nameservers)
     except MigrateError as e:
         return [f"check that DNS points {domain} at the old host: the nameservers said {e}"]
     asked = journal.dns_records_asked() if journal else None
     named = [*new_facts.addresses, runner.reached_address("new") or ""]
     named += [v for values in (asked or {}).values() for v in values]
-    new_addresses = {_address(a) for a in named} - {None}
-    published = {
-        _address(v) for answer in current.values() for t in ("A", "AAAA") for v in answer[t].values
-    }
+    new_addresses = nameservers.canonical(a for a in named if ip(a))
     if not (published & new_addresses):
         return []
     # Old's public addresses, else the one this machine reached it at.
-    public = [a for a in old_facts.addresses if (ip := _address(a)) and ip.is_global]
+    public = [a for a in old_facts.addresses if (address := ip(a)) and address.is_global]
     old = sorted(
         set(public or [runner.reached_address("old") or ""]) - {""}, key=lambda a: ":" in a
     )
     records = ", ".join(f"{'AAAA' if ':' in a else 'A'} {a}" for a in old) or "the old host's"
     return [
         f"point DNS back: {domain} still names the new host "
-        f"({', '.join(sorted(str(a) for a in published & new_addresses))}) at its "
+        f"({', '.join(sorted(published & new_addresses))}) at its "
         f"authoritative nameservers; make its records {records}"
     ]
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
