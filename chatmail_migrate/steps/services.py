@@ -16,6 +16,7 @@ from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.settings import Settings
 from chatmail_migrate.steps import domain_keys
+from chatmail_migrate.steps.record_old import record_old_queue, record_old_state
 
 
 def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
@@ -30,10 +31,7 @@ def expect_mail_services(runner: Runner, role: str, *, running: bool) -> None:
 
 
 def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
-    # What old serves while it still does, for check-relay (imported here: it uses
-    # preflight's Check, and preflight imports this module).
-    from chatmail_migrate.steps.record_old import record_old_queue, record_old_state
-
+    # What old serves while it still does, for check-relay.
     record_old_state(settings, runner, journal)
     cmdeploy_run(settings, settings.old_host, disable_mail=True)
     expect_mail_services(runner, "old", running=False)
