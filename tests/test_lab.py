@@ -11,7 +11,7 @@ import fabric
 import pytest
 
 from chatmail_migrate.lab import Lab, LabError, SeedParams, nameserver
-from chatmail_migrate.lab.lab import HOST_NAMES
+from chatmail_migrate.lab.lab_state import HOST_NAMES
 from tests.helpers import lab_name, mail_services, tool_env
 
 # One lab for the module (seeded_lab): its tests stay on one pytest-xdist worker.
