@@ -18,10 +18,11 @@ import pytest
 from cryptography import x509
 
 from chatmail_migrate.lab import Lab
-from chatmail_migrate.lab.cmdeploy_standin import Release, checkout_version, read_ini, tls_pair
 from chatmail_migrate.lab.dkim import dkim_tags, dkim_verifies, published_dkim_key
 from chatmail_migrate.lab.inbox import fetch_from_inbox
 from chatmail_migrate.lab.seed import account_password
+from chatmail_migrate.lab.standin_deploy import tls_pair
+from chatmail_migrate.lab.standin_release import Release, checkout_version, read_ini
 
 
 def relay_certificate(lab: Lab, host: str) -> str:

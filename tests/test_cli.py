@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatmail_migrate.journal import Journal
-from chatmail_migrate.lab.lab import standin_command
+from chatmail_migrate.lab.lab_state import standin_command
 from tests.helpers import BIN, REPO
 
 MIGRATION_TASKS = sorted(

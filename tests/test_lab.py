@@ -11,7 +11,7 @@ import fabric
 import pytest
 
 from chatmail_migrate.lab import Lab, LabError, SeedParams, nameserver
-from chatmail_migrate.lab.lab import HOST_NAMES
+from chatmail_migrate.lab.lab_state import HOST_NAMES
 from tests.helpers import lab_name, mail_services, tool_env
 
 # One lab for the module (seeded_lab): its tests stay on one pytest-xdist worker.
@@ -254,7 +254,7 @@ def _lab_traces(lab: Lab) -> dict[str, list[str]]:
 
 
 def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
-    second = Lab(name=lab_name("cmtdown"))
+    second = Lab(name=lab_name("cmtdn"))
     if Lab.load(second.name):
         Lab.load(second.name).down()
     second.up(log=print)
@@ -271,7 +271,7 @@ def test_second_lab_runs_beside_and_teardown_leaves_nothing(seeded_lab: Lab):
 
 
 def test_teardown_after_half_failed_up(lab_available, monkeypatch):
-    lab = Lab(name=lab_name("cmthalf"))
+    lab = Lab(name=lab_name("cmthf"))
     if Lab.load(lab.name):
         Lab.load(lab.name).down()
     booted: list[str] = []

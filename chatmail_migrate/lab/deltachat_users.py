@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from chatmail_migrate.lab.dkim import dkim_tags, dkim_verifies, published_dkim_key
 from chatmail_migrate.lab.inbox import fetch_from_inbox
-from chatmail_migrate.lab.lab import Lab, LabError
+from chatmail_migrate.lab.lab import Lab
+from chatmail_migrate.lab.rootfs import LabError
 
 if TYPE_CHECKING:
     from deltachat_rpc_client import Account, DeltaChat, Message

@@ -17,7 +17,8 @@ from typing import TypeVar
 
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.lab import deltachat_users, nameserver
-from chatmail_migrate.lab.lab import Lab, LabError
+from chatmail_migrate.lab.lab import Lab
+from chatmail_migrate.lab.rootfs import LabError
 from chatmail_migrate.lab.seed import SeedParams, seed_relay
 
 TOOL = [sys.executable, "-m", "chatmail_migrate"]

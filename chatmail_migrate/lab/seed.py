@@ -15,16 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatmail_migrate.lab import nameserver
-from chatmail_migrate.lab.cmdeploy_standin import (
-    ALL_STAGES,
-    Release,
-    checkout_version,
-    deploy_script,
-    read_ini,
-    user_commands,
-)
 from chatmail_migrate.lab.lab import Lab
 from chatmail_migrate.lab.seed_host import account_password
+from chatmail_migrate.lab.standin_deploy import deploy_script, user_commands
+from chatmail_migrate.lab.standin_release import ALL_STAGES, Release, checkout_version, read_ini
 
 __all__ = ["account_password", "seed_relay", "seeded_accounts", "SeedParams"]
 

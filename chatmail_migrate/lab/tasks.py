@@ -8,8 +8,10 @@ from invoke import Collection, Exit
 
 from chatmail_migrate.cli.task import task
 from chatmail_migrate.lab import nameserver
-from chatmail_migrate.lab.lab import DEFAULT_DOMAIN, DEFAULT_NAME, Lab, LabError
+from chatmail_migrate.lab.lab import Lab
+from chatmail_migrate.lab.lab_state import DEFAULT_DOMAIN, DEFAULT_NAME
 from chatmail_migrate.lab.rehearse import rehearse as run_rehearsal
+from chatmail_migrate.lab.rootfs import LabError
 from chatmail_migrate.lab.seed import (
     NEW_HOST_USERS,
     RELEASES,
