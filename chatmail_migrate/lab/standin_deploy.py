@@ -283,14 +283,17 @@ def activate_lines(release: Release, ini: RelayIni, disable_mail: bool) -> list[
     lines = [] if ini.ip_only else [ensure("opendkim", "restart_opendkim")]
     if not disable_mail and tls_pair(release, ini)[0].startswith("/var/lib/acme/"):
         lines += acmetool_lines(ini)
+    # Every release deploys Dovecot before Postfix ("it creates the authentication
+    # socket required by Postfix": 1.6-1.7 __init__.py, 1.8+ deployers.py), in both
+    # directions: --disable-mail stops dovecot first too.
     if disable_mail:
         lines.append(
-            "for s in postfix dovecot; do if systemctl is-active --quiet $s; then "
+            "for s in dovecot postfix; do if systemctl is-active --quiet $s; then "
             "systemctl stop $s; fi; if systemctl is-enabled --quiet $s; then "
             "systemctl disable --quiet $s; fi; done"
         )
     else:
-        lines += [ensure("postfix", "restart_postfix"), ensure("dovecot", "restart_dovecot")]
+        lines += [ensure("dovecot", "restart_dovecot"), ensure("postfix", "restart_postfix")]
     return lines
 
 
