@@ -378,7 +378,14 @@ class Journal:
                     "fix the records and rerun to finish on the new host, or point DNS back "
                     "at the old host and run `rollback`."
                 )
-        if self.finished():
+        if self.finished() and self.next_step():
+            parts.append(
+                f"Mail runs on the new host {self.new_host}. The new host may have taken "
+                f"mail since {served or 'enable-mail'}, so it holds the newest mail; what "
+                "is left runs outside the downtime (rerun migrate to finish it; `rollback` "
+                "would carry that mail back to the old host first)."
+            )
+        elif self.finished():
             parts.append(
                 f"The move is finished: mail runs on the new host {self.new_host}, which "
                 "holds the newest mail (`rollback` would carry it back to the old host)."

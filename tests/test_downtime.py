@@ -57,8 +57,9 @@ def test_presync_staged_relay_mirrors_changes_made_before_the_downtime(make_lab,
         "verify",
         "switch-dns",
         "enable-mail",
+        "converge",
     ]
-    positions = [out.index(f"[{n}/8] {step} done in") for n, step in enumerate(order, 1)]
+    positions = [out.index(f"[{n}/9] {step} done in") for n, step in enumerate(order, 1)]
     assert positions == sorted(positions)
     assert "CMDEPLOY_STAGES=install,configure" in out and "CMDEPLOY_STAGES=activate" in out
     assert journal(tmp_path, lab)["plan"] == order
@@ -139,7 +140,7 @@ def test_presync_by_hand_then_file_deleted_on_old_is_gone_on_new(make_lab, tmp_p
     lab.ssh("old", f"rm '{victim}'")
     result = run_tool(lab, "invoke", "migrate", *args, "--yes", "--no-wait", state_dir=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "[3/7] copy-data done" in result.stdout  # relay 1.7: install first, no stages
+    assert "[3/8] copy-data done" in result.stdout  # relay 1.7: install first, no stages
     assert "CMDEPLOY_STAGES" not in result.stdout
     assert lab.ssh("new", f"test -e '{victim}' || echo gone").stdout == "gone\n"
     assert_migrated(lab, listing(lab, "old"))
@@ -234,7 +235,7 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
     failed = run_tool(lab, "invoke", *args, state_dir=tmp_path)
     assert failed.returncode != 0
     assert "owners on old that this host lacks: user labonly" in failed.stderr
-    assert "[5/8] fix-ownership FAILED" in failed.stderr and "Rolled back" in failed.stderr
+    assert "[5/9] fix-ownership FAILED" in failed.stderr and "Rolled back" in failed.stderr
     assert mail_services(lab, "old") == MAIL_ON
     lab.ssh("old", "chown root /var/lib/acme/conf/stray")
     before = listing(lab, "old")
@@ -245,13 +246,13 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
     assert "owners and ACLs restored by name as the data landed" in out
     # Inside the downtime nothing walks the trees beside the copier but the niced
     # progress total of tar's small trees and the mailbox tree's ACLs (rsync has none).
-    copy = out[out.index("[4/8] copy-data") : out.index("[5/8] fix-ownership")]
+    copy = out[out.index("[4/9] copy-data") : out.index("[5/9] fix-ownership")]
     assert "%U:%G" not in copy and "getent passwd" not in copy
     assert "--recursive /home/vmail/mail >" in copy and "--recursive /home/vmail/mail /" not in copy
     assert "find /home/vmail/mail" not in copy
     assert "(as the pre-sync found it)" in copy
     # Verify compared every owner, group and ACL by name; the listing agrees.
-    assert "[6/8] verify done" in out
+    assert "[6/9] verify done" in out
     assert compare_trees(before, listing(lab, "new")) == []
     assert "user:vmail:r-x" in lab.ssh("new", "getfacl -cp /var/lib/acme/accounts").stdout
     acl = lab.ssh("new", f"getfacl -cp {mailbox_file}").stdout

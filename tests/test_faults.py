@@ -70,9 +70,9 @@ def test_new_disk_fills_up_during_copy(make_lab, tmp_path: Path):
         )
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=fill
+        lab, MIGRATE, state_dir=tmp_path, when="[3/8] copy-data", fault=fill
     )
-    after_fault(lab, before, tmp_path, code, output, "[3/7] copy-data")
+    after_fault(lab, before, tmp_path, code, output, "[3/8] copy-data")
     assert "No space left on device" in output
     lab.ssh("new", "rm /home/vmail/filler")
     rerun_completes(lab, before, tmp_path)
@@ -91,9 +91,9 @@ def test_network_between_old_and_new_cut_during_copy(make_lab, tmp_path: Path):
         subprocess.run(route, check=True)
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=cut
+        lab, MIGRATE, state_dir=tmp_path, when="[3/8] copy-data", fault=cut
     )
-    after_fault(lab, before, tmp_path, code, output, "[3/7] copy-data")
+    after_fault(lab, before, tmp_path, code, output, "[3/8] copy-data")
     import subprocess
 
     subprocess.run([*route[:4], "del", *route[5:]], check=True)
@@ -108,9 +108,9 @@ def test_standin_cmdeploy_fails_during_install(make_lab, tmp_path: Path):
     )
     # Install runs while old still serves: its failure never takes mail down.
     assert result.returncode != 0
-    assert "[1/7] install FAILED" in result.stderr and "exited 1" in result.stderr
+    assert "[1/8] install FAILED" in result.stderr and "exited 1" in result.stderr
     assert "Done: nothing." in result.stderr and "Rolled back" not in result.stderr
-    assert "[2/7]" not in result.stdout
+    assert "[2/8]" not in result.stdout
     assert mail_services(lab, "old") == MAIL_ON
     assert_old_untouched(before, listing(lab, "old"))
     result = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
@@ -128,12 +128,12 @@ def test_interrupted_during_copy(make_lab, tmp_path: Path):
         proc.send_signal(signal.SIGINT)
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=interrupt
+        lab, MIGRATE, state_dir=tmp_path, when="[3/8] copy-data", fault=interrupt
     )
     assert code == 130
     assert "interrupted" in output
     assert "stopped the copy still running on the old host" in output
-    after_fault(lab, before, tmp_path, code, output, "[3/7] copy-data")
+    after_fault(lab, before, tmp_path, code, output, "[3/8] copy-data")
     leftovers = lab.ssh("old", "pgrep -a -x tar || true").stdout
     assert leftovers == "", leftovers
     rerun_completes(lab, before, tmp_path)
@@ -158,7 +158,7 @@ def test_verify_finds_a_file_altered_on_new(make_lab, tmp_path: Path):
 
     resumed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
     output = resumed.stdout + resumed.stderr
-    after_fault(lab, before, tmp_path, resumed.returncode, output, "[5/7] verify")
+    after_fault(lab, before, tmp_path, resumed.returncode, output, "[5/8] verify")
     assert f"{message.strip()}: size" in output
     assert "2 differences (1 mtime, 1 size)" in output
     rerun_completes(lab, before, tmp_path)
@@ -204,7 +204,7 @@ def test_verify_finds_acl_xattr_and_hard_link_changed_on_new(make_lab, tmp_path:
 
     resumed = run_tool(lab, "invoke", *MIGRATE, state_dir=tmp_path)
     output = resumed.stdout + resumed.stderr
-    after_fault(lab, before, tmp_path, resumed.returncode, output, "[5/7] verify")
+    after_fault(lab, before, tmp_path, resumed.returncode, output, "[5/8] verify")
     assert "3 differences (1 ACL, 1 hard links, 1 xattrs)" in output
     assert (
         "/run/echobot/password: ACL g::---,u:vmail:r-- on old, "
@@ -242,7 +242,7 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
         proc.kill()
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=second_terminal
+        lab, MIGRATE, state_dir=tmp_path, when="[3/8] copy-data", fault=second_terminal
     )
     assert code == -signal.SIGKILL
     for refused in second.values():
@@ -252,7 +252,7 @@ def test_second_run_refused_while_the_first_runs_and_free_after_it_is_killed(
             f"error: another chatmail-migrate run is migrating {lab.domain}: pid "
         ), refused.stderr
         assert "running `" in lines[0] and "since" in lines[0]
-        assert "[3/7] copy-data" not in refused.stdout, "refused before any step"
+        assert "[3/8] copy-data" not in refused.stdout, "refused before any step"
     refused = colleague["presync"]
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 1 and len(lines) == 1, refused.stdout + refused.stderr
@@ -344,7 +344,7 @@ def test_a_lock_failure_other_than_held_stops_the_step_in_one_line(make_lab, tmp
         lab.ssh("new", f"kill $(cut -d' ' -f1 {host_lock.LOCK_DIR}/holder); {block}")
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[2/7] disable-mail", fault=break_new_lock
+        lab, MIGRATE, state_dir=tmp_path, when="[2/8] disable-mail", fault=break_new_lock
     )
     assert code == 1, output
     assert "error: copy-data not started: cannot take the lock on new host" in output
@@ -420,7 +420,7 @@ def test_a_twin_machine_s_run_is_not_taken_over(make_lab, tmp_path: Path):
         assert proc.poll() is None, "the first run goes on"
 
     code, output = run_tool_with_fault(
-        lab, MIGRATE, state_dir=tmp_path, when="[3/7] copy-data", fault=twin_runs_presync
+        lab, MIGRATE, state_dir=tmp_path, when="[3/8] copy-data", fault=twin_runs_presync
     )
     refused = twin["presync"]
     print(f"twin: {refused.returncode}\n{refused.stdout}\n{refused.stderr}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from chatmail_migrate.lab import Lab, SeedParams
@@ -97,13 +98,14 @@ def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
         CHATMAIL_LAB_CMDEPLOY_FAIL="after@new:enable",
     )
     assert failed.returncode != 0
-    assert "[7/7] enable-mail FAILED" in failed.stderr
+    # new's cmdeploy runs after the cutover (converge): mail already flows on new.
+    assert "[8/8] converge FAILED" in failed.stderr
     # The cmdeploy failure names the command, its exit code and its last output.
     assert "run --ssh-host new` exited 1" in failed.stderr
     assert "failed after its work (on purpose)" in failed.stderr
     # new's services started before the failure: not "Mail is DOWN", mail may be on new.
     assert "The new host may have taken mail since" in failed.stderr
-    assert "resume at enable-mail" in failed.stderr
+    assert "resume at converge" in failed.stderr
     done_first = journal(tmp_path, lab)["steps"]
     assert list(done_first) == PLAN[:-1]
     # The old host's data is untouched by the failure.
@@ -112,8 +114,8 @@ def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
     assert expected == after_failure["entries"]
 
     status = run_tool(lab, "invoke", "status", state_dir=tmp_path)
-    assert "[7/7] enable-mail    not done" in status.stdout
-    assert "last failure: enable-mail" in status.stdout
+    assert re.search(r"\[8/8\] converge +not done", status.stdout)
+    assert "last failure: converge" in status.stdout
 
     # The rerun goes through fab -H: the old host is the -H host, as for any step.
     rerun = run_tool(
@@ -129,9 +131,9 @@ def test_failed_step_then_rerun_resumes(make_lab, tmp_path: Path):
         state_dir=tmp_path,
     )
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming at enable-mail" in rerun.stdout
-    assert "[2/7] disable-mail: done" in rerun.stdout and "skipping" in rerun.stdout
-    assert "[3/7] copy-data: done" in rerun.stdout
+    assert "resuming at converge" in rerun.stdout
+    assert "[2/8] disable-mail: done" in rerun.stdout and "skipping" in rerun.stdout
+    assert "[7/8] enable-mail: done" in rerun.stdout
     assert "tar --create" not in rerun.stdout
     steps = journal(tmp_path, lab)["steps"]
     for step in PLAN[:-1]:

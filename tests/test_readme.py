@@ -136,7 +136,7 @@ def test_rehearsal_and_driving_the_lab(lab_available, tmp_path: Path):
     out = result.stdout
     assert "cmdeploy LAB STAND-IN" in out
     assert "(as the operator) relay.lab.example A →" in out
-    assert "[7/7] enable-mail done in" in out
+    assert "[7/8] enable-mail done in" in out
     assert "no differences" in out and "content (sha256)" in out
     assert "rehearse: mail was down for" in out and "rehearse: PASSED" in out
     # migrate's check-relay, summed up; then Delta Chat users on new, after the move.
@@ -158,8 +158,8 @@ def test_rehearsal_and_driving_the_lab(lab_available, tmp_path: Path):
         result = shell("set -e\n" + "\n".join(lab_block), env=base_env(tmp_path))
         assert result.returncode == 0, result.stderr
         out = result.stdout
-        assert "[1/8] presync done" in out and "CMDEPLOY_STAGES=activate" in out
-        assert re.search(r"\[8/8\] enable-mail +done 20", out)  # status, from the journal
+        assert "[1/9] presync done" in out and "CMDEPLOY_STAGES=activate" in out
+        assert re.search(r"\[8/9\] enable-mail +done 20", out)  # status, from the journal
     finally:
         stale = Lab.load("cmlab")
         if stale:

@@ -99,9 +99,9 @@ def test_release_migrates_unattended(make_lab, tmp_path: Path, case: str):
     record = journal(tmp_path, lab)
     assert record["old_host"] == lab.address("old")
     steps, plan = record["steps"], record["plan"]
-    assert list(steps) == plan and len(plan) == 7
+    assert list(steps) == plan and len(plan) == 8
     for number, step in enumerate(plan, 1):
-        assert f"[{number}/7] {step} done in" in output
+        assert f"[{number}/8] {step} done in" in output
     assert "mail was down for" in output
     copied_at = steps["copy-data"]["started_ts"] + steps["copy-data"]["seconds"]
     assert_opendkim_signs_with_copied_state(lab, copied_at)

@@ -76,7 +76,7 @@ def test_no_agent_fails_before_anything_changes(seeded_lab: Lab, tmp_path: Path)
     assert result.returncode != 0
     assert "FAIL  ssh-agent: no agent" in result.stdout
     assert "FAIL  old reaches new" in result.stdout
-    assert "[1/7]" not in result.stdout
+    assert "[1/8]" not in result.stdout
     unchanged(seeded_lab)
 
 

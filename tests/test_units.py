@@ -337,7 +337,11 @@ def test_migrate_plans_the_steps_in_documented_order():
     assert run_plan.seed_order() == seed
     assert [step.name for step in run_plan.STEPS] == ["presync", *seed]
     seed_order_without_install = [s for s in seed if s != "install"]
-    assert run_plan.migrate_order(presync=False) == ["install", *seed_order_without_install]
+    assert run_plan.migrate_order(presync=False) == [
+        "install",
+        *seed_order_without_install,
+        "converge",
+    ]
     assert run_plan.migrate_order(presync=True) == [
         "presync",
         "install",
@@ -347,6 +351,7 @@ def test_migrate_plans_the_steps_in_documented_order():
         "verify",
         "switch-dns",
         "enable-mail",
+        "converge",
     ]
     assert tasks.migrate.post == [] and tasks.migrate.pre == []
 

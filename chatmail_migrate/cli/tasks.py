@@ -171,9 +171,12 @@ def migrate(c, **given):
     """OLD → NEW: preflight, then every step of this relay's plan; a rerun resumes.
 
     The plan (migrate and --dry print it): install, while old still serves (from 1.8
-    the install,configure stages; before, the secrets first, then the whole deploy),
-    then disable-mail, copy-data, fix-ownership, verify, switch-dns, enable-mail (from
-    1.8 only the activate stage); --presync puts presync in front.
+    the install,configure stages; before, the secrets first, then the whole deploy
+    with mail off); the cutover: disable-mail (old's units stopped and disabled),
+    copy-data, fix-ownership, verify, switch-dns, enable-mail (new's units enabled
+    and started); then converge, outside the downtime: each host's own cmdeploy run
+    (--disable-mail on old; the activate stage, or the whole deploy, on new).
+    --presync puts presync in front.
     Examples: invoke migrate --new-host 13.12.23.42 |
     invoke migrate --new-host 13.12.23.42 --presync |
     fab -H 13.37.13.37 migrate --new-host 13.12.23.42 | invoke --dry migrate --new-host NEW

@@ -45,6 +45,21 @@ INSTALLS = f"{STATE_DIR}/installs"
 META_DIR = f"{STATE_DIR}/from-old"
 
 
+# The cutover's own commands, in the order every release's deploy handles the units
+# (dovecot before postfix, both ways: 1.6/1.7 __init__.py, 1.8+ deployers.py), and as
+# its --disable-mail leaves them: stopped and disabled, so a reboot keeps mail off.
+# postfix.service only wraps the instance postfix@- (pulled in through a generator's
+# wants link): stopping the wrapper stops the instance; both are named to be sure.
+STOP_MAIL_UNITS = (
+    "systemctl disable --quiet --now dovecot.service && "
+    "systemctl disable --quiet --now postfix.service postfix@-.service"
+)
+START_MAIL_UNITS = (
+    "systemctl enable --quiet --now dovecot.service && "
+    "systemctl enable --quiet --now postfix.service"
+)
+
+
 def service_state_command(services=MAIL_SERVICES) -> str:
     """Print ``NAME ACTIVE ENABLED`` per service, and whether Postfix really runs.
 

@@ -37,8 +37,10 @@ For fault tests, ``CHATMAIL_LAB_CMDEPLOY_FAIL=before|after[@HOST][:enable]`` mak
 fail before touching the host or after doing its work (``:enable``: only a run that
 turns mail on). For pre-sync tests and the
 benchmark, ``CHATMAIL_LAB_BEFORE_DISABLE_MAIL`` is shell run on the host
-``CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST`` just before ``--disable-mail`` stops the
-mail there: the last mail a live relay takes.
+``CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST``, once per boot of that host, in the first
+``--disable-mail`` run: the last mail a live relay takes before its mail goes down.
+That run is migrate's install on new (the cutover itself runs no cmdeploy) or the
+seed's disable-mail on old.
 
 This module is the command line (``main``: the arguments, the stages asked for, the
 fault hooks, and the order of logins, checks and deploy); the release table and the
@@ -139,15 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dry run: relay {version} to {host}, stages {','.join(stages)}")
         return 0
 
-    script = ""
-    hook_host = os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST")
-    if (
-        args.disable_mail
-        and hook_host == host
-        and os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL")
-    ):
-        script += os.environ["CHATMAIL_LAB_BEFORE_DISABLE_MAIL"].rstrip() + "\n"
-    script += deploy_script(release, ini, githash, stages, args.disable_mail)
+    if args.disable_mail and not run_last_mail_hook():
+        return 1
+    script = deploy_script(release, ini, githash, stages, args.disable_mail)
     print(
         f"deploying relay {version} to {host}: stages {','.join(stages)}"
         f"{' (mail disabled)' if args.disable_mail else ''}",
@@ -178,6 +174,24 @@ def main(argv: list[str] | None = None) -> int:
         print(link.stdout.strip())
     print(f"deploy to {host} done", flush=True)
     return 0
+
+
+LAST_MAIL_DONE = "/run/chatmail-lab-last-mail.done"
+
+
+def run_last_mail_hook() -> bool:
+    """The lab's last mail, on its host, once per boot (``/run`` forgets at reboot)."""
+    host = os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST")
+    script = os.environ.get("CHATMAIL_LAB_BEFORE_DISABLE_MAIL")
+    if not (host and script):
+        return True
+    wrapped = (
+        f"[ -e {LAST_MAIL_DONE} ] && exit 0\n({script.rstrip()}\n) && touch {LAST_MAIL_DONE}\n"
+    )
+    result = subprocess.run([*pyinfra_ssh(), f"root@{host}", "sh -es"], input=wrapped, text=True)
+    if result.returncode != 0:
+        print(f"error: the lab's last-mail hook failed on {host}", file=sys.stderr)
+    return result.returncode == 0
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ class Migration:
         journal.check_hosts(self.settings, lambda a, b: same_endpoint(self.settings, a, b))
         wanted = migrate_order(presync=self.settings.presync)
         if journal.done_steps() and journal.plan != wanted:
+            if "converge" not in journal.plan and not journal.done("enable-mail"):
+                # Begun by a version whose enable-mail deployed; this one's does not.
+                journal.plan.append("converge")
             print(f"resuming in the order this migration began: {', '.join(journal.plan)}")
         else:
             journal.plan = wanted
@@ -111,7 +114,7 @@ class Migration:
             return
         s, journal = self.settings, self.journal
         assert journal is not None
-        if journal.finished():
+        if journal.finished() and not journal.next_step():
             print(
                 f"migrate {s.mail_domain}: the move to {journal.new_host} finished "
                 f"{journal.steps['enable-mail'].get('finished')}; nothing to do "
@@ -161,6 +164,7 @@ class Migration:
     def run_step(self, name: str) -> None:
         """Announce, time and journal one step; on failure say exactly where things stand."""
         s, journal = self.settings, self.journal
+        planned = step(name, in_migrate=self.whole)
         order = order_of(journal)
         number = f"[{order.index(name) + 1}/{len(order)}]" if name in order else f"[{name}]"
         self._check_journal_hosts(name)
@@ -172,7 +176,7 @@ class Migration:
             return
         try:
             if self.host_locks:
-                self.host_locks.hold(*step(name).writes)
+                self.host_locks.hold(*planned.writes)
         except LockHeld as e:
             # Another run works on the host: neither this step nor a rollback may.
             stand = f"\n{journal.where_things_stand()}" if journal and journal.steps else ""
@@ -189,12 +193,15 @@ class Migration:
             raise Stopped(
                 f"error: {name} not started: {e}" + (f"\n{stand}" if stand else ""), code=1
             ) from None
-        print(paint(f"{number} {name} {step(name).where(s)}", "bold"), flush=True)
-        audit.note(s, f"{number} {name} {step(name).where(s)}: started")
+        print(
+            paint(f"{number} {name} {planned.where(s)}", "bold"),
+            flush=True,
+        )
+        audit.note(s, f"{number} {name} {planned.where(s)}: started")
         runner = Runner(s)
         started, clock = time.time(), time.monotonic()
         try:
-            step(name).run(s, runner, journal)
+            planned.run(s, runner, journal)
         except (Exception, KeyboardInterrupt) as e:
             if debugging() and not isinstance(e, KeyboardInterrupt):
                 raise
@@ -226,9 +233,8 @@ class Migration:
         journal = self.journal
         if not (journal and journal.steps):
             return
-        touched = {"old": ["old_host"], "new": ["new_host"]}.get(
-            step(name).on, ["old_host", "new_host"]
-        )
+        on = step(name, in_migrate=self.whole).on
+        touched = {"old": ["old_host"], "new": ["new_host"]}.get(on, ["old_host", "new_host"])
         for key in touched:
             mine, theirs = getattr(journal, key), getattr(self.settings, key)
             if mine and theirs and mine != theirs:

@@ -44,6 +44,7 @@ class Step:
 
     def where(self, s: Settings) -> str:
         return {
+            "old and new": f"on {s.old_host} and {s.new_host}",
             "old": f"on {s.old_host}",
             "new": f"on {s.new_host}",
             "old → new": f"{s.old_host} → {s.new_host}",
@@ -110,9 +111,39 @@ STEPS = (
 )
 BY_NAME = {step.name: step for step in STEPS}
 
+# What migrate runs instead, so that only the cutover is inside the window: the mail
+# units stop on old and start on new by themselves, and each host's cmdeploy run
+# comes after (converge). By hand the steps stay the seed's, cmdeploy and all.
+CUTOVER = (
+    Step(
+        "disable-mail",
+        services.stop_mail_units_on_old,
+        on="old",
+        needs=("old_host",),
+        writes=("old",),
+    ),
+    Step(
+        "enable-mail",
+        services.start_mail_units_on_new,
+        on="new",
+        needs=("new_host",),
+        writes=("new",),
+    ),
+    Step(
+        "converge",
+        services.converge_hosts,
+        on="old and new",
+        needs=(*BOTH, "relay_dir"),
+        writes=("old", "new"),
+        deploys_to=("old_host", "new_host"),
+    ),
+)
+IN_MIGRATE = {**BY_NAME, **{step.name: step for step in CUTOVER}}
 
-def step(name: str) -> Step:
-    return BY_NAME[name]
+
+def step(name: str, *, in_migrate: bool = False) -> Step:
+    """The step called ``name``: as migrate runs it, or as a task runs it by hand."""
+    return (IN_MIGRATE if in_migrate else BY_NAME)[name]
 
 
 def seed_order() -> list[str]:
@@ -129,13 +160,13 @@ def migrate_order(*, presync: bool) -> list[str]:
     (the seed installs after the copy only so the deploy finds them) and deploy whole.
     """
     order = [name for name in seed_order() if name != "install"]
-    return (["presync"] if presync else []) + ["install"] + order
+    return (["presync"] if presync else []) + ["install"] + order + ["converge"]
 
 
 def order_of(journal: Journal | None) -> list[str]:
     """The order a journal's migration runs in; one line when it names unknown steps."""
     order = (journal.plan if journal else None) or seed_order()
-    unknown = [name for name in order if name not in BY_NAME]
+    unknown = [name for name in order if name not in IN_MIGRATE]
     if unknown and journal:
         raise SettingsError(
             f"journal {journal.path} plans steps this tool does not know "
@@ -148,7 +179,7 @@ def order_of(journal: Journal | None) -> list[str]:
 def copies_left(journal: Journal | None) -> list[str]:
     """The steps still to write the relay's data onto new, in the journal's order."""
     order = order_of(journal) if journal else [s.name for s in STEPS]
-    return [n for n in order if step(n).copies and not (journal and journal.done(n))]
+    return [n for n in order if IN_MIGRATE[n].copies and not (journal and journal.done(n))]
 
 
 def task_settings(c, role: str | None, needs=(), deploys_to=(), **flags) -> Settings:

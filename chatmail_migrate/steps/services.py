@@ -39,6 +39,52 @@ def disable_mail_on_old(settings: Settings, runner: Runner, journal: Journal | N
     record_old_queue(settings, runner, journal)
 
 
+def stop_mail_units_on_old(
+    settings: Settings, runner: Runner, journal: Journal | None = None
+) -> None:
+    """migrate's cutover on OLD: mail stops now, by the units themselves.
+
+    The same end state as ``cmdeploy run --disable-mail`` (its units stopped and
+    disabled, in its order), without a whole deploy inside the window: that deploy
+    runs after it (converge).
+    """
+    record_old_state(settings, runner, journal)
+    runner.run("old", commands.STOP_MAIL_UNITS, hide=True)
+    expect_mail_services(runner, "old", running=False)
+    record_old_queue(settings, runner, journal)
+
+
+def start_mail_units_on_new(
+    settings: Settings, runner: Runner, journal: Journal | None = None
+) -> None:
+    """migrate's cutover on NEW: mail starts on the copied, verified state.
+
+    Installed and configured before the window (install); the units are enabled and
+    started here in the order the release's deploy starts them, and the deploy itself
+    runs after the window (converge), where it finds nothing left to start.
+    """
+    mark_serving(settings, runner, journal)
+    restart_on_copied_state(runner)
+    runner.run("new", commands.START_MAIL_UNITS, hide=True)
+    expect_mail_services(runner, "new", running=True)
+    expect_milters_reachable(runner)
+    domain_keys.keep_only_new(settings, runner, journal)
+
+
+def converge_hosts(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
+    """After the window: each host's own cmdeploy run, so both are what their deploy
+    makes (old with mail disabled, new with mail on: the activate stage where the
+    install was staged). A run restarts a service only where its configuration changed.
+    """
+    cmdeploy_run(settings, settings.old_host, disable_mail=True)
+    expect_mail_services(runner, "old", running=False)
+    staged, _ = stages_supported(settings)
+    stages = ACTIVATE_STAGES if staged and journal and journal.done("install") else None
+    cmdeploy_run(settings, settings.new_host, disable_mail=False, stages=stages)
+    expect_mail_services(runner, "new", running=True)
+    expect_milters_reachable(runner)
+
+
 def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
     staged, _ = stages_supported(settings)
     stages = ACTIVATE_STAGES if staged and journal and journal.done("install") else None
