@@ -67,7 +67,6 @@ def _refuse_and_deliver(lab: Lab, probe: Probe) -> None:
         time.sleep(0.25)
 
 
-@contextlib.contextmanager
 def where_on_new(lab: Lab, message_id: str) -> str:
     """Where old's last message is on new when IMAP does not show it (a diagnosis by
     ssh, not part of the outside view): a queue file, or nowhere."""
@@ -81,6 +80,7 @@ def where_on_new(lab: Lab, message_id: str) -> str:
     return f"in new's queue: {found}" + (f" ({why})" if why else "")
 
 
+@contextlib.contextmanager
 def probed(
     lab: Lab, sender: str, client_ttl: float | None = None, window_wait: float = 60
 ) -> Iterator[dict]:
