@@ -75,8 +75,10 @@ def where_on_new(lab: Lab, message_id: str) -> str:
     found = lab.ssh("new", grep, check=False).stdout.strip()
     if not found:
         return "not in new's queue either"
-    why = lab.ssh("new", f"postcat -q {found.rsplit('/', 1)[-1]} 2>/dev/null | "
-                  "grep -m1 -i 'reason=' || true", check=False).stdout.strip()  # fmt: skip
+    # Postfix's defer log (defer/X/ID beside deferred/X/ID) says why it waits.
+    log = "defer/" + found.split("/", 1)[1] if found.startswith("deferred/") else ""
+    why = lab.ssh("new", f"cd /var/spool/postfix && grep -m1 -o 'reason=.*' {log} 2>/dev/null",
+                  check=False).stdout.strip() if log else ""  # fmt: skip
     return f"in new's queue: {found}" + (f" ({why})" if why else "")
 
 
