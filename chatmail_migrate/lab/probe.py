@@ -227,7 +227,8 @@ class Probe:
             self.client.stop()
         self.stopped = time.time()
         last = self.last_accepted()
-        if last and not any(s.seen for s in self.samples["new"].get("imap993", [])):
+        logins = self.samples["new"].get("imap993", [])
+        if last and not any(s.seen and s.searched == last.message_id for s in logins):
             self.final_check = self._sample("new", "imap993")
         return self.result()
 
