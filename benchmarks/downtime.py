@@ -30,17 +30,27 @@ end is one PASS/FAIL line per target of issue 14, with its measured value: B's
 downtime <= 1.10 x A's (each cache regime), C's <= 0.30 x A's, at >= 900,000 entries
 C's downtime without cmdeploy <= 15 s, and the tool's peak memory < 100 MB (the
 largest process the runs left, i.e. the tool). Writes every run as JSON.
+
+From outside (issue 24): the lab's probe (``probe_window.py``) runs around every run
+and its window (old's last IMAP login to new's first login that sees old's last
+message) is printed beside the tool's own downtime, with what users behind a
+resolver cache saw (the lab's DNS changes at once when a run switches it) and the
+cmdeploy runs inside the window. ``--cmdeploy-seconds 0,60`` runs every variant with
+each stand-in run lasting that much longer (CHATMAIL_LAB_CMDEPLOY_SECONDS, before it
+touches a service), side by side; ``--probe-sender`` picks how mail reaches old
+(``live`` until old refuses, ``before``: refused and delivered before the run, ``off``);
+``--no-probe`` leaves the probe out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import resource
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +59,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from downtime_tables import print_tables, run_line, targets  # noqa: E402
+from probe_window import SENDERS, point_dns, probed  # noqa: E402
 
 from chatmail_migrate.journal import Journal  # noqa: E402
 from chatmail_migrate.lab import Lab, SeedParams, seed_relay  # noqa: E402
@@ -65,8 +78,8 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def cmdeploy(lab: Lab, host: str, *extra: str) -> None:
-    env = {**os.environ, **lab.env()}
+def cmdeploy(lab: Lab, host: str, *extra: str, **env_extra: str) -> None:
+    env = {**os.environ, **lab.env(), **env_extra}
     subprocess.run([env["CMDEPLOY"], "run", *extra, "--ssh-host", host], cwd=lab.relay_dir,
                    env=env, check=True, capture_output=True)  # fmt: skip
 
@@ -88,22 +101,30 @@ def reset(lab: Lab) -> None:
         f'aside={ASIDE}/$(date +%s%N); for p in {moves}; do [ -e "$p" ] || continue; '
         'mkdir -p "$aside$(dirname "$p")" && mv "$p" "$aside$p"; done',
     )
-    cmdeploy(lab, "old")
+    # Not a measured run: at the stand-in's own speed, whatever the pass models.
+    cmdeploy(lab, "old", CHATMAIL_LAB_CMDEPLOY_SECONDS="0", CHATMAIL_LAB_CMDEPLOY_LOG="")
+    point_dns(lab, "old")
 
 
-def run_tool(lab: Lab, state: str, *args: str, **extra: str) -> tuple[float, int]:
-    """Run invoke; return its wall time and peak memory (KiB) of the tool's process tree."""
+def run_tool(lab: Lab, state: str, *args: str, **extra: str) -> tuple[float, int, int, str]:
+    """Run invoke, changing the lab's DNS when its switch-dns step starts; return its wall
+    time, peak memory (KiB) of the tool's process tree, exit code and output."""
     env = {**os.environ, **lab.env(), "XDG_STATE_HOME": state, **extra}
     started = time.monotonic()
     proc = subprocess.Popen([INVOKE, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    output = proc.communicate()[0]
+    assert proc.stdout is not None
+    lines, switched = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if not switched and re.search(r"\] switch-dns ", line):
+            switched = True
+            point_dns(lab, "new")
+    code = proc.wait()
     wall = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"invoke {' '.join(args)} failed:\n{output}")
     # The largest reaped descendant so far: the tool (the seeding ran as ssh clients).
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, peak
+    return wall, peak, code, "".join(lines)
 
 
 def from_journal(state: str, domain: str) -> dict:
@@ -156,6 +177,7 @@ def manual(lab: Lab, paths: list[str], caches: str = "dropped") -> dict:
         ("copy", lambda: lab.ssh("old", tar, timeout=3600, forward_agent=True)),
         ("install", lambda: cmdeploy(lab, "new", "--disable-mail")),
         ("chowns", lambda: lab.ssh("new", " && ".join(chowns))),
+        ("switch-dns", lambda: point_dns(lab, "new")),
         ("enable-mail", lambda: cmdeploy(lab, "new")),
     ):
         started = time.monotonic()
@@ -226,9 +248,17 @@ def tool_run(lab: Lab, name: str, args: argparse.Namespace, messages_total: int,
                 "CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST": "old"}  # fmt: skip
     if caches == "dropped":
         drop_caches()
-    wall, peak = run_tool(lab, state, "migrate", "--old-host", "old", "--new-host", "new",
-                          "--yes", "--no-wait", *extra, **hook)  # fmt: skip
-    result = {**from_journal(state, lab.domain), "wall": wall, "peak_kib": peak}
+    wall, peak, code, output = run_tool(lab, state, "migrate", "--old-host", "old",
+                                        "--new-host", "new", "--yes", "--no-wait", *extra,
+                                        **hook)  # fmt: skip
+    failed = [line for line in output.splitlines() if line.startswith("FAIL")]
+    if code != 0 and "enable-mail done in" not in output:
+        # No cutover (verify failed and rolled back, say): no downtime to compare.
+        print(f"  {name}: migrate failed (exit {code}):\n" + output[-1500:], flush=True)
+        return {"failed": output[-3000:], "exit": code, "downtime": None}
+    # Mail runs on new; check-relay (after enable-mail) may still FAIL: kept beside.
+    result = {**from_journal(state, lab.domain), "wall": wall, "peak_kib": peak,
+              "exit": code, "check_relay_failed": failed}  # fmt: skip
     log = Path(state, "chatmail-migrate", f"{lab.domain}.log")
     deploy = cmdeploy_seconds(log)
     churn = 0.0
@@ -244,8 +274,14 @@ def tool_run(lab: Lab, name: str, args: argparse.Namespace, messages_total: int,
     return result
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+@contextlib.contextmanager
+def watched(lab: Lab, args: argparse.Namespace):
+    """The probe around one run (``--no-probe``: nothing)."""
+    if args.no_probe:
+        yield {}
+        return
+    with probed(lab, args.probe_sender, args.client_ttl, args.window_wait) as seen:
+        yield seen
 
 
 def run_size(args: argparse.Namespace, accounts: int) -> dict:
@@ -276,121 +312,26 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
         messages_total = accounts * args.messages
         # Interleaved, so drifts of the machine touch every variant alike.
         for round_ in range(args.repeat):
-            for caches in args.caches:
-                record = {"round": round_, "caches": caches}
-                runs.append({**record, "variant": "A", **manual(lab, paths, caches)})
-                reset(lab)
-                for name in "BC":
-                    result = tool_run(lab, name, args, messages_total, caches)
-                    runs.append({**record, "variant": name, **result})
+            for caches, seconds in [(c, s) for c in args.caches for s in args.cmdeploy_seconds]:
+                # Every stand-in run of this pass spends this long before its services.
+                os.environ["CHATMAIL_LAB_CMDEPLOY_SECONDS"] = f"{seconds:g}"
+                record = {"round": round_, "caches": caches, "cmdeploy_s": seconds}
+                for name in "ABC":
+                    with watched(lab, args) as seen:
+                        if name == "A":
+                            result = manual(lab, paths, caches)
+                        else:
+                            result = tool_run(lab, name, args, messages_total, caches)
+                    runs.append({**record, "variant": name, **result, **seen})
                     reset(lab)
-                print(
-                    f"  round {round_ + 1} ({caches} caches): "
-                    + ", ".join(f"{r['variant']} {r['downtime']:.1f}s" for r in runs[-3:]),
-                    flush=True,
-                )
+                print(f"  round {round_ + 1} ({caches} caches, cmdeploy +{seconds:g}s): "
+                      + ", ".join(run_line(r) for r in runs[-3:]), flush=True)  # fmt: skip
     finally:
+        os.environ.pop("CHATMAIL_LAB_CMDEPLOY_SECONDS", None)
         lab.down()
     return {"accounts": accounts, "entries": entries, "files": seeded["mail_files"],
             "bytes": size, "seed_s": seed_s, "physical": ref, "runs": runs,
             "load": os.getloadavg()}  # fmt: skip
-
-
-def summarize(result: dict, caches: str) -> dict[str, dict]:
-    """Per variant: the medians of downtime, its parts and the steps inside it."""
-    out: dict[str, dict] = {}
-    for variant in "ABC":
-        runs = [r for r in result["runs"] if r["variant"] == variant and r["caches"] == caches]
-        if not runs:
-            continue
-        steps = sorted({s for r in runs for s in r["steps"]}, key=STEP_ORDER.index)
-        out[variant] = {
-            "downtime": median([r["downtime"] for r in runs]),
-            "cmdeploy": median([r["cmdeploy"] for r in runs]),
-            "without_cmdeploy": median([r["downtime"] - r["cmdeploy"] for r in runs]),
-            "copy": median([r["copy"] for r in runs]),
-            "steps": {s: median([r["steps"].get(s, 0.0) for r in runs]) for s in steps},
-            "peak_kib": max((r.get("peak_kib", 0) for r in runs), default=0),
-            "n": len(runs),
-        }
-    return out
-
-
-# Every step that can lie inside the downtime, A's and the tool's, in their order.
-STEP_ORDER = ["disable-mail", "copy", "copy-data", "install", "chowns", "fix-ownership",
-              "verify", "switch-dns", "enable-mail"]  # fmt: skip
-LABELS = {"A": "A: by hand", "B": "B: migrate", "C": "C: migrate --presync"}
-
-
-def print_tables(results: list[dict], caches: list[str]) -> None:
-    for result in results:
-        ref = result["physical"]
-        print(f"\n{result['entries']:,} entries ({result['files']:,} mail files, "
-              f"{result['bytes'] / 2**20:.0f} MiB); reading on old {ref['read_Bps'] / 2**20:.0f} "
-              f"MiB/s, raw ssh {ref['ssh_Bps'] / 2**20:.0f} MiB/s, a warm stat of every entry "
-              f"on old {ref.get('walk_s', 0):.1f} s; load average at the end "
-              + " ".join(f"{x:.1f}" for x in result["load"]))  # fmt: skip
-        fmt = "  {:24} {:>8} {:>8} {:>9} {:>8} {:>7} {:>8}"
-        print(fmt.format("run (median)", "down s", "of A", "-cmdeploy", "copy s", "runs",
-                         "tool MiB"))  # fmt: skip
-        for regime in caches:
-            summary = summarize(result, regime)
-            a = summary["A"]["downtime"]
-            for variant, s in summary.items():
-                print(
-                    fmt.format(
-                        f"{LABELS[variant]}, {regime}",
-                        f"{s['downtime']:.1f}",
-                        f"{s['downtime'] / a:.2f}",
-                        f"{s['without_cmdeploy']:.1f}",
-                        f"{s['copy']:.1f}",
-                        s["n"],
-                        f"{s['peak_kib'] / 1024:.0f}" if s["peak_kib"] else "-",
-                    )
-                )
-    # The growth: every downtime step's median time at each size, per variant.
-    for regime in caches:
-        print(f"\ndowntime steps, seconds (medians, {regime} caches)")
-        sizes = [f"{r['entries'] // 1000}k" for r in results]
-        cols = [f"{v}@{size}" for size in sizes for v in "ABC"]
-        print("  {:14}".format("step") + "".join(f"{c:>10}" for c in cols))
-        summaries = [summarize(r, regime) for r in results]
-        for step in STEP_ORDER + ["downtime", "cmdeploy"]:
-            cells = []
-            for summary in summaries:
-                for v in "ABC":
-                    s = summary.get(v, {})
-                    value = s.get(step) if step in ("downtime", "cmdeploy") else s.get(
-                        "steps", {}).get(step)  # fmt: skip
-                    cells.append(f"{value:.1f}" if value is not None else "-")
-            if any(c != "-" for c in cells):
-                print(f"  {step:14}" + "".join(f"{c:>10}" for c in cells))
-
-
-def targets(results: list[dict], caches: list[str]) -> dict[str, dict]:
-    """The issue's targets, with the measured ratio (or seconds) beside each."""
-    found: dict[str, dict] = {}
-    base = results[0]
-    for regime in caches:
-        s = summarize(base, regime)
-        ratio = s["B"]["downtime"] / s["A"]["downtime"]
-        found[f"B downtime <= 1.10 x A ({regime} caches, {base['entries']:,} entries)"] = {
-            "value": round(ratio, 2), "met": ratio <= 1.10}  # fmt: skip
-        ratio = s["C"]["downtime"] / s["A"]["downtime"]
-        found[f"C downtime <= 0.30 x A ({regime} caches, {base['entries']:,} entries)"] = {
-            "value": round(ratio, 2), "met": ratio <= 0.30}  # fmt: skip
-    big = max(results, key=lambda r: r["entries"])
-    if big["entries"] >= 900_000:
-        s = summarize(big, caches[0])
-        seconds = s["C"]["without_cmdeploy"]
-        found[f"C downtime without cmdeploy <= 15 s ({big['entries']:,} entries)"] = {
-            "value": round(seconds, 1), "met": seconds <= 15}  # fmt: skip
-    peak = max(r.get("peak_kib", 0) for result in results for r in result["runs"])
-    found["tool peak memory < 100 MB"] = {
-        "value": round(peak * 1024 / 1e6),
-        "met": peak * 1024 < 100e6,
-    }
-    return found
 
 
 def main() -> None:
@@ -409,15 +350,28 @@ def main() -> None:
     parser.add_argument("--out", default="benchmark-downtime.json")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of A, B, C (medians shown)")
     parser.add_argument("--name", default="cmbench", help="the lab's name (two labs side by side)")
+    parser.add_argument(
+        "--cmdeploy-seconds", default="0",
+        help="comma-separated seconds each stand-in cmdeploy run spends before touching a "
+        "service (e.g. 0,60: every variant with each, side by side)",
+    )  # fmt: skip
+    parser.add_argument("--probe-sender", choices=SENDERS, default="live",
+                        help="mail to old's port 25 in each run (probe_window.py)")  # fmt: skip
+    parser.add_argument("--no-probe", action="store_true", help="no outside probe")
+    parser.add_argument("--window-wait", type=float, default=60,
+                        help="seconds a run waits for the probe's window to close")  # fmt: skip
+    parser.add_argument("--client-ttl", type=float,
+                        help="seconds the probe's resolver cache keeps an answer")  # fmt: skip
     args = parser.parse_args()
     args.caches = [c for c in args.caches.split(",") if c]
+    args.cmdeploy_seconds = [float(x) for x in args.cmdeploy_seconds.split(",") if x]
     if os.geteuid() != 0:
         raise SystemExit("the benchmark boots the lab: run it as root")
     # An account holds its messages and 10 more entries (4 directories, 6 files).
     sizes = [max(int(n) // (args.messages + 10), 1) for n in args.files.split(",") if n]
     results = [run_size(args, accounts) for accounts in sizes or [args.accounts]]
-    print_tables(results, args.caches)
-    found = targets(results, args.caches)
+    print_tables(results, args.caches, args.cmdeploy_seconds)
+    found = targets(results, args.caches, args.cmdeploy_seconds)
     print()
     for target, t in found.items():
         print(f"{'PASS' if t['met'] else 'FAIL'}  {target}: {t['value']}")

@@ -50,6 +50,8 @@ def lab_name(base: str) -> str:
 def tool_env(lab: Lab, state_dir: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, **lab.env(), "XDG_STATE_HOME": str(state_dir), **extra}
     env.pop("CHATMAIL_LAB_CMDEPLOY_FAIL", None)
+    # Tests deploy at the stand-in's own speed, whatever a benchmark shell exported.
+    env.pop("CHATMAIL_LAB_CMDEPLOY_SECONDS", None)
     env.update(extra)
     return env
 

@@ -42,6 +42,15 @@ benchmark, ``CHATMAIL_LAB_BEFORE_DISABLE_MAIL`` is shell run on the host
 That run is migrate's install on new (the cutover itself runs no cmdeploy) or the
 seed's disable-mail on old.
 
+For the benchmark, ``CHATMAIL_LAB_CMDEPLOY_SECONDS`` (float, default 0) is how long
+a run spends before it sends its deploy to the host, i.e. before any service is
+started, stopped or restarted: a real run's apt, file transfers and fact gathering
+come first and take tens of seconds, which the stand-in otherwise skips. And
+``CHATMAIL_LAB_CMDEPLOY_LOG`` names a file to which every run (a failed or dry one
+too) appends one JSON line: its start and end (epoch seconds), ``--ssh-host``, the
+release, ``--disable-mail``, ``CMDEPLOY_STAGES`` as given, the exit code; so a
+probe's outage can be laid beside the runs.
+
 This module is the command line (``main``: the arguments, the stages asked for, the
 fault hooks, and the order of logins, checks and deploy); the release table and the
 checkout's chatmail.ini are in ``standin_release.py``, the shell run on the host in
@@ -51,9 +60,11 @@ checkout's chatmail.ini are in ``standin_release.py``, the shell run on the host
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from chatmail_migrate.lab.standin_deploy import deploy_script
@@ -70,6 +81,34 @@ from chatmail_migrate.lab.standin_release import (
     read_ini,
 )
 
+SECONDS_ENV = "CHATMAIL_LAB_CMDEPLOY_SECONDS"
+LOG_ENV = "CHATMAIL_LAB_CMDEPLOY_LOG"
+
+
+def modelled_seconds() -> float:
+    """How long a run stands for a real deploy's work before its services change."""
+    value = os.environ.get(SECONDS_ENV, "").strip()
+    try:
+        seconds = float(value) if value else 0.0
+    except ValueError:
+        raise SystemExit(f"error: {SECONDS_ENV}={value!r} is not a number of seconds") from None
+    if seconds < 0:
+        raise SystemExit(f"error: {SECONDS_ENV}={value!r} must not be negative")
+    return seconds
+
+
+def log_run(record: dict) -> None:
+    """One JSON line per run, written with one append (runs may overlap)."""
+    path = os.environ.get(LOG_ENV)
+    if not path:
+        return
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -85,7 +124,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--skip-dns-check", action="store_true")
     run.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
+    seconds = modelled_seconds()
+    record = {
+        "start": time.time(),
+        "ssh_host": args.ssh_host,
+        "disable_mail": args.disable_mail,
+        "dry_run": args.dry_run,
+        "cmdeploy_stages": os.environ.get("CMDEPLOY_STAGES"),
+        "modelled_seconds": seconds,
+        "release": None,
+    }
+    code = 1
+    try:
+        code = run_command(args, seconds, record)
+    finally:
+        record.update(end=time.time(), exit=code)
+        log_run(record)
+    return code
 
+
+def run_command(args: argparse.Namespace, seconds: float, record: dict) -> int:
+    """``cmdeploy run``: logins, DNS check, then the deploy (after ``seconds``)."""
     print("cmdeploy LAB STAND-IN (not the real cmdeploy)", flush=True)
     ini_path = Path(args.config)
     if not ini_path.exists():
@@ -96,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ini = read_ini(ini_path)
     domain = ini.mail_domain
     host = args.ssh_host or domain
+    record["host"] = host
     version, githash = checkout_version(ini_path.resolve().parent)
+    record["release"] = version
     release = Release(version)
     if args.skip_dns_check and not release.staged:
         print("cmdeploy run: error: unrecognized arguments: --skip-dns-check", file=sys.stderr)
@@ -144,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.disable_mail and not run_last_mail_hook():
         return 1
     script = deploy_script(release, ini, githash, stages, args.disable_mail)
+    if seconds:
+        # A real deploy's apt, uploads and fact gathering, before any service changes.
+        print(f"(lab: modelling {seconds:g}s of a real deploy's work)", flush=True)
+        time.sleep(seconds)
     print(
         f"deploying relay {version} to {host}: stages {','.join(stages)}"
         f"{' (mail disabled)' if args.disable_mail else ''}",
