@@ -117,10 +117,19 @@ def test_final_sync_and_verify_follow_what_changed_after_the_presync(make_lab, t
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
 
+    # New holds exactly what old holds: every entry, hard links and ACLs included.
+    first, second, moved, gone, _, relogged, _, renamed, linked = lab.ssh(
+        "old", "cat /root/changed"
+    ).stdout.split()
+    assert compare_trees(listing(lab, "old"), listing(lab, "new")) == []
+    new_side = lab.ssh("new", f"cd {MAILDIR} && ls -d *@*").stdout.split()
+    assert gone not in new_side and "zzznewcomer@relay.lab.example" in new_side
+    assert lab.ssh("new", f"ls {MAILDIR}/{renamed}/.Junk/cur").stdout.strip()
+    assert mail_services(lab, "new") == MAIL_ON
+
     # The window's sync looked at what changed only: 60 accounts walked (their
     # directories stat'ed, cur/new/tmp unlisted), a handful of directories sent.
     seen = walked(out)
-    print(lab.ssh("old", "tr '\\0' '\\n' < /var/lib/chatmail-migrate/changed/files-from").stdout)
     assert seen["dirs"] > 240 and seen["changed"] == 15, seen
     # The folder renamed and the new account are sent whole (4 directories each).
     assert seen["whole"] == 2, seen
@@ -137,16 +146,6 @@ def test_final_sync_and_verify_follow_what_changed_after_the_presync(make_lab, t
     assert "no differences" in verify
     events = journal(tmp_path, lab)["events"]
     assert [e for e in events if e["event"] == "verified"][-1]["changed_only"] is True
-
-    # New holds exactly what old holds: every entry, hard links and ACLs included.
-    first, second, moved, gone, _, relogged, _, renamed, linked = lab.ssh(
-        "old", "cat /root/changed"
-    ).stdout.split()
-    assert compare_trees(listing(lab, "old"), listing(lab, "new")) == []
-    new_side = lab.ssh("new", f"cd {MAILDIR} && ls -d *@*").stdout.split()
-    assert gone not in new_side and "zzznewcomer@relay.lab.example" in new_side
-    assert lab.ssh("new", f"ls {MAILDIR}/{renamed}/.Junk/cur").stdout.strip()
-    assert mail_services(lab, "new") == MAIL_ON
 
     # After the move, with mail on new: the whole tree compares, what new changed since
     # it began serving aside (a login, a message delivered, one deleted).
