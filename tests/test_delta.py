@@ -3,14 +3,15 @@ whole tree is compared after the move (steps/delta.py, steps/verify.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from chatmail_migrate.journal import Journal
 from chatmail_migrate.lab import Lab, SeedParams
+from chatmail_migrate.run.status import report
 from tests.helpers import REPO, compare_trees, listing, mail_services, run_tool, tool_env
 from tests.test_migrate import MAIL_ON, journal
 
@@ -56,19 +57,20 @@ m=$(ls -d "$a"/cur/* | tail -1); ln "$m" "$a/.Trash/cur/$(basename "$m")-copy"
 echo "$1 $2 $3 $4 $5 $6 $7 $8 $a" > /root/changed
 """
 
-# What the plan's converge (or any caller after the move) runs: the after-move compare.
-AFTER_MOVE = """
+# What the plan's steps outside the window run (or any caller): the whole tree compared,
+# after the move (verify_whole_tree_after_move) or before the cutover.
+WHOLE_TREE = """
 import sys
 from invoke import Context
 from chatmail_migrate.errors import MigrateError
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.settings import resolve
-from chatmail_migrate.steps.verify import verify_whole_tree_after_move
+from chatmail_migrate.steps import verify
 settings = resolve(Context(), old_host="old", new_host="new")
 runner = Runner(settings)
 try:
-    verify_whole_tree_after_move(settings, runner, Journal.for_settings(settings))
+    getattr(verify, sys.argv[1])(settings, runner, Journal.for_settings(settings))
 except MigrateError as e:
     sys.exit(f"error: {e}")
 finally:
@@ -76,16 +78,16 @@ finally:
 """
 
 
-def after_move_compare(lab: Lab, state_dir: Path) -> subprocess.CompletedProcess:
+def whole_tree(lab: Lab, state_dir: Path, when: str = "after_move") -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-c", AFTER_MOVE],
+        [sys.executable, "-c", WHOLE_TREE, f"verify_whole_tree_{when}"],
         cwd=REPO,
         env=tool_env(lab, state_dir),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    print(f"after-move compare -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    print(f"whole tree {when} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -113,6 +115,10 @@ def test_final_sync_and_verify_follow_what_changed_after_the_presync(make_lab, t
     started = [e for e in done if e["event"] == "presync-done"][-1]
     assert started["old_clock_ns"] > 0 and started["by_name"] is True
     lab.ssh("old", AFTER)
+    # Outside the window, before the cutover: what old changed since may differ, only.
+    before = whole_tree(lab, tmp_path, "before_cutover")
+    assert before.returncode == 0, before.stderr
+    assert "changed since on their host, as they may: no differences" in before.stdout
     result = run_tool(lab, "invoke", "migrate", *HOSTS, "--yes", "--no-wait", state_dir=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -155,7 +161,7 @@ def test_final_sync_and_verify_follow_what_changed_after_the_presync(make_lab, t
         f"'{MAILDIR}/{second}/new/1900000000.after.new,S=9' && "
         f'rm "$(ls -d {MAILDIR}/{moved}/cur/* | head -1)"',
     )
-    after = after_move_compare(lab, tmp_path)
+    after = whole_tree(lab, tmp_path)
     assert after.returncode == 0, after.stderr
     assert "whole mailbox tree after the move:" in after.stdout
     # Those three, and the two directories whose mtime they moved.
@@ -172,12 +178,15 @@ def test_a_difference_outside_what_changed_is_caught_after_the_move(make_lab, tm
     altered = lab.ssh("new", f"ls -d {MAILDIR}/*/cur/* | head -1").stdout.strip()
     lost = lab.ssh("new", f"ls -d {MAILDIR}/*/cur/* | tail -1").stdout.strip()
     lab.ssh("new", f"chmod 640 '{altered}' && rm '{lost}'")
+    # Before the cutover, the whole tree against the pre-sync already tells.
+    before = whole_tree(lab, tmp_path, "before_cutover")
+    assert before.returncode == 1 and f"missing on new: {lost}" in before.stderr
     result = run_tool(lab, "invoke", "migrate", *HOSTS, "--yes", "--no-wait", state_dir=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 of " in result.stdout and "what the final sync looked at (0 directories" in (
         result.stdout
     )
-    after = after_move_compare(lab, tmp_path)
+    after = whole_tree(lab, tmp_path)
     assert after.returncode == 1
     assert f"{altered}: mode 0o600 on old, 0o640 on new" in after.stderr
     assert f"missing on new: {lost}" in after.stderr
@@ -186,4 +195,8 @@ def test_a_difference_outside_what_changed_is_caught_after_the_move(make_lab, tm
     assert "`rollback` carries its mail back to the old host" in after.stderr
     verified = [e for e in journal(tmp_path, lab)["events"] if e["event"] == "verified"][-1]
     assert verified["ok"] is False and "3 differences" in verified["summary"]
-    assert json.dumps(verified)
+    # The report, written from the journal when migrate ends, says so and names the
+    # rollback (here migrate ended before: the plan's step after the window runs it).
+    text = report(Journal.load(tmp_path / "chatmail-migrate" / f"{lab.domain}.json"), None)
+    assert "verify (metadata): FAILED: whole tree after the move: " in text
+    assert "`rollback` carries new's mail back to old" in text

@@ -123,8 +123,14 @@ def verify_whole_tree_after_move(
     if report is None:
         return None
     first = report.summary().splitlines()[0]
-    if journal:
-        journal.note("verified", ok=report.ok, checksum=settings.checksum, summary=first)
+    if journal:  # the report's verify line, the rollback named when it failed
+        rollback = "" if report.ok else "; `rollback` carries new's mail back to old"
+        journal.note(
+            "verified",
+            ok=report.ok,
+            checksum=settings.checksum,
+            summary=f"whole tree after the move: {first}{rollback}",
+        )
     if not report.ok:
         raise MigrateError(
             f"verify after the move: {report.summary()}\nThese entries of {tree} differ "
