@@ -107,6 +107,11 @@ def main() -> None:
                 runner.close()
                 churn(lab, accounts * args.messages, args.size)
                 result = {"round": round_, "way": way, **timed(way, settings, journal)}
+                # Not timed: the whole tree, each host its own, must be alike.
+                runner = Runner(settings, echo=lambda *_: None)
+                whole = verify.compare_trees(settings, runner, [MAILDIR], False)
+                runner.close()
+                assert whole is not None and whole.ok, whole and whole.summary()
                 changed = journal.last_event("copied", settings.new_host).get("changed") or {}
                 result["walk"] = {k: changed.get(k) for k in ("seconds", "changed_dirs", "dirs")}
                 runs.append(result)
