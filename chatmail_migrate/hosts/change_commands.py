@@ -56,5 +56,6 @@ def walk_command(tree: str, clock_ns: int, display: bool = False) -> str:
 
 
 def specs_command() -> str:
-    """The last walk's summary (one JSON line), then verify's specs."""
-    return f"cat {CHANGED_DIR}/summary.json && echo && cat {CHANGED_DIR}/verify"
+    """The last walk's summary (one JSON line), then verify's specs (nothing if none)."""
+    files = f"cat {CHANGED_DIR}/summary.json && echo && cat {CHANGED_DIR}/verify"
+    return f"{{ {files}; }} 2>/dev/null || true"

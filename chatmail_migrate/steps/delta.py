@@ -51,9 +51,7 @@ def find_changes(
     None when the final sync must look at the whole tree (why is printed)."""
     done = journal.last_event("presync-done", settings.new_host) if journal else None
     why = None
-    if settings.dry:
-        why = "(dry run)"
-    elif not done or not done.get("old_clock_ns"):
+    if not done or not done.get("old_clock_ns"):
         why = "the pre-sync noted no start on old (an older version of this tool)"
     elif not done.get("by_name"):
         # Then the pre-sync wrote old's numeric ids; only a pass over every file, as
@@ -70,6 +68,8 @@ def find_changes(
     display = change_commands.walk_command(tree, clock, display=True)
     with runner.capture("old", command, display) as out:
         text = out.read().decode(errors="replace").strip()
+    if settings.dry:  # the commands it would run, with what the walk would find
+        return {"bytes": 0, "entries": 0, "token": "dry"}
     try:
         found = json.loads(text.splitlines()[-1])
     except (ValueError, IndexError):
