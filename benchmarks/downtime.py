@@ -200,8 +200,12 @@ root, new, gone, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys
 vmail = pwd.getpwnam("vmail")
 accounts = sorted(glob.glob(os.path.join(root, "*", "*@*")))
 body = os.urandom(size)
+stamp = time.time_ns()
 for i in range(new):
-    path = os.path.join(accounts[i % len(accounts)], "new", "1800000000.M%d.late:2," % i)
+    # New names each run, as deliveries have: a name written again would be a message
+    # rewritten in place, which Dovecot never does (and a final sync of what changed
+    # since the pre-sync does not look for).
+    path = os.path.join(accounts[i % len(accounts)], "new", "%d.M%d.late:2," % (stamp, i))
     with open(path, "wb") as f:
         f.write(body)
     os.chown(path, vmail.pw_uid, vmail.pw_gid)

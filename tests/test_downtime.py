@@ -237,6 +237,11 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
     assert "owners on old that this host lacks: user labonly" in failed.stderr
     assert "[5/9] fix-ownership FAILED" in failed.stderr and "Rolled back" in failed.stderr
     assert mail_services(lab, "old") == MAIL_ON
+    # The pre-sync wrote old's numbers (no vmail on new then): the final sync looked at
+    # the whole tree, which gives every file its owner by name, ACLs listed beside it.
+    first = failed.stdout[failed.stdout.index("[4/9] copy-data") :]
+    assert "users did not exist on new at the pre-sync (owners by number)" in first
+    assert "--recursive /home/vmail/mail >" in first and "(as the pre-sync found it)" in first
     lab.ssh("old", "chown root /var/lib/acme/conf/stray")
     before = listing(lab, "old")
     result = run_tool(lab, "invoke", *args, state_dir=tmp_path)
@@ -245,12 +250,14 @@ def test_owners_restored_by_name_as_the_data_lands_without_walking_the_trees(
     assert "owners and ACLs are restored by name as the data lands" in out
     assert "owners and ACLs restored by name as the data landed" in out
     # Inside the downtime nothing walks the trees beside the copier but the niced
-    # progress total of tar's small trees and the mailbox tree's ACLs (rsync has none).
+    # progress total of tar's small trees. The rerun's pre-sync found the relay's users
+    # on new (the first attempt's install made them): the final sync looks at what
+    # changed since, ACLs with it, and nothing lists the mailbox tree beside it.
     copy = out[out.index("[4/9] copy-data") : out.index("[5/9] fix-ownership")]
     assert "%U:%G" not in copy and "getent passwd" not in copy
-    assert "--recursive /home/vmail/mail >" in copy and "--recursive /home/vmail/mail /" not in copy
+    assert "--recursive /home/vmail/mail" not in copy
     assert "find /home/vmail/mail" not in copy
-    assert "(as the pre-sync found it)" in copy
+    assert "what changed since the pre-sync" in copy and "--acls --dirs --files-from" in copy
     # Verify compared every owner, group and ACL by name; the listing agrees.
     assert "[6/9] verify done" in out
     assert compare_trees(before, listing(lab, "new")) == []

@@ -202,6 +202,9 @@ def test_copy_key_receiver_runs_exactly_what_the_copy_sends(tmp_path: Path):
         f"{rsync} -lHogDtpXre.iLsfxCIvu --log-format=%i --delete -@-1 --mkpath . {tree}",
         f"{rsync} -lHogDtpXrze.iLsfxCIvu --log-format=X --compress-choice=zstd --delete "
         f"--modify-window=-1 --mkpath . {tree}",
+        # The pre-sync with ACLs, and the final sync of what changed (seen from 3.2.7).
+        f"{rsync} -lHogDtpAXre.iLsfxCIvu --log-format=%i --delete -@-1 --mkpath . {tree}",
+        f"{rsync} -ldHogDtpAXRe.LsfxCIvu --no-r --log-format=%i --delete -@-1 --mkpath . {tree}",
     ]
     refused = [
         "",

@@ -41,11 +41,23 @@ QUEUE_DIRS = {
 SPOOL_RUNTIME = {"etc", "lib", "usr", "dev", "pid", "public", "private"}
 
 
-def listing_command(paths: list[str], checksum: bool, display: bool = False) -> str:
-    """The listing command (``display``: with the script's name instead of its text)."""
+def listing_command(
+    paths: list[str], checksum: bool, display: bool = False, *, ctimes: bool = False
+) -> str:
+    """The listing command (``display``: with the script's name instead of its text).
+
+    ``paths`` ``["-"]``: the entries come from the command's stdin (:func:`specs`).
+    ``ctimes``: each entry's ctime too, for :func:`compare`'s ``changed_since``.
+    """
     quoted = " ".join(shlex.quote(p) for p in paths)
     script = "<verify's listing script>" if display else shlex.quote(LISTING_PY)
-    return f"python3 -c {script} {int(checksum)} {quoted}"
+    return f"python3 -c {script} {int(checksum)}{'c' if ctimes else ''} {quoted}"
+
+
+def specs(trees: list[str], raw: bytes = b"") -> bytes:
+    """What a listing of ``["-"]`` reads: ``trees`` whole, then ``raw`` (specs as the
+    walk of what changed wrote them: "D" a directory and its entries, "E" an entry)."""
+    return b"".join(b"R" + t.encode() + b"\0" for t in trees) + raw
 
 
 def parse_listing(data: bytes | BinaryIO) -> Iterator[dict]:
@@ -110,6 +122,8 @@ class Report:
     # Files (counted in ``files``) whose content old's listing hashed.
     hashed: int = 0
     keys: list[str] = field(default_factory=lambda: list(METADATA))
+    # Entries that differ but changed on their host after compare()'s changed_since.
+    excused: int = 0
 
     @property
     def ok(self) -> bool:
@@ -135,6 +149,8 @@ class Report:
 
     def summary(self, first: int = 5) -> str:
         head = f"{self.files} files, {self.bytes / 1e6:.1f} MB compared ({self.compared()})"
+        if self.excused:
+            head += f"; {self.excused} changed since on their host, as they may"
         if self.ok:
             return (
                 f"{head}: no differences ({self.skipped} sockets and Postfix runtime "
@@ -159,14 +175,54 @@ def _shown(key: str, value) -> str:
     return str(value)
 
 
-def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) -> Report:
+class Changed:
+    """Whether an entry changed on its host at or after that host's threshold (ns, its
+    own clock; None: nothing may differ there): from the entry's ctime ("ct"), or for
+    an entry the host lacks, its nearest directory there (a deletion or a rename in
+    a directory moves that directory's ctime). Fed entries in listing order."""
+
+    def __init__(self, thresholds: tuple[int | None, int | None]):
+        self.thresholds = {"old": thresholds[0], "new": thresholds[1]}
+        # Per host, the directories above the last entry seen: (path, ctime), outermost first.
+        self.above: dict[str, list[tuple[str, int]]] = {"old": [], "new": []}
+
+    def seen(self, side: str, item: dict) -> None:
+        chain = self.above[side]
+        while chain and not item["p"].startswith(chain[-1][0] + "/"):
+            chain.pop()
+        if item["t"] == "d":
+            chain.append((item["p"], item.get("ct", 0)))
+
+    def entry(self, side: str, item: dict | None) -> bool:
+        limit = self.thresholds[side]
+        return item is not None and limit is not None and item.get("ct", 0) >= limit
+
+    def lacking(self, side: str, path: str) -> bool:
+        """Whether ``side``, which has no ``path``, changed above it since its threshold."""
+        limit = self.thresholds[side]
+        for directory, ctime in reversed(self.above[side]):
+            if path.startswith(directory + "/"):
+                return limit is not None and ctime >= limit
+        return False
+
+
+def compare(
+    old: Iterable[dict],
+    new: Iterable[dict],
+    *,
+    owners: bool = True,
+    changed_since: tuple[int | None, int | None] | None = None,
+) -> Report:
     """What differs between old's and new's trees (sockets and Postfix runtime skipped).
 
     Both listings must come in :func:`path_key` order; they are read as streams.
     Content is compared where the listings hold it (``--checksum``).
+    ``changed_since``: (old's, new's) thresholds, each in its host's clock (listings
+    with ctimes): an entry that changed on its host since may differ (counted apart).
     """
     keys = [k for k in METADATA if owners or k not in ("u", "g")] + ["h"]
     report = Report(keys=keys)
+    changed = Changed(changed_since) if changed_since else None
     # Postfix renames queue files, so their hard-link partners' paths differ too.
     queue_keys = [k for k in keys if k != "hl"]
     queues: dict[str, Counter] = {"old": Counter(), "new": Counter()}
@@ -193,6 +249,18 @@ def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) ->
         return not skipped(item)
 
     def pair(item: dict, other: dict) -> None:
+        if not changed:
+            compared_pair(report, item, other)
+            return
+        found = Report(keys=keys)
+        compared_pair(found, item, other)
+        if found.kinds and (changed.entry("old", item) or changed.entry("new", other)):
+            report.excused += 1
+            return
+        for kind, message in found.differences:
+            report.add(kind, message)
+
+    def compared_pair(report: Report, item: dict, other: dict) -> None:
         path = item["p"]
         for key in keys:
             if key == "mt" and (item["t"] == "d" and _spool_part(path) is not None):
@@ -216,14 +284,28 @@ def compare(old: Iterable[dict], new: Iterable[dict], *, owners: bool = True) ->
     a, b = next(old_items, None), next(new_items, None)
     while a is not None or b is not None:
         if b is None or (a is not None and path_key(a["p"]) < path_key(b["p"])):
-            if seen("old", a):  # type: ignore[arg-type]
-                report.add("missing", f"missing on new: {a['p']}")  # type: ignore[index]
+            assert a is not None
+            if changed:
+                changed.seen("old", a)
+            if seen("old", a):
+                if changed and (changed.entry("old", a) or changed.lacking("new", a["p"])):
+                    report.excused += 1
+                else:
+                    report.add("missing", f"missing on new: {a['p']}")
             a = next(old_items, None)
         elif a is None or path_key(b["p"]) < path_key(a["p"]):
+            if changed:
+                changed.seen("new", b)
             if seen("new", b):
-                report.add("extra", f"only on new: {b['p']}")
+                if changed and (changed.entry("new", b) or changed.lacking("old", b["p"])):
+                    report.excused += 1
+                else:
+                    report.add("extra", f"only on new: {b['p']}")
             b = next(new_items, None)
         else:
+            if changed:
+                changed.seen("old", a)
+                changed.seen("new", b)
             compared = seen("old", a)
             seen("new", b)
             if compared:

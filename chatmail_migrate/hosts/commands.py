@@ -122,14 +122,17 @@ REPORTER = (
 )
 
 
-def measure_command(phase: str, paths: list[str], known: tuple[int, int] | None = None) -> str:
+def measure_command(
+    phase: str, paths: list[str], known: tuple[int, int] | None = None, source: str = "presync"
+) -> str:
     """Print the bytes (regular files) and entries under ``paths``: the progress total.
 
     ``known`` (bytes, entries), e.g. what the pre-sync found, is printed instead of
-    walking the trees again inside the downtime.
+    walking the trees again inside the downtime; ``source`` says where it comes from
+    ("presync", or "changed": the size of what changed since the pre-sync).
     """
     if known:
-        return f'echo "{PROGRESS_TAG} total {phase} {int(known[0])} {int(known[1])} presync" >&3'
+        return f'echo "{PROGRESS_TAG} total {phase} {int(known[0])} {int(known[1])} {source}" >&3'
     quoted = " ".join(shlex.quote(p) for p in paths)
     return (
         # A live relay renames files while find runs: what vanished is no error here.

@@ -100,6 +100,8 @@ def rsync_mailboxes(
     tree: str = MAILBOX_ROOT,
     known: tuple[int, int] | None = None,
     identity: str | None = None,
+    acls: bool = False,
+    files_from: str | None = None,
 ) -> list[str]:
     """Lines of bash: mirror the mailbox tree to new with rsync, deletions included.
 
@@ -107,7 +109,11 @@ def rsync_mailboxes(
     trailing slashes, so nothing outside it is ever removed on new. ``live``: the
     relay still serves, so files vanishing under rsync (its exit 24) are expected.
     ``known``: the tree's size as the pre-sync found it (the progress total), so the
-    final sync does not walk the tree a second time beside rsync.
+    final sync does not walk the tree a second time beside rsync. ``acls``: rsync
+    carries them (by name, as owners). ``files_from``: a list on old (what changed
+    since the pre-sync, relative to the tree, NUL-separated): only those entries are
+    looked at; a "DIR/" in it is mirrored with its entries, not below (``--dirs``),
+    deletions included; ``known`` is then the list's size.
     """
     wait = 'wait "$t"'
     if live:
@@ -123,6 +129,10 @@ def rsync_mailboxes(
         "--archive --hard-links --xattrs --delete --mkpath --modify-window=-1 "
         "--out-format='%i %l %n'"
     )
+    if acls:
+        flags += " --acls"
+    if files_from:
+        flags += f" --dirs --files-from={shlex.quote(files_from)} --from0"
     if compress == "zstd":
         flags += " --compress --compress-choice=zstd"
     elif compress:
@@ -132,7 +142,8 @@ def rsync_mailboxes(
     bracketed = f"[{host}]" if ":" in host else host
     target = shlex.quote(f"{user}@{bracketed}:{tree}/")
     return [
-        f"( {measure_command('rsync', [tree], known)} ) & m=$!",
+        f"( {measure_command('rsync', [tree], known, 'changed' if files_from else 'presync')} )"
+        " & m=$!",
         ': > "$idx"',
         f'{{ rsync {flags} -e "ssh {ssh_options(port, "$kh", "$cm", identity=identity)}" '
         f'--rsync-path={shlex.quote(receive)} {shlex.quote(tree)}/ {target} > "$idx" & t=$!; '
@@ -239,6 +250,7 @@ def presync_script(
 ) -> str:
     """Mirror the mailbox tree to new while the old relay still serves (repeatable)."""
     lines = _script_head(host_key_line)
+    # ACLs too (by name): a final sync of what changed since carries no others.
     lines += rsync_mailboxes(
         host=host,
         port=port,
@@ -247,6 +259,7 @@ def presync_script(
         live=True,
         tree=mailbox_tree,
         identity=identity,
+        acls=True,
     )
     return "\n".join(lines)
 
@@ -265,6 +278,7 @@ def copy_script(
     owners_by_name: bool = False,
     rsync_total: tuple[int, int] | None = None,
     identity: str | None = None,
+    changes: str | None = None,
 ) -> str:
     """The documented ``tar c | ssh new tar x`` pipe, fixed and checked end to end.
 
@@ -285,6 +299,9 @@ def copy_script(
     name, also on files it does not send) restore them as they write: no walk over
     the trees beside the copy, only the names tar saw, for fix-ownership to check.
     ``rsync_total``: the mailbox tree's (bytes, entries) as the pre-sync found it.
+    ``changes`` (with ``sync_mailboxes``): the list on old of what changed since the
+    pre-sync (hosts/change_commands.py): rsync looks at those entries only, ACLs with
+    them (the pre-sync carried the others'), and ``rsync_total`` is their size.
     """
     lines = _script_head(host_key_line)
     tar_paths, synced = _split_paths(paths, sync_mailboxes, mailbox_tree)
@@ -294,7 +311,7 @@ def copy_script(
         acls = (
             "if command -v getfacl >/dev/null; then nice -n 19 getfacl --absolute-names "
             f'--skip-base --recursive {lists} > "$meta/acls"; fi; '
-            if synced
+            if synced and not changes
             else ""
         )
         lines.append(f"{{ {acls}true; }} & lists=$!")
@@ -318,6 +335,8 @@ def copy_script(
             tree=mailbox_tree,
             known=rsync_total,
             identity=identity,
+            acls=bool(changes),
+            files_from=changes,
         )
     relative = " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
     ssh = ssh_to_new(host, port, user, '"$kh"', '"$cm"', identity=identity)

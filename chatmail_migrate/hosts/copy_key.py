@@ -58,9 +58,12 @@ PROBE = "chatmail-migrate-probe"
 # rsync's server options a copy sends (commands.rsync_mailboxes' flags, as rsync 3.2
 # and later pass them): bundled short flags with the capability string after "e",
 # and the long ones. Nothing that names another path (--log-file, --temp-dir, ...).
+# A final sync of what changed adds A (ACLs), d (--dirs), R (--relative, which a
+# --files-from on old implies: names relative to the mailbox tree, which rsync's
+# receiver keeps below it) and --no-r; the list itself stays on old.
 RSYNC_OPTION = (
-    r"^(-[lHogDtpXrz]+(e\.[A-Za-z]*)?|--log-format=(%i|X)|--delete|-@-1|--modify-window=-1"
-    r"|--mkpath|--compress|--new-compress|--old-compress|--compress-choice=zstd)$"
+    r"^(-[lHogDtpXrzAdR]+(e\.[A-Za-z]*)?|--log-format=(%i|X)|--delete|-@-1|--modify-window=-1"
+    r"|--mkpath|--compress|--new-compress|--old-compress|--compress-choice=zstd|--no-r)$"
 )
 
 

@@ -18,6 +18,9 @@ LABELS = {
 }
 
 
+SOURCES = {"presync": "as the pre-sync found it", "changed": "what changed since the pre-sync"}
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -52,8 +55,9 @@ class CopyProgress:
         if not line.startswith(PROGRESS_TAG + " "):
             return False
         words = line.split()[1:]
-        # "total PHASE BYTES ENTRIES presync": the pre-sync's figures, not measured now.
-        source = "as the pre-sync found it" if words[-1:] == ["presync"] else ""
+        # "total PHASE BYTES ENTRIES presync|changed": the pre-sync's figures, or those
+        # of what changed since, not measured now.
+        source = SOURCES.get(words[-1], "") if len(words) == 5 else ""
         words = words[:-1] if source else words
         try:
             kind, phase, numbers = words[0], words[1], [int(w) for w in words[2:]]

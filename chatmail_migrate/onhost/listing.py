@@ -1,11 +1,15 @@
 """Runs on each host (verify): one JSON line per entry under the given paths, gzipped.
 
-Usage: python3 listing.py CHECKSUM(0|1) PATH... (100,000 files make about 20 MB).
+Usage: python3 listing.py FLAGS PATH... (100,000 files make about 20 MB). FLAGS is
+0 or 1 (content hashes), with "c" after it for each entry's ctime too. PATH "-":
+the entries come from stdin, NUL-separated specs: "R" a tree, "D" a directory and
+its entries (not below), "E" one entry; listed once each, in the order of a walk.
 """
 
 import grp
 import gzip
 import hashlib
+import heapq
 import json
 import os
 import pwd
@@ -13,7 +17,7 @@ import stat
 import struct
 import sys
 
-checksum = False  # set by main()
+checksum = ctimes = False  # set by main()
 users, groups = {}, {}
 links = {}
 ACCESS, DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
@@ -55,7 +59,10 @@ def acl_entries(raw):
 
 
 def emit(path):
-    st = os.lstat(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # gone meanwhile: the relay on new serves (the listing after the move)
     kind = KINDS.get(stat.S_IFMT(st.st_mode), "o")
     item = {
         "p": path,
@@ -65,21 +72,29 @@ def emit(path):
         "u": name(users, pwd.getpwuid, st.st_uid),
         "g": name(groups, grp.getgrgid, st.st_gid),
     }
+    if ctimes:
+        item["ct"] = st.st_ctime_ns
     if kind == "f":
         item["s"] = st.st_size
         if checksum:
             h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            item["h"] = h.hexdigest()
+            try:
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                item["h"] = h.hexdigest()
+            except FileNotFoundError:
+                return
         if st.st_nlink > 1:
             # The first path of an inode stands for it: equal structures list alike.
             first = links.setdefault((st.st_dev, st.st_ino), path)
             if first != path:
                 item["hl"] = first
     elif kind == "l":
-        item["l"] = os.readlink(path)
+        try:
+            item["l"] = os.readlink(path)
+        except FileNotFoundError:
+            return
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -110,22 +125,61 @@ def emit(path):
 out = None  # the gzip stream, set by main()
 
 
+def path_key(path):
+    return path.split("/")
+
+
 # Pre-order with sorted names: both hosts list in the same order (that of path_key),
 # so this machine compares them as two streams, holding neither whole.
-def walk(path):
-    emit(path)
-    if os.path.isdir(path) and not os.path.islink(path):
-        for n in sorted(os.listdir(path)):
-            walk(os.path.join(path, n))
+def walk(root):
+    stack = [root]
+    while stack:
+        path = stack.pop()
+        yield path
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+            names = os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # gone meanwhile
+        stack.extend(os.path.join(path, n) for n in sorted(names, reverse=True))
+
+
+def from_specs(data):
+    """The paths the specs name, once each, in walk order (a tree's walk merged in)."""
+    single, trees = set(), []
+    for spec in filter(None, data.split(b"\0")):
+        kind, path = chr(spec[0]), os.fsdecode(spec[1:])
+        if kind == "R":
+            trees.append(walk(path))
+            continue
+        single.add(path)
+        if kind == "D":
+            try:
+                single.update(os.path.join(path, n) for n in os.listdir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # not on this host: the other host's listing has it, alone
+    last = None
+    for path in heapq.merge(sorted(single, key=path_key), *trees, key=path_key):
+        if path != last:
+            yield path
+        last = path
 
 
 def main() -> None:
-    global checksum, out
-    checksum = sys.argv[1] == "1"
+    global checksum, ctimes, out
+    checksum, ctimes = sys.argv[1].startswith("1"), "c" in sys.argv[1]
+    roots = sys.argv[2:]
+    # Specs are read whole before anything is written: the sender is not read meanwhile.
+    specs = sys.stdin.buffer.read() if roots == ["-"] else None
     out = gzip.GzipFile(fileobj=sys.stdout.buffer, mode="wb", compresslevel=1)
-    for root in sorted(sys.argv[2:], key=lambda p: p.split("/")):
+    if specs is not None:
+        for path in from_specs(specs):
+            emit(path)
+    for root in sorted(roots if specs is None else [], key=path_key):
         if os.path.lexists(root):
-            walk(root)
+            for path in walk(root):
+                emit(path)
     out.close()
 
 

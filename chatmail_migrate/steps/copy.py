@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from chatmail_migrate.checks.live_relay import refuse_to_overwrite_a_live_relay
 from chatmail_migrate.errors import MigrateError
-from chatmail_migrate.hosts import commands
+from chatmail_migrate.hosts import change_commands, commands
 from chatmail_migrate.hosts.runner import Runner, existing_paths, path_exists
 from chatmail_migrate.hosts.transfer import (
     compression,
@@ -19,6 +19,7 @@ from chatmail_migrate.hosts.transfer import (
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.relay import copy_paths
 from chatmail_migrate.settings import Settings, mailbox_tree
+from chatmail_migrate.steps import delta
 from chatmail_migrate.steps.install import secrets_changed_since_install
 
 
@@ -33,11 +34,21 @@ def presync_old_to_new(settings: Settings, runner: Runner, journal: Journal | No
         )
     need_rsync(settings, runner, "presync")
     compress = compression(settings, runner)
+    by_name = relay_users_exist(settings, runner)
     if journal and not settings.dry:
         journal.record_start("presync", settings.new_host)
+    # Old's clock and directories now, before rsync looks at anything: the final sync
+    # starts from there (steps/delta.py).
+    clock = delta.take_snapshot(settings, runner, tree)
     summaries = copy_to_new(settings, runner, compress=compress, mailbox_tree=tree)
+    delta.commit_snapshot(settings, runner)
     if journal and not settings.dry:
-        journal.note("presync-done", host=settings.new_host, copies=summaries)
+        journal.note(
+            "presync-done",
+            host=settings.new_host,
+            copies=summaries,
+            **delta.presync_record(clock, by_name),
+        )
 
 
 def copy_data_old_to_new(
@@ -64,12 +75,14 @@ def copy_data_old_to_new(
     sync = bool(journal and journal.presynced(settings.new_host))
     if sync:  # the pre-sync found rsync on both hosts
         print("  mailboxes were pre-synced: rsync sends what changed and mirrors deletions")
+    by_name = relay_users_exist(settings, runner)
+    # Where the pre-sync allows, rsync looks only at what changed on old since it began.
+    changes = delta.find_changes(settings, runner, journal, tree, by_name) if sync else None
     # Data from an earlier attempt (or, with --force, any) is replaced, never merged.
     replace = settings.force or bool(journal and journal.copy_attempted(settings.new_host))
     if replace and not sync:
         print(f"  replacing what an earlier attempt left on {settings.new_host}")
     compress = compression(settings, runner)
-    by_name = relay_users_exist(settings, runner)
     if by_name:
         print(
             "  the relay's users exist on new: owners and ACLs are restored by name as "
@@ -77,6 +90,10 @@ def copy_data_old_to_new(
         )
     if journal:
         secrets_changed_since_install(settings, runner, journal)
+    # The progress total: what changed, or the tree as the pre-sync found it.
+    total = journal.presync_total(settings.new_host) if sync and journal else None
+    if changes:
+        total = (changes["bytes"], changes["entries"])
     if journal and not settings.dry:
         journal.record_start("copy-data", settings.new_host)
     summaries = copy_to_new(
@@ -88,10 +105,11 @@ def copy_data_old_to_new(
         compress=compress,
         mailbox_tree=tree,
         owners_by_name=by_name,
-        rsync_total=journal.presync_total(settings.new_host) if sync and journal else None,
+        rsync_total=total,
+        changes=change_commands.FILES_FROM if changes else None,
     )
     if journal and not settings.dry:
-        journal.note("copied", host=settings.new_host, copies=summaries)
+        journal.note("copied", host=settings.new_host, copies=summaries, changed=changes)
         if journal.done("disable-mail"):
             # Old's mail, off since disable-mail, is on new now: whatever old took as
             # some earlier move's new host is carried, and old may be a target again.
