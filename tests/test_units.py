@@ -445,6 +445,16 @@ def test_verify_compares_queues_by_content_and_skips_sockets():
     extra = {**renamed, "/home/vmail/mail/x/new/m9": entry("/home/vmail/mail/x/new/m9")}
     assert checks_tree.compare(listed(old), listed(gone)).by_kind() == {"missing": 1}
     assert checks_tree.compare(listed(old), listed(extra)).by_kind() == {"extra": 1}
+    # postfix check on new renames a carried message to its inode: a hash directory
+    # old lacks (defer/8) appears, empty. Not mail; a queue itself missing still is.
+    hashed = {
+        **renamed,
+        "/var/spool/postfix/defer": entry("/var/spool/postfix/defer", kind="d"),
+        "/var/spool/postfix/defer/8": entry("/var/spool/postfix/defer/8", kind="d"),
+    }
+    with_defer = {**old, "/var/spool/postfix/defer": entry("/var/spool/postfix/defer", kind="d")}
+    assert checks_tree.compare(listed(with_defer), listed(hashed)).ok
+    assert checks_tree.compare(listed(with_defer), listed(renamed)).by_kind() == {"missing": 1}
 
 
 def test_verify_compares_acls_xattrs_and_hard_links():

@@ -231,6 +231,10 @@ def compare(
         part = _spool_part(item["p"])
         if part in QUEUE_DIRS and item["t"] == "f":
             return True
+        if part in QUEUE_DIRS and item["t"] == "d" and item["p"].rstrip("/") != SPOOL + part:
+            # A queue's hash directories (defer/8): Postfix makes them as it renames a
+            # carried message to its inode on new; they hold no mail of their own.
+            return True
         return item["t"] == "s" or part in SPOOL_RUNTIME
 
     def seen(side: str, item: dict) -> bool:
