@@ -899,3 +899,27 @@ def test_a_journal_planning_unknown_steps_is_refused_in_one_line(tmp_path: Path)
         run_plan.order_of(journal)
     assert "teleport" in str(refused.value) and "\n" not in str(refused.value)
     assert run_plan.order_of(None) == run_plan.seed_order()
+
+
+def test_a_folder_renamed_since_the_threshold_is_excused_with_its_whole_subtree():
+    # mv .Spam .Junk moves the ctimes of .Junk and of the account (the directory
+    # renamed in); .Junk's children keep theirs.
+    def entry(path, kind="d", ct=1):
+        return {"p": path, "t": kind, "m": 0o700, "mt": 1, "u": "vmail", "g": "vmail", "ct": ct}
+
+    base = "/home/vmail/mail/x"
+    old = [
+        entry(base, ct=50),
+        entry(f"{base}/.Junk", ct=50),
+        entry(f"{base}/.Junk/cur"),
+        entry(f"{base}/.Junk/cur/m1", kind="f"),
+    ]
+    new = [entry(base), entry(f"{base}/.Spam"), entry(f"{base}/.Spam/cur")]
+    since = checks_tree.compare(old, new, changed_since=(10, 10))
+    assert since.ok and since.excused == 5
+    # Unless they changed since: then the subtrees on one side only are differences.
+    old[0], old[1] = entry(base, ct=5), entry(f"{base}/.Junk", ct=5)
+    assert checks_tree.compare(old, new, changed_since=(10, 10)).by_kind() == {
+        "missing": 3,
+        "extra": 2,
+    }

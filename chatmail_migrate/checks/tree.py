@@ -185,6 +185,9 @@ class Changed:
         self.thresholds = {"old": thresholds[0], "new": thresholds[1]}
         # Per host, the directories above the last entry seen: (path, ctime), outermost first.
         self.above: dict[str, list[tuple[str, int]]] = {"old": [], "new": []}
+        # Per host, directories on that side only and excused (made or renamed since):
+        # their whole subtree is, though a rename leaves the children's ctimes alone.
+        self.roots: dict[str, list[str]] = {"old": [], "new": []}
 
     def seen(self, side: str, item: dict) -> None:
         chain = self.above[side]
@@ -196,6 +199,19 @@ class Changed:
     def entry(self, side: str, item: dict | None) -> bool:
         limit = self.thresholds[side]
         return item is not None and limit is not None and item.get("ct", 0) >= limit
+
+    def alone(self, side: str, item: dict) -> bool:
+        """Whether ``item``, on ``side`` only, may be: it changed there since, the other
+        side's directory above it changed, or it lies under such a directory."""
+        other = "new" if side == "old" else "old"
+        path = item["p"]
+        if any(path.startswith(root + "/") for root in self.roots[side]):
+            return True
+        if not (self.entry(side, item) or self.lacking(other, path)):
+            return False
+        if item["t"] == "d":
+            self.roots[side].append(path)
+        return True
 
     def lacking(self, side: str, path: str) -> bool:
         """Whether ``side``, which has no ``path``, changed above it since its threshold."""
@@ -292,7 +308,7 @@ def compare(
             if changed:
                 changed.seen("old", a)
             if seen("old", a):
-                if changed and (changed.entry("old", a) or changed.lacking("new", a["p"])):
+                if changed and changed.alone("old", a):
                     report.excused += 1
                 else:
                     report.add("missing", f"missing on new: {a['p']}")
@@ -301,7 +317,7 @@ def compare(
             if changed:
                 changed.seen("new", b)
             if seen("new", b):
-                if changed and (changed.entry("new", b) or changed.lacking("old", b["p"])):
+                if changed and changed.alone("new", b):
                     report.excused += 1
                 else:
                     report.add("extra", f"only on new: {b['p']}")
