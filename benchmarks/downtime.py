@@ -80,8 +80,13 @@ def drop_caches() -> None:
 
 def cmdeploy(lab: Lab, host: str, *extra: str, **env_extra: str) -> None:
     env = {**os.environ, **lab.env(), **env_extra}
-    subprocess.run([env["CMDEPLOY"], "run", *extra, "--ssh-host", host], cwd=lab.relay_dir,
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [env["CMDEPLOY"], "run", *extra, "--ssh-host", host],
+        cwd=lab.relay_dir,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 # Where reset() moves new's copies: on ext4 mounted with ``discard`` (this machine's),
@@ -103,6 +108,8 @@ def reset(lab: Lab) -> None:
     )
     # Not a measured run: at the stand-in's own speed, whatever the pass models.
     cmdeploy(lab, "old", CHATMAIL_LAB_CMDEPLOY_SECONDS="0", CHATMAIL_LAB_CMDEPLOY_LOG="")
+    # The last-mail hook runs once per boot of old (the stand-in's mark): once per run here.
+    lab.ssh("old", "rm -f /run/chatmail-lab-last-mail.done")
     point_dns(lab, "old")
 
 
@@ -111,8 +118,14 @@ def run_tool(lab: Lab, state: str, *args: str, **extra: str) -> tuple[float, int
     time, peak memory (KiB) of the tool's process tree, exit code and output."""
     env = {**os.environ, **lab.env(), "XDG_STATE_HOME": state, **extra}
     started = time.monotonic()
-    proc = subprocess.Popen([INVOKE, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [INVOKE, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     lines, switched = [], False
     for line in proc.stdout:
@@ -157,8 +170,12 @@ def physical(lab: Lab, paths: list[str], size: int) -> dict:
     new = lab.address("new")
     zeros = max(size, 256 * 2**20)
     started = time.monotonic()
-    lab.ssh("old", f"head -c {zeros} /dev/zero | ssh {INNER_SSH} root@{new} 'cat >/dev/null'",
-            timeout=3600, forward_agent=True)  # fmt: skip
+    lab.ssh(
+        "old",
+        f"head -c {zeros} /dev/zero | ssh {INNER_SSH} root@{new} 'cat >/dev/null'",
+        timeout=3600,
+        forward_agent=True,
+    )
     ssh = time.monotonic() - started
     return {"read_s": read, "read_Bps": size / read, "ssh_Bps": zeros / ssh, "walk_s": walk}
 
@@ -169,8 +186,11 @@ def manual(lab: Lab, paths: list[str], caches: str = "dropped") -> dict:
     if caches == "dropped":
         drop_caches()
     steps = {}
-    chowns = ["chown root: -R /var/lib/acme", "chown opendkim: -R /etc/dkimkeys",
-              "chown vmail: -R /home/vmail/mail"]  # fmt: skip
+    chowns = [
+        "chown root: -R /var/lib/acme",
+        "chown opendkim: -R /etc/dkimkeys",
+        "chown vmail: -R /home/vmail/mail",
+    ]
     tar = f"tar c {' '.join(paths)} | ssh {INNER_SSH} root@{new} 'tar x -C /'"
     for step, action in (
         ("disable-mail", lambda: cmdeploy(lab, "old", "--disable-mail")),
@@ -240,29 +260,47 @@ def cmdeploy_seconds(log: Path) -> dict[str, float]:
     return seconds
 
 
-def tool_run(lab: Lab, name: str, args: argparse.Namespace, messages_total: int,
-             caches: str) -> dict:  # fmt: skip
+def tool_run(
+    lab: Lab, name: str, args: argparse.Namespace, messages_total: int, caches: str
+) -> dict:
     """B (migrate) or C (migrate --presync, with churn): steps and downtime from its journal."""
     state = tempfile.mkdtemp(prefix=f"bench-{name}-")
     hook: dict[str, str] = {}
     extra = []
     if name == "C":
         extra = ["--presync"]
-        hook = {"CHATMAIL_LAB_BEFORE_DISABLE_MAIL": last_mail(messages_total, args.size),
-                "CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST": "old"}  # fmt: skip
+        hook = {
+            "CHATMAIL_LAB_BEFORE_DISABLE_MAIL": last_mail(messages_total, args.size),
+            "CHATMAIL_LAB_BEFORE_DISABLE_MAIL_HOST": "old",
+        }
     if caches == "dropped":
         drop_caches()
-    wall, peak, code, output = run_tool(lab, state, "migrate", "--old-host", "old",
-                                        "--new-host", "new", "--yes", "--no-wait", *extra,
-                                        **hook)  # fmt: skip
+    wall, peak, code, output = run_tool(
+        lab,
+        state,
+        "migrate",
+        "--old-host",
+        "old",
+        "--new-host",
+        "new",
+        "--yes",
+        "--no-wait",
+        *extra,
+        **hook,
+    )
     failed = [line for line in output.splitlines() if line.startswith("FAIL")]
     if code != 0 and "enable-mail done in" not in output:
         # No cutover (verify failed and rolled back, say): no downtime to compare.
         print(f"  {name}: migrate failed (exit {code}):\n" + output[-1500:], flush=True)
         return {"failed": output[-3000:], "exit": code, "downtime": None}
     # Mail runs on new; check-relay (after enable-mail) may still FAIL: kept beside.
-    result = {**from_journal(state, lab.domain), "wall": wall, "peak_kib": peak,
-              "exit": code, "check_relay_failed": failed}  # fmt: skip
+    result = {
+        **from_journal(state, lab.domain),
+        "wall": wall,
+        "peak_kib": peak,
+        "exit": code,
+        "check_relay_failed": failed,
+    }
     log = Path(state, "chatmail-migrate", f"{lab.domain}.log")
     deploy = cmdeploy_seconds(log)
     churn = 0.0
@@ -297,19 +335,28 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
     lab.up()
     try:
         params = SeedParams(
-            accounts=accounts, messages=args.messages, size=args.size,
+            accounts=accounts,
+            messages=args.messages,
+            size=args.size,
             version=args.relay_version,
-        )  # fmt: skip
+        )
         started = time.monotonic()
         seeded = seed_relay(lab, params)
         seed_s = time.monotonic() - started
         listed = lab.ssh("old", "ls -d " + " ".join(DEFAULT_COPY_PATHS) + " 2>/dev/null || true")
         paths = listed.stdout.split()
-        size = int(lab.ssh("old", f"du -sb --apparent-size {' '.join(paths)} | "
-                           "awk '{s += $1} END {print s}'").stdout)  # fmt: skip
+        size = int(
+            lab.ssh(
+                "old",
+                f"du -sb --apparent-size {' '.join(paths)} | awk '{{s += $1}} END {{print s}}'",
+            ).stdout
+        )
         entries = int(lab.ssh("old", f"find {' '.join(paths)} | wc -l").stdout)
-        print(f"seeded in {seed_s:.0f}s: {entries} entries ({seeded['mail_files']} mail files), "
-              f"{size / 2**20:.0f} MiB in {paths}", flush=True)  # fmt: skip
+        print(
+            f"seeded in {seed_s:.0f}s: {entries} entries ({seeded['mail_files']} mail files), "
+            f"{size / 2**20:.0f} MiB in {paths}",
+            flush=True,
+        )
         ref = physical(lab, paths, size)
         reset(lab)
         runs: list[dict] = []
@@ -328,14 +375,24 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
                             result = tool_run(lab, name, args, messages_total, caches)
                     runs.append({**record, "variant": name, **result, **seen})
                     reset(lab)
-                print(f"  round {round_ + 1} ({caches} caches, cmdeploy +{seconds:g}s): "
-                      + ", ".join(run_line(r) for r in runs[-3:]), flush=True)  # fmt: skip
+                print(
+                    f"  round {round_ + 1} ({caches} caches, cmdeploy +{seconds:g}s): "
+                    + ", ".join(run_line(r) for r in runs[-3:]),
+                    flush=True,
+                )
     finally:
         os.environ.pop("CHATMAIL_LAB_CMDEPLOY_SECONDS", None)
         lab.down()
-    return {"accounts": accounts, "entries": entries, "files": seeded["mail_files"],
-            "bytes": size, "seed_s": seed_s, "physical": ref, "runs": runs,
-            "load": os.getloadavg()}  # fmt: skip
+    return {
+        "accounts": accounts,
+        "entries": entries,
+        "files": seeded["mail_files"],
+        "bytes": size,
+        "seed_s": seed_s,
+        "physical": ref,
+        "runs": runs,
+        "load": os.getloadavg(),
+    }
 
 
 def main() -> None:
@@ -344,28 +401,40 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=25)
     parser.add_argument("--size", type=int, default=21 * 1024)
     parser.add_argument(
-        "--files", default="",
+        "--files",
+        default="",
         help="comma-separated sizes in entries (e.g. 16000,160000,1000000): one lab each, "
         "accounts derived from --messages; the table of downtime steps by size",
-    )  # fmt: skip
-    parser.add_argument("--caches", default="warm,dropped",
-                        help="warm, dropped, or both (comma-separated)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--caches", default="warm,dropped", help="warm, dropped, or both (comma-separated)"
+    )
     parser.add_argument("--relay-version", default="1.10.0")
     parser.add_argument("--out", default="benchmark-downtime.json")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of A, B, C (medians shown)")
     parser.add_argument("--name", default="cmbench", help="the lab's name (two labs side by side)")
     parser.add_argument(
-        "--cmdeploy-seconds", default="0",
+        "--cmdeploy-seconds",
+        default="0",
         help="comma-separated seconds each stand-in cmdeploy run spends before touching a "
         "service (e.g. 0,60: every variant with each, side by side)",
-    )  # fmt: skip
-    parser.add_argument("--probe-sender", choices=SENDERS, default="live",
-                        help="mail to old's port 25 in each run (probe_window.py)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--probe-sender",
+        choices=SENDERS,
+        default="live",
+        help="mail to old's port 25 in each run (probe_window.py)",
+    )
     parser.add_argument("--no-probe", action="store_true", help="no outside probe")
-    parser.add_argument("--window-wait", type=float, default=60,
-                        help="seconds a run waits for the probe's window to close")  # fmt: skip
-    parser.add_argument("--client-ttl", type=float,
-                        help="seconds the probe's resolver cache keeps an answer")  # fmt: skip
+    parser.add_argument(
+        "--window-wait",
+        type=float,
+        default=60,
+        help="seconds a run waits for the probe's window to close",
+    )
+    parser.add_argument(
+        "--client-ttl", type=float, help="seconds the probe's resolver cache keeps an answer"
+    )
     args = parser.parse_args()
     args.caches = [c for c in args.caches.split(",") if c]
     args.cmdeploy_seconds = [float(x) for x in args.cmdeploy_seconds.split(",") if x]
@@ -379,8 +448,9 @@ def main() -> None:
     print()
     for target, t in found.items():
         print(f"{'PASS' if t['met'] else 'FAIL'}  {target}: {t['value']}")
-    Path(args.out).write_text(json.dumps({"params": vars(args), "results": results,
-                                          "targets": found}, indent=2) + "\n")  # fmt: skip
+    Path(args.out).write_text(
+        json.dumps({"params": vars(args), "results": results, "targets": found}, indent=2) + "\n"
+    )
     print(f"results: {args.out}")
     missed = [target for target, t in found.items() if not t["met"]]
     if missed:

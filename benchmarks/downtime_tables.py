@@ -13,8 +13,17 @@ from __future__ import annotations
 import statistics
 
 # Every step that can lie inside the downtime, A's and the tool's, in their order.
-STEP_ORDER = ["disable-mail", "copy", "copy-data", "install", "chowns", "fix-ownership",
-              "verify", "switch-dns", "enable-mail"]  # fmt: skip
+STEP_ORDER = [
+    "disable-mail",
+    "copy",
+    "copy-data",
+    "install",
+    "chowns",
+    "fix-ownership",
+    "verify",
+    "switch-dns",
+    "enable-mail",
+]
 LABELS = {"A": "A: by hand", "B": "B: migrate", "C": "C: migrate --presync"}
 
 
@@ -85,31 +94,47 @@ def _cell(value: float | None, probed: int) -> str:
 def print_tables(results: list[dict], caches: list[str], seconds: list[float]) -> None:
     for result in results:
         ref = result["physical"]
-        print(f"\n{result['entries']:,} entries ({result['files']:,} mail files, "
-              f"{result['bytes'] / 2**20:.0f} MiB); reading on old {ref['read_Bps'] / 2**20:.0f} "
-              f"MiB/s, raw ssh {ref['ssh_Bps'] / 2**20:.0f} MiB/s, a warm stat of every entry "
-              f"on old {ref.get('walk_s', 0):.1f} s; load average at the end "
-              + " ".join(f"{x:.1f}" for x in result["load"]))  # fmt: skip
+        print(
+            f"\n{result['entries']:,} entries ({result['files']:,} mail files, "
+            f"{result['bytes'] / 2**20:.0f} MiB); reading on old {ref['read_Bps'] / 2**20:.0f} "
+            f"MiB/s, raw ssh {ref['ssh_Bps'] / 2**20:.0f} MiB/s, a warm stat of every entry "
+            f"on old {ref.get('walk_s', 0):.1f} s; load average at the end "
+            + " ".join(f"{x:.1f}" for x in result["load"])
+        )
         fmt = "  {:34} {:>7} {:>6} {:>9} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8}"
-        print(fmt.format("run (median)", "down s", "of A", "-cmdeploy", "copy s", "runs",
-                         "tool MiB", "probe s", "users s", "cmd∩win"))  # fmt: skip
+        print(
+            fmt.format(
+                "run (median)",
+                "down s",
+                "of A",
+                "-cmdeploy",
+                "copy s",
+                "runs",
+                "tool MiB",
+                "probe s",
+                "users s",
+                "cmd∩win",
+            )
+        )
         for regime in caches:
             for sec in seconds:
                 summary = summarize(result, regime, sec)
                 a = summary.get("A", {}).get("downtime")
                 for variant, s in summary.items():
-                    print(fmt.format(
-                        f"{LABELS[variant]}, {regime}, cmdeploy +{sec:g}s",
-                        f"{s['downtime']:.1f}",
-                        f"{s['downtime'] / a:.2f}" if a else "-",
-                        f"{s['without_cmdeploy']:.1f}",
-                        f"{s['copy']:.1f}",
-                        s["n"],
-                        f"{s['peak_kib'] / 1024:.0f}" if s["peak_kib"] else "-",
-                        _cell(s["probe"], s["probed"]),
-                        _cell(s["users"], s["probed"]),
-                        f"{s['in_window']}/{s['probed']}" if s["probed"] else "-",
-                    ))  # fmt: skip
+                    print(
+                        fmt.format(
+                            f"{LABELS[variant]}, {regime}, cmdeploy +{sec:g}s",
+                            f"{s['downtime']:.1f}",
+                            f"{s['downtime'] / a:.2f}" if a else "-",
+                            f"{s['without_cmdeploy']:.1f}",
+                            f"{s['copy']:.1f}",
+                            s["n"],
+                            f"{s['peak_kib'] / 1024:.0f}" if s["peak_kib"] else "-",
+                            _cell(s["probe"], s["probed"]),
+                            _cell(s["users"], s["probed"]),
+                            f"{s['in_window']}/{s['probed']}" if s["probed"] else "-",
+                        )
+                    )
     # The growth: every downtime step's median time at each size, per variant.
     for regime in caches:
         for sec in seconds:
@@ -123,8 +148,11 @@ def print_tables(results: list[dict], caches: list[str], seconds: list[float]) -
                 for summary in summaries:
                     for v in "ABC":
                         s = summary.get(v, {})
-                        value = s.get(step) if step in ("downtime", "cmdeploy", "probe") else (
-                            s.get("steps", {}).get(step))  # fmt: skip
+                        value = (
+                            s.get(step)
+                            if step in ("downtime", "cmdeploy", "probe")
+                            else (s.get("steps", {}).get(step))
+                        )
                         cells.append(f"{value:.1f}" if value is not None else "-")
                 if any(c != "-" for c in cells):
                     print(f"  {step:14}" + "".join(f"{c:>10}" for c in cells))
@@ -146,31 +174,55 @@ def targets(results: list[dict], caches: list[str], seconds: list[float]) -> dic
         s = summarize(base, regime, first)
         a = s.get("A", {}).get("downtime")
         where = f"{regime} caches, {base['entries']:,} entries, cmdeploy +{first:g}s"
-        _target(found, f"B downtime <= 1.10 x A ({where})",
-                _ratio(s.get("B", {}).get("downtime"), a), 1.10)  # fmt: skip
-        _target(found, f"C downtime <= 0.30 x A ({where})",
-                _ratio(s.get("C", {}).get("downtime"), a), 0.30)  # fmt: skip
+        _target(
+            found,
+            f"B downtime <= 1.10 x A ({where})",
+            _ratio(s.get("B", {}).get("downtime"), a),
+            1.10,
+        )
+        _target(
+            found,
+            f"C downtime <= 0.30 x A ({where})",
+            _ratio(s.get("C", {}).get("downtime"), a),
+            0.30,
+        )
     big = max(results, key=lambda r: r["entries"])
     if big["entries"] >= 900_000:
         s = summarize(big, caches[0], first)
-        _target(found, f"C downtime without cmdeploy <= 15 s ({big['entries']:,} entries)",
-                s.get("C", {}).get("without_cmdeploy"), 15)  # fmt: skip
+        _target(
+            found,
+            f"C downtime without cmdeploy <= 15 s ({big['entries']:,} entries)",
+            s.get("C", {}).get("without_cmdeploy"),
+            15,
+        )
     peak = max((r.get("peak_kib", 0) for result in results for r in result["runs"]), default=0)
     _target(found, "tool peak memory < 100 MB", round(peak * 1024 / 1e6), 99.999)
     # Issue 24, from outside.
     runs = [r for result in results for r in result["runs"] if r.get("probe")]
     if not runs:
         return found
-    _target(found, "probe: never both hosts served (runs where they did)",
-            sum(bool(r["probe"]["both_served"]) for r in runs), 0)  # fmt: skip
-    _target(found, "probe: old's last accepted message on new (runs where it is not)",
-            sum(r["probe"]["last_on_new"] is False for r in runs), 0)  # fmt: skip
+    _target(
+        found,
+        "probe: never both hosts served (runs where they did)",
+        sum(bool(r["probe"]["both_served"]) for r in runs),
+        0,
+    )
+    _target(
+        found,
+        "probe: old's last accepted message on new (runs where it is not)",
+        sum(r["probe"]["last_on_new"] is False for r in runs),
+        0,
+    )
     failed = sum(r.get("downtime") is None for result in results for r in result["runs"])
     _target(found, "runs without a cutover (failed)", failed, 0)
     if 0 in seconds:
         zero = [r for r in runs if r.get("cmdeploy_s") == 0 and r["variant"] in "BC"]
-        _target(found, "no cmdeploy run inside the probe's window at +0s (B, C runs with one)",
-                sum(bool(r["probe"]["cmdeploy_in_window"]) for r in zero), 0)  # fmt: skip
+        _target(
+            found,
+            "no cmdeploy run inside the probe's window at +0s (B, C runs with one)",
+            sum(bool(r["probe"]["cmdeploy_in_window"]) for r in zero),
+            0,
+        )
     if 60 in seconds:
         for regime in caches:
             s = summarize(base, regime, 60)

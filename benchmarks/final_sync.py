@@ -45,8 +45,11 @@ from chatmail_migrate.steps import copy, delta, verify  # noqa: E402
 # verify's listing script before issue 24 (it stat'ed every entry three times).
 BEFORE_LISTING = subprocess.run(
     ["git", "show", "r23:chatmail_migrate/onhost/listing.py"],
-    cwd=REPO, capture_output=True, text=True, check=False,
-).stdout  # fmt: skip
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+).stdout
 
 
 def churn(lab: Lab, messages: int, size: int) -> None:
@@ -132,11 +135,15 @@ def main() -> None:
             k: statistics.median(r[k] for r in mine) for k in ("copy", "verify", "window")
         }
         m = medians[way]
-        print(f"  {way:7}  copy-data {m['copy']:6.2f}s  verify {m['verify']:6.2f}s  "
-              f"together {m['window']:6.2f}s")  # fmt: skip
+        print(
+            f"  {way:7}  copy-data {m['copy']:6.2f}s  verify {m['verify']:6.2f}s  "
+            f"together {m['window']:6.2f}s"
+        )
     t, c = medians["tree"], medians["changed"]
-    print(f"  changed/tree: copy-data {c['copy'] / t['copy']:.2f}, verify "
-          f"{c['verify'] / t['verify']:.2f}, together {c['window'] / t['window']:.2f}")  # fmt: skip
+    print(
+        f"  changed/tree: copy-data {c['copy'] / t['copy']:.2f}, verify "
+        f"{c['verify'] / t['verify']:.2f}, together {c['window'] / t['window']:.2f}"
+    )
     print(f"runs: {args.out}")
 
 

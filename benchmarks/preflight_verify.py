@@ -46,8 +46,9 @@ def main() -> None:
             Lab.load("cmbench").down()
         lab.up()
         try:
-            seeded = seed_relay(lab, SeedParams(accounts=accounts, messages=args.messages,
-                                                size=args.size))  # fmt: skip
+            seeded = seed_relay(
+                lab, SeedParams(accounts=accounts, messages=args.messages, size=args.size)
+            )
             with tempfile.TemporaryDirectory() as state:
                 pre = timed(lab, state, "preflight", "--new-host", "new")
                 timed(lab, state, "migrate", "--new-host", "new", "--yes", "--no-wait")

@@ -77,8 +77,15 @@ def where_on_new(lab: Lab, message_id: str) -> str:
         return "not in new's queue either"
     # Postfix's defer log (defer/X/ID beside deferred/X/ID) says why it waits.
     log = "defer/" + found.split("/", 1)[1] if found.startswith("deferred/") else ""
-    why = lab.ssh("new", f"cd /var/spool/postfix && grep -m1 -o 'reason=.*' {log} 2>/dev/null",
-                  check=False).stdout.strip() if log else ""  # fmt: skip
+    why = (
+        lab.ssh(
+            "new",
+            f"cd /var/spool/postfix && grep -m1 -o 'reason=.*' {log} 2>/dev/null",
+            check=False,
+        ).stdout.strip()
+        if log
+        else ""
+    )
     return f"in new's queue: {found}" + (f" ({why})" if why else "")
 
 
