@@ -79,11 +79,18 @@ def test_probe_measures_the_window_of_migrate_from_outside(make_lab, tmp_path: P
         refuse_and_deliver(lab, probe)
         # As the operator: migrate, and the DNS change when switch-dns asks for it.
         proc = start_tool(
-            lab, "invoke", "migrate", "--old-host", "old", "--new-host", "new", "--yes",
+            lab,
+            "invoke",
+            "migrate",
+            "--old-host",
+            "old",
+            "--new-host",
+            "new",
+            "--yes",
             state_dir=tmp_path,
             CHATMAIL_LAB_CMDEPLOY_SECONDS="1",
             CHATMAIL_LAB_CMDEPLOY_LOG=str(runs),
-        )  # fmt: skip
+        )
         assert proc.stdout is not None
         output, switched = [], False
         for line in proc.stdout:
@@ -164,9 +171,14 @@ def test_a_new_host_that_greets_before_its_data_is_there_does_not_end_the_window
         # on an empty mailbox tree (the probe's first login makes an empty account).
         env = {**os.environ, **lab.env()}
         deploy = subprocess.run(
-            f"{env['CMDEPLOY']} run --ssh-host new", shell=True, cwd=lab.relay_dir, env=env,
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            f"{env['CMDEPLOY']} run --ssh-host new",
+            shell=True,
+            cwd=lab.relay_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         wait_for(
             probe,

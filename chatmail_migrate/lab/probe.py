@@ -152,9 +152,13 @@ class Probe:
             last = self.last_accepted()
             searched = last.message_id if last else None
             look = imap_login(
-                self.addresses[host], self.domain, self.account, self.password, self.timeout,
+                self.addresses[host],
+                self.domain,
+                self.account,
+                self.password,
+                self.timeout,
                 message_id=searched,
-            )  # fmt: skip
+            )
             return Sample(start, time.time(), look.ok, look.detail, searched, look.seen)
         look = self._look(host, check)
         return Sample(start, time.time(), look.ok, look.detail)

@@ -87,8 +87,19 @@ class Walk:
         # Files changed since the threshold with other names: (dev, ino) -> (path, nlink).
         self.linked = {}
         self.count = dict.fromkeys(
-            ("dirs", "listed", "stated", "changed_dirs", "changed_files", "replaced",
-             "partners", "entries", "bytes"), 0)  # fmt: skip
+            (
+                "dirs",
+                "listed",
+                "stated",
+                "changed_dirs",
+                "changed_files",
+                "replaced",
+                "partners",
+                "entries",
+                "bytes",
+            ),
+            0,
+        )
 
     def recent(self, st):
         return st.st_ctime_ns >= self.threshold
