@@ -71,6 +71,7 @@ def start_mail_units_on_new(
     runner.run("new", commands.START_MAIL_UNITS, hide=True)
     expect_mail_services(runner, "new", running=True)
     expect_milters_reachable(runner)
+    runner.run("new", commands.FLUSH_QUEUE, hide=True)
     domain_keys.keep_only_new(settings, runner, journal)
 
 
@@ -103,6 +104,7 @@ def enable_mail_on_new(settings: Settings, runner: Runner, journal: Journal | No
     cmdeploy_run(settings, settings.new_host, disable_mail=False, stages=stages)
     expect_mail_services(runner, "new", running=True)
     expect_milters_reachable(runner)
+    runner.run("new", commands.FLUSH_QUEUE, hide=True)
     domain_keys.keep_only_new(settings, runner, journal)
 
 
