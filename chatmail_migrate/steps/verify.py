@@ -130,6 +130,8 @@ def verify_whole_tree_after_move(
             ok=report.ok,
             checksum=settings.checksum,
             summary=f"whole tree after the move: {first}{rollback}",
+            changed_only=False,
+            after_move=True,
         )
     if not report.ok:
         raise MigrateError(
