@@ -53,12 +53,16 @@ def report(journal: Journal, log: Path | None) -> str:
     skipped = {e["path"]: e["reason"] for e in journal.events if e.get("event") == "skipped"}
     for path, reason in skipped.items():
         lines.append(f"skipped: {path} ({reason})")
-    verified = journal.last_event("verified")
-    if verified:
+    # The window's verify, and the whole tree compared once mail ran on new (converge).
+    checks = [e for e in journal.events if e.get("event") == "verified"]
+    shown = [
+        [e for e in checks if bool(e.get("after_move")) is after][-1:] for after in (False, True)
+    ]
+    for verified in [e for found in shown for e in found]:
         kind = "with --checksum" if verified.get("checksum") else "metadata"
         verdict = "passed" if verified["ok"] else "FAILED"
         lines.append(f"verify ({kind}): {verdict}: {verified['summary']}")
-    else:
+    if not checks:
         lines.append("verify: not run")
     dns = journal.last_event("dns-switched")
     if dns:
