@@ -23,6 +23,7 @@ STEP_ORDER = [
     "verify",
     "switch-dns",
     "enable-mail",
+    "converge",
 ]
 LABELS = {"A": "A: by hand", "B": "B: migrate", "C": "C: migrate --presync"}
 
