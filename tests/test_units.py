@@ -923,3 +923,33 @@ def test_a_folder_renamed_since_the_threshold_is_excused_with_its_whole_subtree(
         "missing": 3,
         "extra": 2,
     }
+
+
+def test_after_the_move_only_the_mail_trees_may_change_and_queue_files_are_not_matched():
+    def entry(path, kind="f", ct=1, s=1):
+        return {
+            "p": path,
+            "t": kind,
+            "m": 0o600,
+            "mt": 1,
+            "u": "vmail",
+            "g": "vmail",
+            "ct": ct,
+            "s": s,
+        }
+
+    mail, cert = "/home/vmail/mail/x/cur/m1", "/var/lib/acme/certs/d/cert"
+    deferred = "/var/spool/postfix/deferred/A/A1"
+    old = [entry(mail), entry(deferred), entry(cert)]
+    # On new, after it began serving (threshold 10): the message was flagged, the
+    # deferred message retried (rewritten), and the certificate changed by hand.
+    new = [entry(mail, ct=20, s=2), entry(deferred, ct=20, s=3), entry(cert, ct=20, s=2)]
+    mail_trees = ("/home/vmail/mail",)
+    after = checks_tree.compare(
+        old, new, changed_since=(None, 10), changing=mail_trees, queues=False
+    )
+    assert after.by_kind() == {"size": 1} and after.excused == 1
+    assert cert in after.summary() and "queue files not compared" in after.summary()
+    # The queue compared as in the window: the rewritten deferred file is a difference.
+    window = checks_tree.compare(old, new, changed_since=(None, 10), changing=mail_trees)
+    assert window.by_kind() == {"size": 1, "queue": 1}

@@ -124,6 +124,8 @@ class Report:
     keys: list[str] = field(default_factory=lambda: list(METADATA))
     # Entries that differ but changed on their host after compare()'s changed_since.
     excused: int = 0
+    # Whether Postfix's queue files were compared (matched without their names).
+    queues: bool = True
 
     @property
     def ok(self) -> bool:
@@ -151,10 +153,13 @@ class Report:
         head = f"{self.files} files, {self.bytes / 1e6:.1f} MB compared ({self.compared()})"
         if self.excused:
             head += f"; {self.excused} changed since on their host, as they may"
+        if not self.queues:
+            head += "; Postfix queue files not compared (mail flows through them on new)"
         if self.ok:
+            queue_files = "queue files matched without their names" if self.queues else ""
             return (
                 f"{head}: no differences ({self.skipped} sockets and Postfix runtime "
-                "entries not compared; queue files matched without their names)"
+                f"entries not compared{'; ' if queue_files else ''}{queue_files})"
             )
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_kind().items()))
         count = sum(self.kinds.values())
@@ -181,8 +186,12 @@ class Changed:
     an entry the host lacks, its nearest directory there (a deletion or a rename in
     a directory moves that directory's ctime). Fed entries in listing order."""
 
-    def __init__(self, thresholds: tuple[int | None, int | None]):
+    def __init__(
+        self, thresholds: tuple[int | None, int | None], trees: tuple[str, ...] | None = None
+    ):
         self.thresholds = {"old": thresholds[0], "new": thresholds[1]}
+        # Where the thresholds hold (None: everywhere); elsewhere nothing may differ.
+        self.trees = trees
         # Per host, the directories above the last entry seen: (path, ctime), outermost first.
         self.above: dict[str, list[tuple[str, int]]] = {"old": [], "new": []}
         # Per host, directories on that side only and excused (made or renamed since):
@@ -196,9 +205,19 @@ class Changed:
         if item["t"] == "d":
             chain.append((item["p"], item.get("ct", 0)))
 
+    def flowing(self, path: str) -> bool:
+        return self.trees is None or any(
+            path == tree or path.startswith(tree.rstrip("/") + "/") for tree in self.trees
+        )
+
     def entry(self, side: str, item: dict | None) -> bool:
         limit = self.thresholds[side]
-        return item is not None and limit is not None and item.get("ct", 0) >= limit
+        return (
+            item is not None
+            and limit is not None
+            and item.get("ct", 0) >= limit
+            and self.flowing(item["p"])
+        )
 
     def alone(self, side: str, item: dict) -> bool:
         """Whether ``item``, on ``side`` only, may be: it changed there since, the other
@@ -216,6 +235,8 @@ class Changed:
     def lacking(self, side: str, path: str) -> bool:
         """Whether ``side``, which has no ``path``, changed above it since its threshold."""
         limit = self.thresholds[side]
+        if not self.flowing(path):
+            return False
         for directory, ctime in reversed(self.above[side]):
             if path.startswith(directory + "/"):
                 return limit is not None and ctime >= limit
@@ -228,20 +249,24 @@ def compare(
     *,
     owners: bool = True,
     changed_since: tuple[int | None, int | None] | None = None,
+    changing: tuple[str, ...] | None = None,
+    queues: bool = True,
 ) -> Report:
     """What differs between old's and new's trees (sockets and Postfix runtime skipped).
 
     Both listings must come in :func:`path_key` order; they are read as streams.
     Content is compared where the listings hold it (``--checksum``).
     ``changed_since``: (old's, new's) thresholds, each in its host's clock (listings
-    with ctimes): an entry that changed on its host since may differ (counted apart).
+    with ctimes): an entry that changed on its host since may differ (counted apart);
+    ``changing``: the trees where that holds (None: all). ``queues`` False: Postfix's
+    queue files are not compared (mail flows through them on new), and the report says so.
     """
     keys = [k for k in METADATA if owners or k not in ("u", "g")] + ["h"]
-    report = Report(keys=keys)
-    changed = Changed(changed_since) if changed_since else None
+    report = Report(keys=keys, queues=queues)
+    changed = Changed(changed_since, changing) if changed_since else None
     # Postfix renames queue files, so their hard-link partners' paths differ too.
     queue_keys = [k for k in keys if k != "hl"]
-    queues: dict[str, Counter] = {"old": Counter(), "new": Counter()}
+    queued: dict[str, Counter] = {"old": Counter(), "new": Counter()}
 
     def skipped(item: dict) -> bool:
         part = _spool_part(item["p"])
@@ -258,8 +283,8 @@ def compare(
         part = _spool_part(item["p"])
         if part in QUEUE_DIRS and item["t"] == "f":
             attrs = (json.dumps(item.get(k), sort_keys=True) for k in queue_keys)
-            queues[side][(part, *attrs)] += 1
-            report.hashed += side == "old" and "h" in item
+            queued[side][(part, *attrs)] += 1
+            report.hashed += queues and side == "old" and "h" in item
         if side == "old" and skipped(item):
             report.skipped += item["t"] == "s" or part in SPOOL_RUNTIME
         elif side == "old" and item["t"] == "f":
@@ -332,7 +357,7 @@ def compare(
                 pair(a, b)
             a, b = next(old_items, None), next(new_items, None)
 
-    common = queues["old"] & queues["new"]
+    common = queued["old"] & queued["new"]
 
     def per_queue(counter: Counter) -> Counter:
         totals: Counter = Counter()
@@ -340,12 +365,12 @@ def compare(
             totals[q[0]] += n
         return totals
 
-    parts = sorted({q[0] for q in queues["old"] | queues["new"]})
-    old_n, new_n, same_n = per_queue(queues["old"]), per_queue(queues["new"]), per_queue(common)
+    parts = sorted({q[0] for q in queued["old"] | queued["new"]})
+    old_n, new_n, same_n = per_queue(queued["old"]), per_queue(queued["new"]), per_queue(common)
     for part in parts:
         mine, theirs, same = old_n[part], new_n[part], same_n[part]
-        report.files += mine
-        if same != mine or mine != theirs:
+        report.files += mine if queues else 0
+        if queues and (same != mine or mine != theirs):
             report.add(
                 "queue", f"Postfix {part} queue: {mine} files on old, {theirs} on new, {same} alike"
             )

@@ -15,7 +15,7 @@ from chatmail_migrate.errors import MigrateError
 from chatmail_migrate.hosts import change_commands, commands
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
-from chatmail_migrate.relay import copy_paths
+from chatmail_migrate.relay import ECHOBOT_TREES, copy_paths
 from chatmail_migrate.settings import Settings, mailbox_tree
 from chatmail_migrate.steps import delta
 
@@ -28,9 +28,11 @@ def verify_trees(settings: Settings, runner: Runner, journal: Journal | None = N
     host lists its own) and the files changed in place; the other trees go whole.
     """
     paths = copy_paths(settings.relay)
-    changes = delta.last_copy_changes(journal, settings.new_host)
     if journal and journal.done("enable-mail"):
-        changes = None  # mail runs on new: no window left to keep short
+        # Mail runs on new: its mailboxes and queue change as they should.
+        verify_whole_tree_after_move(settings, runner, journal, paths)
+        return
+    changes = delta.last_copy_changes(journal, settings.new_host)
     raw = None
     if changes and not settings.dry:
         raw = delta.changed_specs(runner, changes["token"])
@@ -71,10 +73,13 @@ def compare_trees(
     *,
     stdin: bytes | None = None,
     changed_since: tuple[int | None, int | None] | None = None,
+    changing: tuple[str, ...] | None = None,
+    queues: bool = True,
 ) -> checks_tree.Report | None:
     """``paths`` listed on old and new (one command each, both at once), compared
     (None under --dry). ``stdin``: the listing's specs (``paths`` is ``["-"]``).
-    ``changed_since``: (old's, new's) thresholds (ns): entries changed since may differ."""
+    ``changed_since``: (old's, new's) thresholds (ns): entries changed since may differ
+    (in the trees ``changing`` names, or all). ``queues``: see checks.tree.compare."""
     ctimes = changed_since is not None
     command = checks_tree.listing_command(paths, checksum, ctimes=ctimes)
     display = checks_tree.listing_command(paths, checksum, display=True, ctimes=ctimes)
@@ -94,6 +99,8 @@ def compare_trees(
             checks_tree.parse_listing(old_out),
             checks_tree.parse_listing(new_out),
             changed_since=changed_since,
+            changing=changing,
+            queues=queues,
         )
 
 
@@ -104,22 +111,37 @@ def _mark(runner: Runner, role: str, mark: str) -> int | None:
 
 
 def verify_whole_tree_after_move(
-    settings: Settings, runner: Runner, journal: Journal | None = None
+    settings: Settings,
+    runner: Runner,
+    journal: Journal | None = None,
+    paths: list[str] | None = None,
 ) -> checks_tree.Report | None:
-    """After the move, with mail flowing on new: the whole mailbox tree, each host
-    listing its own, compared as verify does. Only entries that changed on new since
-    it began serving (enable-mail's mark, new's clock), or on old since its mail was
-    carried to new (copy-data's mark, old's clock: old's own expiry, say), may differ:
-    any other difference is a FAIL, in the journal and report, naming the rollback.
+    """After the move, with mail flowing on new: ``paths`` (the whole mailbox tree by
+    default), each host listing its own, compared as verify does. In the trees mail
+    flows through, only entries that changed on new since it began serving
+    (enable-mail's mark, new's clock), or on old since its mail was carried to new
+    (copy-data's mark, old's clock: old's own expiry, say), may differ, and Postfix's
+    queue files are not compared; the other trees (keys, certificates) must be
+    alike. Any other difference is a FAIL, in the journal and report, naming the
+    rollback.
     """
     tree = mailbox_tree(settings)
+    paths = paths or [tree]
     since = (None, None)
     if not settings.dry:
         since = (
             _mark(runner, "old", commands.CARRIED_BACK),
             _mark(runner, "new", commands.SERVED_SINCE),
         )
-    report = compare_trees(settings, runner, [tree], settings.checksum, changed_since=since)
+    report = compare_trees(
+        settings,
+        runner,
+        paths,
+        settings.checksum,
+        changed_since=since,
+        changing=(tree, *ECHOBOT_TREES),
+        queues=False,
+    )
     if report is None:
         return None
     first = report.summary().splitlines()[0]
@@ -135,13 +157,14 @@ def verify_whole_tree_after_move(
         )
     if not report.ok:
         raise MigrateError(
-            f"verify after the move: {report.summary()}\nThese entries of {tree} differ "
+            f"verify after the move: {report.summary()}\nThese entries differ "
             f"and did not change since mail began on the new host {settings.new_host}: "
             "the final copy missed them, or something changed them on one host. Mail runs "
             "on the new host; `rollback` carries its mail back to the old host, which "
             "serves again with the original, or copy the entries named above by hand."
         )
-    print(f"  whole mailbox tree after the move: {report.summary()}")
+    what = "whole mailbox tree" if paths == [tree] else "every copied tree"
+    print(f"  {what} after the move: {report.summary()}")
     return report
 
 
