@@ -31,41 +31,42 @@ class Flag:
         return f"--no-{dashed}" if self.default is True else f"--{dashed}"
 
 
+# Every migration task: the steps, then the others. Flags most tasks take are said
+# as "all but" these.
+TASKS = (
+    "disable-mail",
+    "presync",
+    "copy-data",
+    "install",
+    "fix-ownership",
+    "verify",
+    "switch-dns",
+    "enable-mail",
+    "preflight",
+    "check-relay",
+    "rollback",
+    "migrate",
+    "status",
+)
+
+
+def all_but(*names: str) -> tuple[str, ...]:
+    return tuple(task for task in TASKS if task not in names)
+
+
 FLAGS = (
     Flag(
         "old_host",
         "Old relay host, as you would give it to ssh (alias, name or address); default: "
         "mail_domain from chatmail.ini. Example: --old-host 13.37.13.37",
-        tasks=(
-            "disable-mail",
-            "presync",
-            "copy-data",
-            "install",
-            "verify",
-            "switch-dns",
-            "preflight",
-            "rollback",
-            "migrate",
-        ),
+        tasks=all_but("fix-ownership", "enable-mail", "check-relay", "status"),
         setting="old_host",
         default=None,
     ),
     Flag(
         "new_host",
         "New host, as you would give it to ssh. Example: --new-host 13.12.23.42",
-        tasks=(
-            "presync",
-            "copy-data",
-            "install",
-            "fix-ownership",
-            "verify",
-            "switch-dns",
-            "enable-mail",
-            "preflight",
-            "check-relay",
-            "rollback",
-            "migrate",
-        ),
+        tasks=all_but("disable-mail", "status"),
         setting="new_host",
         default=None,
     ),
@@ -81,21 +82,7 @@ FLAGS = (
         "relay_dir",
         "Relay checkout holding chatmail.ini and scripts/cmdeploy; default: "
         "$CHATMAIL_RELAY_DIR or the current directory. Example: --relay-dir ~/relay",
-        tasks=(
-            "disable-mail",
-            "presync",
-            "copy-data",
-            "install",
-            "fix-ownership",
-            "verify",
-            "switch-dns",
-            "enable-mail",
-            "preflight",
-            "check-relay",
-            "rollback",
-            "migrate",
-            "status",
-        ),
+        tasks=TASKS,
         setting="relay_dir",
         default=None,
     ),
