@@ -34,6 +34,7 @@ from chatmail_migrate.run import host_lock, rollback
 from chatmail_migrate.run import plan as run_plan
 from chatmail_migrate.settings import DEFAULTS, Settings, SettingsError, resolve
 from chatmail_migrate.steps import switch_dns
+from chatmail_migrate.steps.services import secrets_read_since_carried
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_copy_script_is_checked_end_to_end_and_pins_the_key():
     replacing = copy_commands.copy_script(
         ["/home/vmail/mail"], host="h", port=22, user="root", host_key_line="k", replace=True
     )
-    assert "rm -rf /home/vmail/mail; echo $$" in replacing
+    assert f"{copy_commands.removal_command(['/home/vmail/mail'])}; echo $$" in replacing
     # Without the relay's users on new: owners and ACLs listed on old beside the copy.
     assert "find /home/vmail/mail" in script and "getfacl" in script
     assert "meta/names" not in script
@@ -953,3 +954,40 @@ def test_after_the_move_only_the_mail_trees_may_change_and_queue_files_are_not_m
     # The queue compared as in the window: the rewritten deferred file is a difference.
     window = checks_tree.compare(old, new, changed_since=(None, 10), changing=mail_trees)
     assert window.by_kind() == {"size": 1, "queue": 1}
+
+
+def test_the_cutover_restarts_opendkim_and_nginx_unless_install_did_on_the_same_secrets(
+    tmp_path: Path,
+):
+    journal = Journal(path=tmp_path / "j.json", mail_domain="relay.example")
+    assert not secrets_read_since_carried(journal, "new")  # nothing carried: restart
+    journal.note("secrets-carried", host="new", paths=["/etc/dkimkeys"], digest="d")
+    assert not secrets_read_since_carried(journal, "new")  # carried, not restarted
+    journal.note("secrets-restarted", host="new")
+    assert secrets_read_since_carried(journal, "new")
+    assert not secrets_read_since_carried(journal, "other")  # another new host
+    journal.note("secrets-changed", host="new")  # a certificate renewed on old since
+    assert not secrets_read_since_carried(journal, "new")
+    journal.note("secrets-carried", host="new", paths=["/etc/dkimkeys"], digest="e")
+    journal.note("secrets-restarted", host="new")
+    journal.events.append({"event": "restart"})  # --restart: whatever new holds now
+    assert not secrets_read_since_carried(journal, "new")
+
+
+def test_removing_an_earlier_attempt_keeps_sockets_only(tmp_path: Path):
+    tree, lone = tmp_path / "spool", tmp_path / "file"
+    (tree / "opendkim").mkdir(parents=True)
+    (tree / "deferred" / "A").mkdir(parents=True)
+    (tree / "deferred" / "A" / "A1").write_text("mail")
+    lone.write_text("x")
+    (tree / "link").symlink_to("/etc")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tree / "opendkim" / "opendkim.sock"))
+    try:
+        command = copy_commands.removal_command([str(tree), str(lone)])
+        subprocess.run(["bash", "-c", command], check=True)
+    finally:
+        listener.close()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["spool", "spool/opendkim", "spool/opendkim/opendkim.sock"]
+    assert Path("/etc").is_dir()

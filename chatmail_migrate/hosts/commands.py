@@ -50,17 +50,37 @@ META_DIR = f"{STATE_DIR}/from-old"
 # its --disable-mail leaves them: stopped and disabled, so a reboot keeps mail off.
 # postfix.service only wraps the instance postfix@- (pulled in through a generator's
 # wants link): stopping the wrapper stops the instance; both are named to be sure.
+# --no-reload: enabling or disabling only writes the wants links a boot reads; the
+# manager's reload (twice, about 0.5 s each on a small host) would sit in the window,
+# and the units themselves are loaded already (the converge deploy reloads after).
+# Disabled before they stop, enabled before they start: a reboot at any moment keeps
+# at most one host taking mail.
 STOP_MAIL_UNITS = (
-    "systemctl disable --quiet --now dovecot.service && "
-    "systemctl disable --quiet --now postfix.service postfix@-.service"
+    "systemctl disable --quiet --no-reload dovecot.service postfix.service postfix@-.service && "
+    "systemctl stop dovecot.service && systemctl stop postfix.service postfix@-.service"
 )
 START_MAIL_UNITS = (
-    "systemctl enable --quiet --now dovecot.service && "
-    "systemctl enable --quiet --now postfix.service"
+    "systemctl enable --quiet --no-reload dovecot.service postfix.service && "
+    "systemctl start dovecot.service && systemctl start postfix.service"
 )
 # Mail old took after its dovecot stopped (the release's order) waits in the carried
 # queue as deferred, for Postfix's next retry (minutes): delivered at once instead.
 FLUSH_QUEUE = "postqueue -f"
+
+
+def local_mail_queued_command(domain: str, seconds: float) -> str:
+    """After the flush: wait up to ``seconds`` until no queued message has a recipient
+    at ``domain``, then print how many still have (0: all delivered to mailboxes)."""
+    count = (
+        "import json,sys; d='@'+sys.argv[1].lower(); print(sum(1 for l in sys.stdin "
+        "if l.strip() and any(r.get('address','').lower().endswith(d) "
+        "for r in json.loads(l).get('recipients',[]))))"
+    )
+    tries = max(1, int(seconds / 0.2))
+    return (
+        f"for i in $(seq {tries}); do n=$(postqueue -j | python3 -c {shlex.quote(count)} "
+        f'{shlex.quote(domain)}); [ "$n" = 0 ] && break; sleep 0.2; done; echo "$n"'
+    )
 
 
 def service_state_command(services=MAIL_SERVICES) -> str:

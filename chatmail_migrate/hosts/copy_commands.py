@@ -191,8 +191,21 @@ def tar_receive_command(
         receive_tar += " -- " + " ".join(shlex.quote(p.lstrip("/")) for p in tar_paths)
     if compress == "zstd":
         receive_tar = f"zstd --quiet --decompress --stdout | sh -c {shlex.quote(receive_tar)}"
-    removals = [f"rm -rf {' '.join(shlex.quote(p) for p in tar_paths)}"] if replace else []
+    removals = [removal_command(tar_paths)] if replace else []
     return "; ".join(["set -o pipefail", STOP_STALE_RECEIVER, *removals, receive_tar])
+
+
+def removal_command(paths: list[str]) -> str:
+    """Remove what an earlier attempt left at ``paths`` on the receiving host, but the
+    sockets (and the directories holding them): they are no data (tar carries none),
+    and a service listens there: opendkim's socket in Postfix's spool, which install
+    restarted on the carried keys so that the cutover need not."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return (
+        f'for p in {quoted}; do if [ -d "$p" ] && [ ! -L "$p" ]; then '
+        'find "$p" -mindepth 1 -depth \\( -type d -empty -delete \\) -o '
+        '\\( ! -type d ! -type s -delete \\); else rm -rf "$p"; fi; done'
+    )
 
 
 def presync_receives(*, mailbox_tree: str = MAILBOX_ROOT, **_: object) -> Receives:

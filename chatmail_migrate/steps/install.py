@@ -16,7 +16,7 @@ from chatmail_migrate.hosts.runner import Runner, existing_paths, path_exists
 from chatmail_migrate.hosts.transfer import copy_to_new, need_agent, with_link_targets
 from chatmail_migrate.journal import Journal
 from chatmail_migrate.settings import Settings
-from chatmail_migrate.steps.services import expect_mail_services
+from chatmail_migrate.steps.services import expect_mail_services, restart_on_copied_state
 
 
 def install_on_new(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
@@ -26,17 +26,17 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         journal.record_start("install", settings.new_host)
     runner.run("new", commands.install_mark_command(ended=False), hide=True, quiet=True)
     staged, why = stages_supported(settings)
+    # A deploy without them would make a new DKIM key and ask for a certificate
+    # (1.10+'s configure fails without tls_external_cert_and_key's files).
+    carried = carry_secrets_first(settings, runner, journal)
     if not staged:
-        # A deploy without them would make a new DKIM key and ask for a certificate.
-        carry_secrets_first(settings, runner, journal)
         print(f"  cmdeploy deploys whole ({why}), with mail off on new")
         cmdeploy_run(settings, settings.new_host, disable_mail=True)
         expect_mail_services(runner, "new", running=False)
+        restart_on_carried_secrets(settings, runner, journal, carried)
         runner.run("new", commands.install_mark_command(ended=True), hide=True, quiet=True)
         return
     print(f"  cmdeploy runs in stages ({why}): install and configure now, activate last")
-    if settings.relay and settings.relay.tls_external:
-        carry_files_configure_reads(settings, runner, list(settings.relay.tls_external))
     cmdeploy_run(settings, settings.new_host, disable_mail=True, stages=PREPARE_STAGES)
     # Nothing on new may take mail before activate: the copied queue lands here later.
     result = runner.run("new", commands.service_state_command(), hide=True)
@@ -50,33 +50,32 @@ def install_on_new(settings: Settings, runner: Runner, journal: Journal | None =
         print(f"  stopped {', '.join(running)} on new until the activate stage")
     else:
         print("  new host: postfix and dovecot are not running (activate starts them)")
+    restart_on_carried_secrets(settings, runner, journal, carried)
     runner.run("new", commands.install_mark_command(ended=True), hide=True, quiet=True)
 
 
-def carry_files_configure_reads(settings: Settings, runner: Runner, paths: list[str]) -> None:
-    """Copy what configure needs on new before it runs (1.10+: tls_external_cert_and_key;
-    configure fails when those files are missing). copy-data carries them again."""
-    need_agent(settings, "install")
-    present = paths if settings.dry else existing_paths(runner, "old", paths)
-    if present != paths:
-        missing = ", ".join(p for p in paths if p not in present)
-        raise MigrateError(
-            f"chatmail.ini's tls_external_cert_and_key names {missing}, which the old host "
-            "does not have: put the files there or fix chatmail.ini"
-        )
-    print(f"  carrying {', '.join(paths)} to new first: configure reads them")
-    paths = with_link_targets(settings, runner, paths)
-    copy_to_new(settings, runner, paths)
+def restart_on_carried_secrets(
+    settings: Settings, runner: Runner, journal: Journal | None, carried: bool
+) -> None:
+    """Restart opendkim and nginx on the keys and certificates carried before the deploy
+    (and, staged, on configure's files), so that the cutover need not: its window is
+    then only mail's own units (services.restart_unless_current)."""
+    if not carried or settings.dry:
+        return
+    restart_on_copied_state(runner)
+    if journal:
+        journal.note("secrets-restarted", host=settings.new_host)
 
 
-def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | None) -> bool:
     """Copy the relay's secrets (DKIM keys, ACME state, TLS files) to new while old still
-    serves, and note their digest: copy-data carries them again and says if they changed."""
+    serves, and note their digest: copy-data carries them again and says if they changed.
+    Whether they were carried now."""
     if journal and journal.last_event("copied", settings.new_host):
         # The seed's order, by hand: copy-data brought them (and its owner and ACL
         # records, which another copy would replace).
         print("  the secrets are on new already: copy-data brought them")
-        return
+        return False
     wanted = settings.relay.secret_paths() if settings.relay else []
     if settings.relay and settings.relay.tls_external and not settings.dry:
         missing = [p for p in settings.relay.tls_external if not path_exists(runner, "old", p)]
@@ -87,7 +86,7 @@ def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | N
             )
     paths = wanted if settings.dry else existing_paths(runner, "old", wanted)
     if not paths:
-        return
+        return False
     need_agent(settings, "install")
     print(f"  carrying {', '.join(paths)} to new first: the deploy finds them there")
     paths = with_link_targets(settings, runner, paths)
@@ -95,6 +94,7 @@ def carry_secrets_first(settings: Settings, runner: Runner, journal: Journal | N
     copy_to_new(settings, runner, paths)
     if journal and not settings.dry:
         journal.note("secrets-carried", host=settings.new_host, paths=paths, digest=digest)
+    return True
 
 
 def secrets_digest(runner: Runner, paths: list[str]) -> str:

@@ -67,12 +67,39 @@ def start_mail_units_on_new(
     runs after the window (converge), where it finds nothing left to start.
     """
     mark_serving(settings, runner, journal)
-    restart_on_copied_state(runner)
+    restart_unless_current(settings, runner, journal)
     runner.run("new", commands.START_MAIL_UNITS, hide=True)
     expect_mail_services(runner, "new", running=True)
     expect_milters_reachable(runner)
     runner.run("new", commands.FLUSH_QUEUE, hide=True)
+    wait_for_carried_local_mail(settings, runner)
     domain_keys.keep_only_new(settings, runner, journal)
+
+
+# How long the cutover waits for the carried queue's local mail to reach its mailboxes.
+LOCAL_MAIL_WAIT_S = 15
+
+
+def wait_for_carried_local_mail(settings: Settings, runner: Runner) -> None:
+    """Until the mail old took for its own users (deferred there once its dovecot
+    stopped) is in their mailboxes on new: the last message old accepted is readable
+    when enable-mail ends, and converge's deploys start after that, not while users
+    still wait for it. Mail Postfix keeps deferred for another reason (a full mailbox)
+    is said, and left to its retries."""
+    domain = settings.mail_domain
+    if not domain:
+        return
+    command = commands.local_mail_queued_command(domain, LOCAL_MAIL_WAIT_S)
+    out = runner.run("new", command, hide=True, quiet=True).stdout.strip()
+    if settings.dry or not out.isdigit():
+        return
+    if int(out):
+        print(
+            f"  {out} queued message(s) for {domain}'s users still wait on new after "
+            f"{LOCAL_MAIL_WAIT_S} s: Postfix retries them (`postqueue -j` on new says why)"
+        )
+    else:
+        print(f"  new's queue holds no mail for {domain}'s users: old's last mail is delivered")
 
 
 def converge_hosts(settings: Settings, runner: Runner, journal: Journal | None = None) -> None:
@@ -149,15 +176,44 @@ def restart_on_copied_state(runner: Runner, role: str = "new") -> None:
         print(f"  restarted {', '.join(restarted)} on {role}: they read the copied state at start")
 
 
-def expect_milters_reachable(runner: Runner, role: str = "new") -> None:
-    """Every milter socket postfix is configured with exists (opendkim signs through one)."""
+def restart_unless_current(settings: Settings, runner: Runner, journal: Journal | None) -> None:
+    """The cutover's restart of what reads the copied state, left out when it would
+    change nothing: install restarted opendkim and nginx on the secrets it carried, the
+    copy found them unchanged on old, and opendkim's socket is still where postfix looks
+    (a retried copy replaces the spool it lives in). A restart takes seconds (opendkim
+    waits for its workers), all of them inside the window."""
+    if not settings.dry and journal and secrets_read_since_carried(journal, settings.new_host):
+        if not milter_sockets(runner, "new")[1]:
+            print("  opendkim and nginx run on the carried keys and certificates: not restarted")
+            return
+    restart_on_copied_state(runner)
+
+
+def secrets_read_since_carried(journal: Journal, host: str | None) -> bool:
+    """Whether install restarted what reads the secrets after carrying them to ``host``,
+    with no change of the secrets, restart or rollback since."""
+    kinds = ("secrets-carried", "secrets-changed", "secrets-restarted", "restart", "rollback")
+    for event in reversed(journal.events):
+        kind = event.get("event")
+        if kind in kinds and event.get("host") in (host, None):
+            return kind == "secrets-restarted"
+    return False
+
+
+def milter_sockets(runner: Runner, role: str) -> tuple[list[str], list[str]]:
+    """The unix milter sockets postfix on ``role`` uses: (present, missing)."""
     result = runner.run(role, commands.milter_sockets_command(), hide=True)
     if runner.dry:
-        return
-    missing = [
-        line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("missing ")
-    ]
-    found = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("ok ")]
+        return [], []
+    lines = result.stdout.splitlines()
+    found = [line.split(" ", 1)[1] for line in lines if line.startswith("ok ")]
+    missing = [line.split(" ", 1)[1] for line in lines if line.startswith("missing ")]
+    return found, missing
+
+
+def expect_milters_reachable(runner: Runner, role: str = "new") -> None:
+    """Every milter socket postfix is configured with exists (opendkim signs through one)."""
+    found, missing = milter_sockets(runner, role)
     if missing:
         raise MigrateError(
             f"postfix on {role} cannot reach its milter socket {', '.join(missing)}: outgoing mail "
