@@ -15,7 +15,7 @@ from chatmail_migrate.errors import MigrateError
 from chatmail_migrate.hosts import change_commands, commands
 from chatmail_migrate.hosts.runner import Runner
 from chatmail_migrate.journal import Journal
-from chatmail_migrate.relay import ECHOBOT_TREES, copy_paths
+from chatmail_migrate.relay import ECHOBOT_TREES, SPOOL, copy_paths
 from chatmail_migrate.settings import Settings, mailbox_tree
 from chatmail_migrate.steps import delta
 
@@ -140,7 +140,7 @@ def verify_whole_tree_after_move(
         settings.checksum,
         changed_since=since,
         changing=(tree, *ECHOBOT_TREES),
-        queues=False,
+        queues=SPOOL not in paths,
     )
     if report is None:
         return None
