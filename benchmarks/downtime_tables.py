@@ -51,8 +51,11 @@ def probe_medians(probes: list[dict]) -> dict:
     windows = [p["window"] for p in probes]
     users = [p["users"] for p in probes]
     users_closed = probes and None not in users and not any(p["users_open"] for p in probes)
+    # A window still open when the probe stopped is at least that long (a lower bound).
+    bounds = [p["window"] if p["window"] is not None else p.get("at_least") for p in probes]
     return {
         "probe": median(windows) if probes and None not in windows else None,
+        "probe_at_least": median(bounds) if probes and None not in bounds else None,
         "users": median(users) if users_closed else None,
         "in_window": sum(bool(p["cmdeploy_in_window"]) for p in probes),
         "probed": len(probes),
@@ -210,8 +213,8 @@ def targets(results: list[dict], caches: list[str], seconds: list[float]) -> dic
     )
     _target(
         found,
-        "probe: old's last accepted message on new (runs where it is not)",
-        sum(r["probe"]["last_on_new"] is False for r in runs),
+        "probe: old's last accepted message on new (B, C runs where it is not)",
+        sum(r["probe"]["last_on_new"] is False for r in runs if r["variant"] in "BC"),
         0,
     )
     failed = sum(r.get("downtime") is None for result in results for r in result["runs"])
@@ -230,6 +233,11 @@ def targets(results: list[dict], caches: list[str], seconds: list[float]) -> dic
             a = s.get("A", {}).get("probe")
             c, b = s.get("C", {}).get("probe"), s.get("B", {}).get("probe")
             where = f"probe, {regime} caches, cmdeploy +60s"
+            if a is None and s.get("A", {}).get("probe_at_least") is not None:
+                # By hand nothing flushes new's queue: old's last message waits there
+                # for Postfix's retry, and A's window is still open when the probe stops.
+                a = s["A"]["probe_at_least"]
+                where += f"; A still open, at least {a:.0f} s: the ratios are upper bounds"
             _target(found, f"C window <= 10 s ({where})", c, 10)
             _target(found, f"C window <= 0.10 x A ({where})", _ratio(c, a), 0.10)
             _target(found, f"B window <= 0.50 x A ({where})", _ratio(b, a), 0.50)
