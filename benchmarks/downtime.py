@@ -306,11 +306,13 @@ def tool_run(
     churn = 0.0
     if name == "C":
         churn = float(lab.ssh("old", "cat /root/churn-seconds").stdout)
-        # The churn ran inside disable-mail's cmdeploy: it is the relay's last mail, not
-        # the migration's time.
-        result["steps"]["disable-mail"] -= churn
-        deploy["disable-mail"] = deploy.get("disable-mail", 0.0) - churn
-        result["downtime"] -= churn
+        # The hook runs in the first stand-in run with --disable-mail: disable-mail's
+        # deploy where it has one (the churn is the relay's last mail, not the
+        # migration's time), else install's, before the downtime (migrate's cutover).
+        if deploy.get("disable-mail"):
+            result["steps"]["disable-mail"] -= churn
+            deploy["disable-mail"] -= churn
+            result["downtime"] -= churn
     result["churn"] = churn
     result["cmdeploy"] = sum(v for k, v in deploy.items() if k in result["steps"])
     return result
