@@ -19,7 +19,9 @@ not): each round runs A, B and C with warm caches (the trees were just written o
 read) and with caches dropped before the run (``--caches`` picks). Between runs new
 is emptied and mail re-enabled on old. ``--repeat N`` interleaves N rounds and shows
 medians. The downtime runs from disable-mail to the end of enable-mail; for C the
-churn's own time (made inside disable-mail by the hook) is taken out. cmdeploy's own
+churn is made by the hook in the first stand-in run with --disable-mail (install's,
+under migrate's cutover, before the downtime) and its own time is taken out where it
+fell inside disable-mail. cmdeploy's own
 time inside the downtime comes from the command log (the stand-in's here; a real
 ``cmdeploy run`` takes minutes).
 
