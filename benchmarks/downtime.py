@@ -99,8 +99,9 @@ def cmdeploy(lab: Lab, host: str, *extra: str, **env_extra: str) -> None:
 ASIDE = "/var/lib/chatmail-bench-aside"
 
 
-def reset(lab: Lab) -> None:
-    """New back to an empty host with the relay's users; mail on again on old."""
+def reset(lab: Lab, known_hosts: str) -> None:
+    """New back to an empty host with the relay's users; mail on again on old; DNS and
+    the lab's known_hosts (``known_hosts``: as the lab wrote it) back at old."""
     moves = " ".join(shlex.quote(p) for p in [*DEFAULT_COPY_PATHS, "/var/lib/chatmail-migrate"])
     lab.ssh(
         "new",
@@ -108,11 +109,27 @@ def reset(lab: Lab) -> None:
         f'aside={ASIDE}/$(date +%s%N); for p in {moves}; do [ -e "$p" ] || continue; '
         'mkdir -p "$aside$(dirname "$p")" && mv "$p" "$aside$p"; done',
     )
+    # Before the deploy: 1.6/1.7's cmdeploy logs in to the mail domain, which must lead
+    # to old under old's key again (a run left it at new, with new's key).
+    point_dns(lab, "old")
+    lab.known_hosts.write_text(known_hosts)
     # Not a measured run: at the stand-in's own speed, whatever the pass models.
     cmdeploy(lab, "old", CHATMAIL_LAB_CMDEPLOY_SECONDS="0", CHATMAIL_LAB_CMDEPLOY_LOG="")
     # The last-mail hook runs once per boot of old (the stand-in's mark): once per run here.
     lab.ssh("old", "rm -f /run/chatmail-lab-last-mail.done")
-    point_dns(lab, "old")
+
+
+def accept_new_key_for_domain(lab: Lab) -> None:
+    """What the operator does by hand once DNS points at new, before cmdeploy up to 1.7
+    logs in to the mail domain: ``ssh-keygen -R DOMAIN`` and new's key accepted."""
+    subprocess.run(
+        ["ssh-keygen", "-R", lab.domain, "-f", str(lab.known_hosts)],
+        check=True,
+        capture_output=True,
+    )
+    keys = lab.ssh("new", "cat /etc/ssh/ssh_host_*_key.pub").stdout.splitlines()
+    with lab.known_hosts.open("a") as known:
+        known.writelines(f"{lab.domain} {' '.join(k.split()[:2])}\n" for k in keys if k)
 
 
 def run_tool(lab: Lab, state: str, *args: str, **extra: str) -> tuple[float, int, int, str]:
@@ -199,7 +216,7 @@ def manual(lab: Lab, paths: list[str], caches: str = "dropped") -> dict:
         ("copy", lambda: lab.ssh("old", tar, timeout=3600, forward_agent=True)),
         ("install", lambda: cmdeploy(lab, "new", "--disable-mail")),
         ("chowns", lambda: lab.ssh("new", " && ".join(chowns))),
-        ("switch-dns", lambda: point_dns(lab, "new")),
+        ("switch-dns", lambda: (point_dns(lab, "new"), accept_new_key_for_domain(lab))),
         ("enable-mail", lambda: cmdeploy(lab, "new")),
     ):
         started = time.monotonic()
@@ -362,7 +379,8 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
             flush=True,
         )
         ref = physical(lab, paths, size)
-        reset(lab)
+        known_hosts = lab.known_hosts.read_text()
+        reset(lab, known_hosts)
         runs: list[dict] = []
         messages_total = accounts * args.messages
         # Interleaved, so drifts of the machine touch every variant alike.
@@ -378,7 +396,7 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
                         else:
                             result = tool_run(lab, name, args, messages_total, caches)
                     runs.append({**record, "variant": name, **result, **seen})
-                    reset(lab)
+                    reset(lab, known_hosts)
                 print(
                     f"  round {round_ + 1} ({caches} caches, cmdeploy +{seconds:g}s): "
                     + ", ".join(run_line(r) for r in runs[-3:]),
