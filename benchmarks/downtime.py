@@ -333,7 +333,9 @@ def tool_run(
             deploy["disable-mail"] -= churn
             result["downtime"] -= churn
     result["churn"] = churn
-    result["cmdeploy"] = sum(v for k, v in deploy.items() if k in result["steps"])
+    # Inside the downtime only: converge's deploys come after enable-mail.
+    down = [k for k in result["steps"] if k != "converge"]
+    result["cmdeploy"] = sum(v for k, v in deploy.items() if k in down)
     return result
 
 
