@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from downtime_tables import print_tables, run_line, targets  # noqa: E402
+from host_memory import helpers_memory  # noqa: E402
 from probe_window import SENDERS, point_dns, probed  # noqa: E402
 
 from chatmail_migrate.journal import Journal  # noqa: E402
@@ -294,19 +295,20 @@ def tool_run(
         }
     if caches == "dropped":
         drop_caches()
-    wall, peak, code, output = run_tool(
-        lab,
-        state,
-        "migrate",
-        "--old-host",
-        "old",
-        "--new-host",
-        "new",
-        "--yes",
-        "--no-wait",
-        *extra,
-        **hook,
-    )
+    with helpers_memory(lab.name) as helpers:
+        wall, peak, code, output = run_tool(
+            lab,
+            state,
+            "migrate",
+            "--old-host",
+            "old",
+            "--new-host",
+            "new",
+            "--yes",
+            "--no-wait",
+            *extra,
+            **hook,
+        )
     failed = [line for line in output.splitlines() if line.startswith("FAIL")]
     if code != 0 and "enable-mail done in" not in output:
         # No cutover (verify failed and rolled back, say): no downtime to compare.
@@ -317,6 +319,7 @@ def tool_run(
         **from_journal(state, lab.domain),
         "wall": wall,
         "peak_kib": peak,
+        "helpers": helpers,
         "exit": code,
         "check_relay_failed": failed,
     }
@@ -391,7 +394,7 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
                 # Every stand-in run of this pass spends this long before its services.
                 os.environ["CHATMAIL_LAB_CMDEPLOY_SECONDS"] = f"{seconds:g}"
                 record = {"round": round_, "caches": caches, "cmdeploy_s": seconds}
-                for name in "ABC":
+                for name in args.variants:
                     with watched(lab, args) as seen:
                         if name == "A":
                             result = manual(lab, paths, caches)
@@ -401,7 +404,7 @@ def run_size(args: argparse.Namespace, accounts: int) -> dict:
                     reset(lab, known_hosts)
                 print(
                     f"  round {round_ + 1} ({caches} caches, cmdeploy +{seconds:g}s): "
-                    + ", ".join(run_line(r) for r in runs[-3:]),
+                    + ", ".join(run_line(r) for r in runs[-len(args.variants) :]),
                     flush=True,
                 )
     finally:
@@ -436,6 +439,12 @@ def main() -> None:
     parser.add_argument("--relay-version", default="1.10.0")
     parser.add_argument("--out", default="benchmark-downtime.json")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of A, B, C (medians shown)")
+    parser.add_argument(
+        "--variants",
+        default="ABC",
+        help="which runs, of A (by hand), B (migrate), C (migrate --presync); e.g. C for "
+        "the million-entry window alone (the ratios to A are then left out)",
+    )
     parser.add_argument("--name", default="cmbench", help="the lab's name (two labs side by side)")
     parser.add_argument(
         "--cmdeploy-seconds",
@@ -461,6 +470,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.caches = [c for c in args.caches.split(",") if c]
+    if not args.variants or set(args.variants) - set("ABC"):
+        parser.error("--variants: letters of A, B and C, e.g. --variants BC")
     args.cmdeploy_seconds = [float(x) for x in args.cmdeploy_seconds.split(",") if x]
     if os.geteuid() != 0:
         raise SystemExit("the benchmark boots the lab: run it as root")

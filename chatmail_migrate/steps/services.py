@@ -183,7 +183,8 @@ def restart_unless_current(settings: Settings, runner: Runner, journal: Journal 
     (a retried copy replaces the spool it lives in). A restart takes seconds (opendkim
     waits for its workers), all of them inside the window."""
     if not settings.dry and journal and secrets_read_since_carried(journal, settings.new_host):
-        if not milter_sockets(runner, "new")[1]:
+        # No wait for a missing socket: missing means restart, at once.
+        if not milter_sockets(runner, "new", wait_s=0)[1]:
             print("  opendkim and nginx run on the carried keys and certificates: not restarted")
             return
     restart_on_copied_state(runner)
@@ -200,9 +201,10 @@ def secrets_read_since_carried(journal: Journal, host: str | None) -> bool:
     return False
 
 
-def milter_sockets(runner: Runner, role: str) -> tuple[list[str], list[str]]:
-    """The unix milter sockets postfix on ``role`` uses: (present, missing)."""
-    result = runner.run(role, commands.milter_sockets_command(), hide=True)
+def milter_sockets(runner: Runner, role: str, wait_s: float = 5.0) -> tuple[list[str], list[str]]:
+    """The unix milter sockets postfix on ``role`` uses: (present, missing after
+    waiting up to ``wait_s`` for each)."""
+    result = runner.run(role, commands.milter_sockets_command(wait_s), hide=True)
     if runner.dry:
         return [], []
     lines = result.stdout.splitlines()
