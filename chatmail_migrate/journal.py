@@ -303,6 +303,17 @@ class Journal:
                 return event.get("records")
         return None
 
+    def dns_update_in_force(self) -> dict | None:
+        """The last update this tool sent the zone (``dns-updated``) that no restore
+        undid since: what a rollback sets back. Survives rollbacks and restarts: the
+        records stay changed until the tool (or the operator) sets them back."""
+        for event in reversed(self.events):
+            if event.get("event") == "dns-restored":
+                return None
+            if event.get("event") == "dns-updated":
+                return event
+        return None
+
     def record_failure(self, step: str, message: str) -> None:
         self.events.append({"time": now(), "step": step, "event": "failed", "message": message})
         self.save()

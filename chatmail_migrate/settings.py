@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatmail_migrate import dns_settings
 from chatmail_migrate.errors import SettingsError
 from chatmail_migrate.hostspec import HOST_RE, canonical_address, same_host, split_host
 from chatmail_migrate.relay import MAILBOX_ROOT, Relay, read_relay
@@ -51,6 +52,11 @@ DEFAULTS: dict = {
         # CHATMAIL_MIGRATE_NAMESERVERS; default: found through the system's resolver.
         "nameservers": None,
         "dns_timeout": 3600,  # how long switch-dns waits for every nameserver
+        # How switch-dns changes the records: "manual" (asks you) or "rfc2136" (sends a
+        # dynamic update signed with the TSIG key of $CHATMAIL_MIGRATE_TSIG or tsig_file).
+        "dns": "manual",
+        "dns_server": None,  # where updates go (default: the zone's SOA MNAME)
+        "tsig_file": None,  # a key file as tsig-keygen writes it
         "new_addresses": None,  # the new host's public addresses, when not its own
         # Let switch-dns delete the domain's A records when new has no public IPv4.
         "ipv6_only": False,
@@ -107,6 +113,9 @@ class Settings:
     checksum: bool = False
     nameservers: str | None = None
     dns_timeout: float = 3600
+    dns: str = "manual"
+    dns_server: str | None = None
+    tsig_file: str | None = None
     new_addresses: list[str] = field(default_factory=list)
     ipv6_only: bool = False
     dns_wait: bool = True
@@ -197,6 +206,20 @@ def check_cmdeploy(settings: Settings) -> None:
         )
 
 
+def check_dns_update(settings: Settings) -> None:
+    """The DNS mode, its server and its key, read before any host is touched (the key
+    is loaded to check it, and not kept: each use reads it again)."""
+    if settings.dns not in dns_settings.DNS_MODES:
+        raise SettingsError(
+            f"--dns {settings.dns!r} is none of {', '.join(dns_settings.DNS_MODES)}; give "
+            "--dns manual (you change the records) or --dns rfc2136 (the tool sends them)"
+        )
+    if settings.dns_server:
+        dns_settings.check_server_address(settings.dns_server)
+    if settings.dns == "rfc2136":
+        dns_settings.load_tsig(settings.tsig_file)
+
+
 def resolve(
     c,
     *,
@@ -212,6 +235,9 @@ def resolve(
     checksum: bool | None = None,
     nameservers: str | None = None,
     dns_timeout: float | None = None,
+    dns: str | None = None,
+    dns_server: str | None = None,
+    tsig_file: str | None = None,
     new_addresses: str | None = None,
     ipv6_only: bool | None = None,
     dns_wait: bool | None = None,
@@ -261,6 +287,9 @@ def resolve(
         checksum=bool(checksum or cfg.get("checksum")),
         nameservers=nameservers or cfg.get("nameservers") or env.get(ENV_NAMESERVERS),
         dns_timeout=float(dns_timeout or cfg.get("dns_timeout") or 3600),
+        dns=str(dns or cfg.get("dns") or "manual").lower(),
+        dns_server=dns_server or cfg.get("dns_server"),
+        tsig_file=tsig_file or cfg.get("tsig_file"),
         new_addresses=[
             a
             for a in (new_addresses or cfg.get("new_addresses") or "").replace(" ", ",").split(",")
@@ -308,6 +337,7 @@ def resolve(
             f"copy key {settings.copy_key!r} is none of {', '.join(COPY_KEYS)}; give "
             "--copy-key agent (your agent, forwarded to old) or --copy-key ephemeral"
         )
+    check_dns_update(settings)
     if settings.cmdeploy_stages not in ("auto", "yes", "no"):
         raise SettingsError(
             f"cmdeploy_stages is {settings.cmdeploy_stages!r}; set it to auto, yes or no"

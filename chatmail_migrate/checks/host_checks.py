@@ -350,10 +350,6 @@ def describe_version(settings: Settings, first_line: str) -> str:
     return f"commit {first_line[:12]}" if first_line else "version unknown"
 
 
-def _duration(seconds: int) -> str:
-    return f"{seconds // 3600} h" if seconds >= 7200 else f"{seconds // 60} min"
-
-
 def check_new_records(settings: Settings, runner: Runner) -> Check | None:
     """The records switch-dns will propose for new, refused here as there when they
     delete every A record without --ipv6-only (IPv4-only clients would lose the relay)."""
@@ -378,51 +374,3 @@ def check_new_records(settings: Settings, runner: Runner) -> Check | None:
         name,
         "; ".join(f"{t} {', '.join(v) or '(none)'}" for t, v in new.items()),
     )
-
-
-def check_dns(settings: Settings, old_addresses: list[str]):
-    """The relay's A/AAAA records as its authoritative servers have them now."""
-    domain = settings.mail_domain or ""
-    try:
-        left_out: list[str] = []
-        zone, servers = nameservers.authoritative_servers(
-            domain, nameservers.parse_nameservers(settings.nameservers), left_out
-        )
-        answers = nameservers.address_records(domain, servers)
-    except MigrateError as e:
-        yield Check("FAIL", "DNS", f"{e}; give the nameservers with --nameserver if need be")
-        return
-    for why in left_out:
-        yield Check("WARN", "DNS", f"{why}; asked that server's other addresses")
-    values = sorted({v for a in answers.values() for t in ("A", "AAAA") for v in a[t].values})
-    if not values:
-        yield Check(
-            "FAIL",
-            "DNS",
-            f"{domain} has no A or AAAA record at "
-            f"{', '.join(str(s) for s in servers)}: fix the zone {zone}",
-        )
-        return
-    if len({tuple(tuple(a[t].values) for t in ("A", "AAAA")) for a in answers.values()}) > 1:
-        yield Check("WARN", "DNS", f"the nameservers of {zone} disagree about {domain}")
-    yield Check(
-        "PASS", "DNS", f"{domain} → {', '.join(values)} at {len(servers)} nameservers of {zone}"
-    )
-    ttl = max((a[t].ttl or 0) for a in answers.values() for t in ("A", "AAAA"))
-    if ttl > nameservers.SUGGESTED_TTL:
-        yield Check(
-            "WARN",
-            "DNS TTL",
-            f"{ttl} s: after the switch, resolvers may keep sending "
-            f"clients to the old host for up to {_duration(ttl)} ({ttl} s); lower the "
-            f"TTL to {nameservers.SUGGESTED_TTL} s and wait {ttl} s before migrating",
-        )
-    else:
-        yield Check("PASS", "DNS TTL", f"{ttl} s")
-    if old_addresses and not nameservers.canonical(values) & nameservers.canonical(old_addresses):
-        yield Check(
-            "WARN",
-            "DNS points at old",
-            f"{domain} → {', '.join(values)}, but the old "
-            f"host has {', '.join(old_addresses)} (fine behind NAT; else check the hosts)",
-        )

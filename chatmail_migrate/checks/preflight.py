@@ -7,11 +7,11 @@ Each host is asked everything in one command; nothing is changed anywhere.
 from __future__ import annotations
 
 from chatmail_migrate.checks.check import Check
+from chatmail_migrate.checks.dns_checks import check_dns
 from chatmail_migrate.checks.host_checks import (
     check_agent,
     check_cmdeploy_runs,
     check_copy_path,
-    check_dns,
     check_domain_login,
     check_new_records,
     check_relay_files,

@@ -149,6 +149,34 @@ FLAGS = (
         default=None,
     ),
     Flag(
+        "dns",
+        "How switch-dns changes the records: manual (default: it prints them and waits "
+        "for you) or rfc2136 (it sends the zone's primary a dynamic update signed with "
+        "the TSIG key of $CHATMAIL_MIGRATE_TSIG or --tsig-file; rollback sets them "
+        "back). Example: --dns rfc2136",
+        tasks=("switch-dns", "preflight", "rollback", "migrate"),
+        setting="dns",
+        default=None,
+    ),
+    Flag(
+        "dns_server",
+        "Where --dns rfc2136 sends its updates, ADDR[:PORT] (a hidden primary, a "
+        "provider's update server); default: the zone's SOA MNAME. Example: "
+        "--dns-server 192.0.2.53",
+        tasks=("switch-dns", "preflight", "rollback", "migrate"),
+        setting="dns_server",
+        default=None,
+    ),
+    Flag(
+        "tsig_file",
+        "The TSIG key for --dns rfc2136, a file as tsig-keygen writes it (else "
+        "$CHATMAIL_MIGRATE_TSIG=[ALGORITHM:]NAME:SECRET; never the secret itself as a "
+        "flag). Example: --tsig-file /etc/chatmail-migrate/relay-update.key",
+        tasks=("switch-dns", "preflight", "rollback", "migrate"),
+        setting="tsig_file",
+        default=None,
+    ),
+    Flag(
         "new_address",
         "The address(es) clients will reach the new host at, for its DNS records (and "
         "where preflight tries relay 1.6/1.7 cmdeploy's own ssh root@DOMAIN). Default: "

@@ -37,8 +37,10 @@ PACKAGES = [
     "dovecot-lmtpd",
     "opendkim",
     "opendkim-tools",
-    # spare serves the lab's zone (two instances: ns1, ns2)
+    # spare serves the lab's zone (two instances: ns1, ns2): static (NSD), or taking
+    # updates, a primary and its secondary (Knot, knot.py)
     "nsd",
+    "knot",
 ]
 
 # Bump when the post-build customisation below changes, so old caches are not reused.
@@ -150,7 +152,8 @@ def _customise(root: Path) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
     # Only spare serves DNS, with its own instances (nameserver.py).
-    (root / "etc/systemd/system/multi-user.target.wants/nsd.service").unlink(missing_ok=True)
+    for unit in ("nsd.service", "knot.service"):
+        (root / "etc/systemd/system/multi-user.target.wants" / unit).unlink(missing_ok=True)
     (root / "etc/chatmail-lab-rootfs").write_text(
         "Lab host root file system built by chatmail-migrate's lab. Not a real relay.\n"
     )

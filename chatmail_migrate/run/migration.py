@@ -259,6 +259,10 @@ class Migration:
         # proof that anything changed, and a record changed early is. Only your own
         # 'done' counts as a change that may still reach the servers.
         points = nameservers.points_at_new(s, journal)
+        # Records this tool changed itself (--dns rfc2136) it also sets back: the
+        # rollback goes ahead, and restores them once new's mail is carried back.
+        if journal.dns_update_in_force():
+            points = False
         if points is True:
             return (
                 "Not rolling back: DNS already points at the new host. "

@@ -26,7 +26,7 @@ from chatmail_migrate.journal import Journal
 from chatmail_migrate.lock import migration_lock
 from chatmail_migrate.run.host_lock import HostLocks, LockHeld
 from chatmail_migrate.settings import Settings, check_cmdeploy
-from chatmail_migrate.steps import services
+from chatmail_migrate.steps import services, switch_dns
 from chatmail_migrate.steps.carry_back import carry_back_new_to_old, new_host_facts
 
 
@@ -155,7 +155,11 @@ def roll_back_hosts(
     carried = bool(new_facts and new_facts.carry_due)
     if new_facts and carried:
         carry_back_new_to_old(settings, runner, journal, new_facts)
-    left = dns_left_to_do(settings, runner, journal, old_facts, new_facts)
+    # Records this tool changed (--dns rfc2136) go back once new's mail is stopped and
+    # carried back: from here clients may only find old.
+    restored = switch_dns.restore_records(settings, journal) if journal else None
+    left = [restored] if restored else []
+    left += dns_left_to_do(settings, runner, journal, old_facts, new_facts)
     if new_facts and new_facts.changed and not carried:
         # Weaker evidence than this tool's own mark: never mirrored over old's mail.
         left.append(

@@ -1,9 +1,12 @@
-"""Step 6, switching DNS: propose the records, confirm, wait, then check what is published.
+"""Step 6, switching DNS: propose the records, change them, wait, then check what is
+published.
 
-The tool never changes DNS itself: it asks the zone's authoritative servers (never
-a cache), prints what to change, waits for the operator's word and then for every
-server to answer the new values, and checks the DKIM and CAA records against the
-new host.
+It asks the zone's authoritative servers (never a cache) and prints what to change.
+By default (``--dns manual``) the operator changes the records and says so; with
+``--dns rfc2136`` the tool sends the zone's primary a signed dynamic update itself
+(``dns_update``), kept in the journal so a rollback can set the records back. Then it
+waits for every server to answer the new values, and checks the DKIM and CAA records
+against the new host.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from chatmail_migrate import nameservers
+from chatmail_migrate import dns_settings, dns_update, nameservers
 from chatmail_migrate.checks.dkim import dkim_tags
-from chatmail_migrate.errors import MigrateError
+from chatmail_migrate.errors import MigrateError, SettingsError
 from chatmail_migrate.hosts import commands
 from chatmail_migrate.hosts.addresses import (
     ipv4_deletion_refused,
@@ -61,10 +64,13 @@ def propose_records(settings: Settings, runner: Runner) -> Proposal:
     refused = ipv4_deletion_refused(settings, old["A"], new["A"], why["A"])
     if refused:
         raise MigrateError(f"switch-dns refused: {refused}")
-    print(
-        f"  Change these records in the zone {zone} (nameservers: "
-        f"{', '.join(str(s) for s in servers)}), TTL {nameservers.SUGGESTED_TTL}:"
-    )
+    if settings.dns == "rfc2136":
+        print(f"  These records change in the zone {zone}:")
+    else:
+        print(
+            f"  Change these records in the zone {zone} (nameservers: "
+            f"{', '.join(str(s) for s in servers)}), TTL {nameservers.SUGGESTED_TTL}:"
+        )
     for row in proposed_changes(domain, old, want, why):
         print(f"    {row}")
     already = all(
@@ -115,6 +121,70 @@ def confirm_change(settings: Settings, proposal: Proposal, journal: Journal | No
             pass
     if journal:
         journal.note("dns-change-confirmed", old_ttl=proposal.old_ttl, records=proposal.want, by=by)
+
+
+def planned_update(
+    settings: Settings, proposal: Proposal
+) -> tuple[nameservers.Server, list[dns_update.RecordChange]]:
+    """Where the update goes, and the RRsets it changes, read from that server."""
+    primary = dns_update.primary_server(proposal.zone, proposal.servers, settings.dns_server)
+    return primary, dns_update.plan_changes(proposal.domain, primary, proposal.old, proposal.want)
+
+
+def update_records(settings: Settings, proposal: Proposal, journal: Journal | None) -> None:
+    """--dns rfc2136: the tool changes the records itself, nobody is asked."""
+    key = dns_settings.load_tsig(settings.tsig_file)
+    primary, changes = planned_update(settings, proposal)
+    if not changes:
+        print(f"  {primary} already holds the new values: nothing to update")
+    else:
+        dns_update.send_update(primary, proposal.zone, changes, key)
+        if journal:
+            journal.note("dns-updated", **dns_update.as_journal(primary, proposal.zone, changes))
+        for change in changes:
+            print(
+                f"  updated {change.rtype} {change.name} at {primary}: "
+                f"{', '.join(change.before) or '(none)'} -> {', '.join(change.after) or '(none)'}"
+                f" (TTL {change.ttl})"
+            )
+    if journal:
+        journal.note(
+            "dns-change-confirmed", old_ttl=proposal.old_ttl, records=proposal.want, by="rfc2136"
+        )
+
+
+def restore_records(settings: Settings, journal: Journal) -> str | None:
+    """Set back what this tool's last update changed, if the records still hold what it
+    set (a later edit is someone's and stays). None when done or nothing to do; else
+    what is left for the operator, in one line."""
+    event = journal.dns_update_in_force()
+    if not event:
+        return None
+    server, zone, changes = dns_update.from_journal(event)
+    back = [change.reverse() for change in changes]
+    shown = "; ".join(f"{c.rtype} {c.name} {', '.join(c.after) or '(none)'}" for c in back)
+    try:
+        key = dns_settings.load_tsig(settings.tsig_file)
+        dns_update.send_update(server, zone, back, key)
+    except (MigrateError, SettingsError) as e:
+        return f"set the DNS records back by hand ({shown}): {e}"
+    journal.note("dns-restored", **dns_update.as_journal(server, zone, back))
+    print(f"  DNS set back at {server}: {shown}")
+    domain = settings.mail_domain or ""
+    want = {c.rtype: c.after for c in back if c.name.rstrip(".") == domain.rstrip(".")}
+    if not (settings.dns_wait and want):
+        return None
+    try:
+        _, servers = nameservers.authoritative_servers(
+            domain, nameservers.parse_nameservers(settings.nameservers)
+        )
+        waited = nameservers.wait_for(
+            domain, servers, want, timeout=settings.dns_timeout, status=lambda line: None
+        )
+    except MigrateError as e:
+        return f"the DNS records were set back at {server}, but {e}"
+    print(f"  all {len(servers)} nameservers answer the old values again (waited {waited:.0f}s)")
+    return None
 
 
 def wait_for_records(settings: Settings, proposal: Proposal) -> None:
@@ -169,7 +239,10 @@ def switch_dns_records(settings: Settings, runner: Runner, journal: Journal | No
         )
         return
     proposal = propose_records(settings, runner)
-    confirm_change(settings, proposal, journal)
+    if settings.dns == "rfc2136":
+        update_records(settings, proposal, journal)
+    else:
+        confirm_change(settings, proposal, journal)
     domain_keys.accept_both(settings, runner, journal)
     wait_for_records(settings, proposal)
     check_after_switch(settings, runner, proposal, journal)
